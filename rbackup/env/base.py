@@ -1,0 +1,220 @@
+"""The BackupEnv contract: the only door between the engine and a store.
+
+The engine needs very little from a store, so the contract is small (restic's
+backend interface and fsspec's AbstractFileSystem were the models): streaming
+read, atomic publish of a whole file, create-if-absent for commits and locks,
+recursive listing with sizes, stat, bulk delete, and directory upkeep for the
+stores that have directories.  Each backend states its `Capabilities` so the
+engine can pick safe behaviour (e.g. how wide to run transfers) without
+knowing which store it talks to.
+
+Paths are always relative to the env's root, '/'-separated, never absolute and
+never containing '..'; `check_path` enforces that in one place so a hostile
+meta file cannot steer any backend outside its root.
+"""
+from __future__ import annotations
+
+import abc
+import errno
+import posixpath
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable
+
+from ..errors import (
+    AlreadyExists,
+    BackupError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    StorageError,
+)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a store can promise; the engine adapts to it, never to a store's name."""
+
+    atomic_rename: bool = False
+    """Publish goes through a temp name plus rename (local disk, HDFS)."""
+    conditional_create: bool = False
+    """`create_exclusive` is atomic against other clients (O_EXCL, If-None-Match)."""
+    durable_sync: bool = False
+    """An fsync-like call makes written data survive a power loss."""
+    directories: bool = False
+    """The store has real directories that must be created and removed."""
+    concurrency: int = 1
+    """How many transfers at once suit this store (S3 wants many, a disk few)."""
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str
+    """Relative to the env root, '/'-separated."""
+    size: int
+
+
+def check_path(path: str) -> str:
+    """Reject anything that could escape the root; return the normalised path.
+
+    Hostile meta files are the threat: `../../x`, `/etc/x` and
+    `private/1/../../x` all fail here, before any store sees them.
+    """
+    if not isinstance(path, str) or not path:
+        raise InvalidArgument(f"invalid backup path {path!r}: empty")
+    if "\\" in path or "\x00" in path:
+        raise InvalidArgument(f"invalid backup path {path!r}: backslash or NUL")
+    if path.startswith("/"):
+        raise InvalidArgument(f"invalid backup path {path!r}: absolute")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
+        raise InvalidArgument(f"invalid backup path {path!r}: '.', '..' or empty component")
+    return path.rstrip("/") if path != "/" else path
+
+
+def translate_os_error(exc: BaseException, what: str) -> BackupError:
+    """Map an OSError (or a store exception that subclasses it) to our hierarchy."""
+    if isinstance(exc, BackupError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return NotFound(f"{what}: not found")
+    if isinstance(exc, FileExistsError):
+        return AlreadyExists(f"{what}: already exists")
+    if isinstance(exc, PermissionError):
+        return PermissionDenied(f"{what}: permission denied ({exc})")
+    if isinstance(exc, NotADirectoryError):
+        return InvalidArgument(f"{what}: a path component is not a directory")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return StorageError(f"{what}: no space left on device")
+    return StorageError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+class AtomicWriter(abc.ABC):
+    """A file being written: nothing is visible under its name until `commit`.
+
+    Use as a context manager: a clean exit commits, an exception aborts, so a
+    failed or interrupted copy can never leave a half file under a real name.
+    """
+
+    @abc.abstractmethod
+    def write(self, data: bytes | memoryview) -> int:
+        ...
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Make the whole file appear under its name (durably, if asked to sync)."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Discard everything written; safe to call more than once or after commit fails."""
+
+    def __enter__(self) -> "AtomicWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class BackupEnv(abc.ABC):
+    """Abstract store.  Subclasses raise only `rbackup.errors` exceptions."""
+
+    capabilities: Capabilities = Capabilities()
+    url: str = ""
+    """Where the env points, for messages; never contains credentials."""
+
+    # -- the contract -------------------------------------------------------
+    @abc.abstractmethod
+    def open_read(self, path: str) -> BinaryIO:
+        """A readable binary stream (supports `read` and `readinto`); NotFound if absent."""
+
+    @abc.abstractmethod
+    def open_write(self, path: str, *, sync: bool = True) -> AtomicWriter:
+        """Start publishing `path`: all of it appears on commit, or nothing does.
+
+        An existing file of that name is replaced on commit.
+        """
+
+    @abc.abstractmethod
+    def create_exclusive(self, path: str, data: bytes, *, sync: bool = True) -> None:
+        """Create `path` holding `data` only if it does not exist: AlreadyExists otherwise.
+
+        This is the commit of a backup (meta/<id>) and the taking of a lock.
+        Where `capabilities.conditional_create` is False the check is
+        best-effort (exists, then write) and the README says so.
+        """
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> list[FileInfo]:
+        """Every file below `prefix` (recursively) with its size; [] if none.
+
+        Temp files are included: garbage collection needs to see them.
+        """
+
+    @abc.abstractmethod
+    def stat(self, path: str) -> FileInfo:
+        """Size of one file; NotFound if it does not exist (directories are not files)."""
+
+    @abc.abstractmethod
+    def delete(self, paths: Iterable[str]) -> None:
+        """Delete files; names that do not exist are ignored (deletion is idempotent)."""
+
+    @abc.abstractmethod
+    def makedirs(self, path: str = "") -> None:
+        """Create a directory and its parents ("" is the root); a no-op on object stores."""
+
+    @abc.abstractmethod
+    def remove_dir(self, path: str) -> None:
+        """Remove a directory if it is empty; silently keep it otherwise or if absent."""
+
+    def local_path(self, path: str = "") -> str | None:
+        """The local filesystem path of `path` when the store is a local directory
+        (lets the engine use a real flock), else None."""
+        return None
+
+    def sync_dir(self, path: str = "") -> None:
+        """Make earlier renames in `path` durable; only stores with directories care."""
+
+    def close(self) -> None:
+        """Release connections and handles."""
+
+    # -- conveniences built on the contract ----------------------------------
+    def read_bytes(self, path: str, limit: int) -> bytes:
+        """Read a small file whole, refusing one larger than `limit` (a lying store
+        or a tampered directory must not make us allocate without bound)."""
+        with self.open_read(path) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise InvalidArgument(f"{self.describe(path)}: larger than {limit} bytes")
+        return data
+
+    def write_bytes(self, path: str, data: bytes, *, sync: bool = True) -> None:
+        with self.open_write(path, sync=sync) as w:
+            w.write(data)
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+        except NotFound:
+            return False
+        return True
+
+    def describe(self, path: str = "") -> str:
+        """A human name for a path in this store, for error messages and logs."""
+        base = self.url.rstrip("/")
+        return f"{base}/{path}" if path else base
+
+    def __enter__(self) -> "BackupEnv":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+def join(*parts: str) -> str:
+    """Join relative store paths with '/', ignoring empty parts."""
+    return posixpath.join(*[p for p in parts if p]) if any(parts) else ""
