@@ -1,0 +1,138 @@
+"""Making one backup: snapshot, plan, transfer, commit.
+
+The meta file is the commit: it is written last with `create_exclusive`, so a
+backup exists exactly when `meta/<id>` does, and a crash at any earlier point
+leaves only files that garbage collection removes.  Files are published
+atomically, so nothing under a final name is ever half written.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from . import sstprops
+from .env.base import BackupEnv
+from .errors import BackupError, Corruption, NotSupported
+from .meta import BackupMeta, MetaFileEntry, serialize_meta
+from .naming import META_DIR, SHARED_CHECKSUM_DIR, SHARED_DIR, PRIVATE_DIR, FileKind, meta_path, private_dir
+from .options import BackupableDBOptions, ProgressCallback
+from .plan import NamingFacts, PlannedFile, needs_crc_for_name, needs_naming_facts, plan_backup
+from .ratelimit import make_limiter
+from .source import SourceFile, snapshot
+from .state import BackupState, LoadedBackup
+from .transfer import DEFAULT_BUFFER_SIZE, Buffers, ProgressTracker, file_crc32c, run_parallel, stream_copy
+
+
+@dataclass
+class BackupRequest:
+    backup_id: int
+    db: object
+    flush_before_backup: bool = False
+    app_metadata: bytes = b""
+    progress_callback: ProgressCallback | None = None
+
+
+def _naming_facts(f: SourceFile, buffers: Buffers, log: logging.Logger) -> NamingFacts:
+    session_id = None
+    if f.kind is FileKind.TABLE:
+        with open(f.path, "rb") as fh:
+            try:
+                session_id = sstprops.read_session_id(fh, f.size)
+            except NotSupported as exc:
+                # e.g. a properties block compressed with a codec we do not decode:
+                # a legacy name is as valid (RocksDB 7 falls back the same way).
+                log.info("%s: %s; using a legacy shared_checksum name", f.name, exc)
+    crc = None
+    if needs_crc_for_name(f, session_id):
+        with open(f.path, "rb") as fh:
+            crc = file_crc32c(fh, buffers.get()).crc32c
+    return NamingFacts(session_id, crc)
+
+
+def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptions, req: BackupRequest,
+                  stop: threading.Event, workers: int) -> LoadedBackup:
+    log = options.logger
+    backup_id = req.backup_id
+    buffers = Buffers(options.io_buffer_size or DEFAULT_BUFFER_SIZE)
+    written: list[str] = []
+    written_lock = threading.Lock()
+    started = time.monotonic()
+    try:
+        env.makedirs(private_dir(backup_id))
+        timestamp = int(time.time())
+        with snapshot(req.db, backup_log_files=options.backup_log_files,
+                      flush_before_backup=req.flush_before_backup) as snap:
+            to_name = [f for f in snap.files if needs_naming_facts(
+                f, share_table_files=options.share_table_files,
+                share_files_with_checksum=options.share_files_with_checksum)]
+            facts = dict(zip([f.name for f in to_name], run_parallel(
+                to_name, lambda f: _naming_facts(f, buffers, log), workers, stop)))
+            plan = plan_backup(snap.files, backup_id, share_table_files=options.share_table_files,
+                               share_files_with_checksum=options.share_files_with_checksum,
+                               facts=facts, referenced=state.referenced())
+            side = [PlannedFile(f, f"{private_dir(backup_id)}/{f.name}", True, None) for f in snap.side_files]
+            copies = [p for p in plan if p.copy] + side
+            tracker = ProgressTracker("backup", backup_id, sum(p.source.size for p in copies), len(copies),
+                                      req.progress_callback, options.callback_trigger_interval_size, stop)
+            limiter = make_limiter(options.backup_rate_limit)
+
+            def copy_one(item: PlannedFile) -> tuple[str, int, int]:
+                with open(item.source.path, "rb", buffering=0) as src:
+                    writer = env.open_write(item.dest, sync=options.sync)
+                    with written_lock:
+                        written.append(item.dest)
+                    with writer:
+                        result = stream_copy(src, writer.write, buf=buffers.get(), stop=stop,
+                                             limiter=limiter, tracker=tracker)
+                        if result.size != item.source.size:
+                            raise Corruption(f"backup {backup_id}: {item.source.name} changed size while "
+                                             f"being copied ({item.source.size} -> {result.size} bytes)")
+                        if item.expected_crc32c is not None and result.crc32c != item.expected_crc32c:
+                            raise Corruption(f"backup {backup_id}: checksum mismatch after copying "
+                                             f"{item.source.name} to {item.dest}")
+                tracker.file_done()
+                return item.dest, result.size, result.crc32c
+
+            copied = {dest: (size, crc) for dest, size, crc in run_parallel(copies, copy_one, workers, stop)}
+            entries = []
+            sizes: dict[str, int] = {}
+            for p in plan:
+                size, crc = copied[p.dest] if p.copy else (p.source.size, p.expected_crc32c)
+                if crc is None:  # the backup holding it was written without crcs (schema 2 allows that)
+                    with open(p.source.path, "rb") as fh:
+                        crc = file_crc32c(fh, buffers.get()).crc32c
+                entries.append(MetaFileEntry(p.dest, crc))
+                sizes[p.dest] = size
+            meta = BackupMeta(timestamp, snap.sequence_number, entries, req.app_metadata,
+                              schema_version=str(options.schema_version))
+        data = serialize_meta(meta, options.schema_version)
+        env.create_exclusive(meta_path(backup_id), data, sync=options.sync)
+    except BaseException:
+        _cleanup(env, backup_id, written, log)
+        raise
+    # Committed: from here on a failure must not remove anything.
+    if options.sync:
+        shared_dirs = [SHARED_CHECKSUM_DIR if options.share_files_with_checksum else SHARED_DIR]
+        for d in [private_dir(backup_id), PRIVATE_DIR, META_DIR] + (shared_dirs if options.share_table_files else []) + [""]:
+            env.sync_dir(d)
+    copied_bytes = sum(s for s, _ in copied.values())
+    log.info("backup %d: %d files (%d copied, %d bytes) in %.2fs", backup_id, len(entries), len(copies),
+             copied_bytes, time.monotonic() - started)
+    return LoadedBackup(backup_id, meta, None, sizes)
+
+
+def _cleanup(env: BackupEnv, backup_id: int, written: list[str], log: logging.Logger) -> None:
+    """Remove what a failed create wrote; best effort (garbage collection finishes the job).
+
+    Only files this attempt wrote are touched: shared files it copied were, by
+    the plan, not referenced by any valid backup.
+    """
+    try:
+        leftovers = set(written) | {fi.path for fi in env.list(private_dir(backup_id))}
+        env.delete(sorted(leftovers))
+        env.remove_dir(private_dir(backup_id))
+    except (BackupError, OSError) as exc:
+        log.warning("backup %d: cleanup after failure incomplete (%s); garbage_collect() will finish it",
+                    backup_id, exc)

@@ -1,0 +1,284 @@
+"""BackupEngine: the operations, in RocksDB's terms, over any BackupEnv.
+
+This module decides *what* happens (ids, which backups exist, what garbage
+collection may delete, when to take the writer lock); `create`, `restore`,
+`state` and `transfer` do the work.  It only ever sees a `BackupEnv`: the
+store is picked by the registry from the URL or given as `backup_env`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Iterator
+
+from .create import BackupRequest, create_backup
+from .env.base import BackupEnv
+from .env.registry import open_env
+from .env.wrappers import ReadOnlyEnv
+from .errors import BackupError, Incomplete, InvalidArgument, NotFound, NotSupported
+from .lock import writer_lock
+from .meta import MAX_APP_METADATA
+from .naming import META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, SHARED_DIR, is_temp_name, meta_path, parse_backup_id
+from .options import BackupableDBOptions, BackupFileInfo, BackupInfo, ProgressCallback, RestoreOptions
+from .restore import restore_backup, verify_backup
+from .state import BackupState, LoadedBackup, MetaCache, load_state
+
+MAX_BACKUP_ID = 2**32 - 1
+
+
+class BackupEngine:
+    """Read-write engine (RocksDB's BackupEngine::Open)."""
+
+    read_only = False
+
+    def __init__(self, options: BackupableDBOptions) -> None:
+        if not isinstance(options, BackupableDBOptions):
+            raise InvalidArgument(f"expected BackupableDBOptions, got {type(options).__name__}")
+        self.options = options
+        self._log = options.logger
+        env = options.backup_env or open_env(options.backup_dir, storage_options=options.storage_options)
+        self._owns_env = options.backup_env is None
+        self.env: BackupEnv = ReadOnlyEnv(env) if self.read_only else env
+        self._stop = threading.Event()
+        self._mutex = threading.RLock()
+        self._meta_cache: MetaCache = {}
+        self._closed = False
+        if self.read_only and options.destroy_old_data:
+            raise InvalidArgument("destroy_old_data cannot be used with a read-only engine")
+        if not self.read_only:
+            shared = SHARED_CHECKSUM_DIR if options.share_files_with_checksum else SHARED_DIR
+            # RocksDB's order: root, shared dir, private/, meta/
+            for directory in [""] + ([shared] if options.share_table_files else []) + [PRIVATE_DIR, META_DIR]:
+                self.env.makedirs(directory)
+        self._state = self._load()
+        if options.destroy_old_data:
+            with self._writing("destroy_old_data"):
+                self._delete_metas([b.backup_id for b in self._state.backups.values()])
+                self._garbage_collect()
+
+    @classmethod
+    def open(cls, options: BackupableDBOptions) -> "BackupEngine":
+        return cls(options)
+
+    # -- internals -------------------------------------------------------------
+    @property
+    def _workers(self) -> int:
+        """max_background_operations files in flight; object stores, which are
+        latency- not bandwidth-bound, get at least their own sensible width."""
+        caps = self.env.capabilities
+        floor = 1 if caps.directories else caps.concurrency
+        return max(self.options.max_background_operations, floor)
+
+    def _load(self) -> BackupState:
+        max_valid = self.options.max_valid_backups_to_open if self.read_only else None
+        return load_state(self.env, max_valid=max_valid, workers=max(8, self.env.capabilities.concurrency),
+                          logger=self._log, cache=self._meta_cache)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidArgument(f"the backup engine for {self.env.describe()} is closed")
+
+    def _check_writable(self, what: str) -> None:
+        self._check_open()
+        if self.read_only:
+            raise NotSupported(f"{what}: this backup engine is read-only ({self.env.describe()})")
+
+    @contextlib.contextmanager
+    def _writing(self, operation: str) -> Iterator[None]:
+        """Serialise writers (threads here, processes anywhere) and act on a fresh view."""
+        with self._mutex, writer_lock(self.env, operation, timeout=self.options.lock_timeout,
+                                      ttl=self.options.lock_ttl):
+            self._state = self._load()
+            try:
+                yield
+            finally:
+                self._state = self._load()
+
+    def _backup(self, backup_id: int) -> LoadedBackup:
+        if not isinstance(backup_id, int) or isinstance(backup_id, bool):
+            raise InvalidArgument(f"backup id must be an int, got {backup_id!r}")
+        backup = self._state.backups.get(backup_id)
+        if backup is None:
+            raise NotFound(f"backup {backup_id} not found in {self.env.describe()}")
+        if backup.error is not None:
+            raise type(backup.error)(f"backup {backup_id} is corrupt: {backup.error}")
+        return backup
+
+    def _latest(self) -> LoadedBackup:
+        backup = self._state.latest_valid()
+        if backup is None:
+            raise NotFound(f"no valid backup in {self.env.describe()}")
+        return backup
+
+    def _delete_metas(self, ids: list[int]) -> None:
+        """The meta file goes first: once it is gone the backup no longer exists,
+        and everything else it held is garbage that a crash may safely leave."""
+        self.env.delete([meta_path(i) for i in ids])
+        for i in ids:
+            self._state.backups.pop(i, None)
+            self._meta_cache.pop(i, None)
+
+    def _garbage_collect(self) -> None:
+        state = self._state
+        valid_ids = {b.backup_id for b in state.valid}
+        referenced = set(state.referenced())
+        doomed: list[str] = []
+        private_dirs: set[str] = set()
+        for path in state.listing:
+            top, _, rest = path.partition("/")
+            if top in (SHARED_DIR, SHARED_CHECKSUM_DIR) and rest:
+                if path not in referenced:
+                    doomed.append(path)
+            elif top == PRIVATE_DIR and "/" in rest:
+                child = rest.split("/", 1)[0]
+                child_id = parse_backup_id(child)
+                if is_temp_name(child) or (child_id is not None and child_id not in valid_ids):
+                    doomed.append(path)
+                    private_dirs.add(f"{PRIVATE_DIR}/{child}")
+        if doomed:
+            self._log.info("garbage collection: deleting %d files from %s", len(doomed), self.env.describe())
+            self.env.delete(doomed)
+        for directory in sorted(private_dirs):
+            self.env.remove_dir(directory)
+        for path in doomed:
+            state.listing.pop(path, None)
+
+    # -- RocksDB's API ---------------------------------------------------------
+    def create_new_backup(self, db, flush_before_backup: bool = False, *, app_metadata: bytes | str | None = None,
+                          progress_callback: ProgressCallback | None = None) -> int:
+        """Back up `db` (an open rocksdict.Rdict, or the path of a DB no process holds
+        open) and return the new backup's id."""
+        self._check_writable("create_new_backup")
+        if self._stop.is_set():
+            raise Incomplete("Backup stopped")
+        metadata = app_metadata.encode("utf-8") if isinstance(app_metadata, str) else bytes(app_metadata or b"")
+        if len(metadata) > MAX_APP_METADATA:
+            raise InvalidArgument(f"app_metadata is {len(metadata)} bytes, over the limit of {MAX_APP_METADATA}")
+        with self._writing("create_new_backup"):
+            backup_id = self._state.latest_backup_id + 1
+            if backup_id > MAX_BACKUP_ID:
+                raise NotSupported(f"backup ids are exhausted in {self.env.describe()}")
+            if any(p.startswith(f"{PRIVATE_DIR}/{backup_id}/") for p in self._state.listing):
+                self._garbage_collect()  # leftovers of a crashed attempt at this id
+            try:
+                create_backup(self.env, self._state, self.options,
+                              BackupRequest(backup_id, db, flush_before_backup, metadata, progress_callback),
+                              self._stop, self._workers)
+            except BaseException:
+                with contextlib.suppress(BackupError):
+                    self._state = self._load()
+                    self._garbage_collect()
+                raise
+        return backup_id
+
+    def create_new_backup_with_metadata(self, db, app_metadata: bytes | str, flush_before_backup: bool = False, *,
+                                        progress_callback: ProgressCallback | None = None) -> int:
+        return self.create_new_backup(db, flush_before_backup, app_metadata=app_metadata,
+                                      progress_callback=progress_callback)
+
+    def get_backup_info(self, include_file_details: bool = False) -> list[BackupInfo]:
+        """Valid backups in ascending id order (corrupt ones: get_corrupted_backups)."""
+        self._check_open()
+        return [self._info(b, include_file_details) for b in self._state.valid]
+
+    def _info(self, backup: LoadedBackup, details: bool) -> BackupInfo:
+        assert backup.meta is not None
+        live = [e for e in backup.meta.files if not e.excluded]
+        files = tuple(BackupFileInfo(e.path, backup.sizes[e.path], e.crc32c) for e in live) if details else None
+        return BackupInfo(backup.backup_id, backup.meta.timestamp, sum(backup.sizes[e.path] for e in live),
+                          len(live), backup.meta.app_metadata, files)
+
+    def get_corrupted_backups(self) -> list[int]:
+        self._check_open()
+        return self._state.corrupt_ids
+
+    def corruption_reasons(self) -> dict[int, str]:
+        """Why each corrupt backup failed to load (for `rbackup list`)."""
+        self._check_open()
+        return {i: str(self._state.backups[i].error) for i in self._state.corrupt_ids}
+
+    def purge_old_backups(self, num_backups_to_keep: int) -> None:
+        """Delete the oldest valid backups until `num_backups_to_keep` remain."""
+        self._check_writable("purge_old_backups")
+        if not isinstance(num_backups_to_keep, int) or num_backups_to_keep < 0:
+            raise InvalidArgument(f"purge_old_backups: num_backups_to_keep must be an int >= 0, "
+                                  f"got {num_backups_to_keep!r}")
+        with self._writing("purge_old_backups"):
+            valid = self._state.valid
+            doomed = [b.backup_id for b in valid[:max(0, len(valid) - num_backups_to_keep)]]
+            if doomed:
+                self._delete_metas(doomed)
+            self._garbage_collect()
+
+    def delete_backup(self, backup_id: int) -> None:
+        """Delete one backup, valid or corrupt; files other backups share stay."""
+        self._check_writable("delete_backup")
+        with self._writing("delete_backup"):
+            if backup_id not in self._state.backups:
+                raise NotFound(f"backup {backup_id} not found in {self.env.describe()}")
+            self._delete_metas([backup_id])
+            self._garbage_collect()
+
+    def garbage_collect(self) -> None:
+        """Remove every file no valid backup needs: leftovers of failed or
+        interrupted creates and deletes, and files of corrupt backups."""
+        self._check_writable("garbage_collect")
+        with self._writing("garbage_collect"):
+            self._garbage_collect()
+
+    def verify_backup(self, backup_id: int, verify_with_checksum: bool = False, *,
+                      progress_callback: ProgressCallback | None = None) -> None:
+        """Raise unless every file of the backup is there with its recorded size
+        (and, with checksums, its recorded CRC-32C)."""
+        self._check_open()
+        verify_backup(self.env, self._backup(backup_id), verify_with_checksum, self.options, threading.Event(),
+                      self._workers, progress_callback)
+
+    def restore_db_from_backup(self, backup_id: int, db_dir: str | os.PathLike, wal_dir: str | os.PathLike | None = None,
+                               options: RestoreOptions = RestoreOptions(), *,
+                               progress_callback: ProgressCallback | None = None) -> None:
+        self._check_open()
+        self._restore(self._backup(backup_id), db_dir, wal_dir, options, progress_callback)
+
+    def restore_db_from_latest_backup(self, db_dir: str | os.PathLike, wal_dir: str | os.PathLike | None = None,
+                                      options: RestoreOptions = RestoreOptions(), *,
+                                      progress_callback: ProgressCallback | None = None) -> None:
+        self._check_open()
+        self._restore(self._latest(), db_dir, wal_dir, options, progress_callback)
+
+    def _restore(self, backup: LoadedBackup, db_dir, wal_dir, options: RestoreOptions,
+                 progress_callback: ProgressCallback | None) -> None:
+        if not isinstance(options, RestoreOptions):
+            raise InvalidArgument(f"expected RestoreOptions, got {type(options).__name__}")
+        restore_backup(self.env, backup, self._state.listing, os.fspath(db_dir),
+                       os.fspath(wal_dir if wal_dir is not None else db_dir), options, self.options,
+                       progress_callback, threading.Event(), self._workers)
+
+    def stop_backup(self) -> None:
+        """Make a running create stop within one chunk and every later one fail
+        with Incomplete("Backup stopped"), as RocksDB's StopBackup (one-way)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_env:
+            self.env.close()
+
+    def __enter__(self) -> "BackupEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.env.describe()!r})"
+
+
+class BackupEngineReadOnly(BackupEngine):
+    """Lists, verifies and restores; never writes or deletes anything in the
+    backup directory (every write is refused at the env level too)."""
+
+    read_only = True

@@ -1,0 +1,92 @@
+"""Deciding, without I/O, where each DB file goes and whether it must be copied.
+
+Inputs are facts already gathered (the snapshot's files, each SST's session
+id or precomputed crc, the files valid backups already hold); the output is
+the backup's file list in RocksDB's order.  Keeping this pure makes the
+incremental rule easy to test: a shared file already referenced by a valid
+backup is reused without being read again, after its size is checked.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import Corruption
+from .naming import (
+    SHARED_CHECKSUM_DIR,
+    SHARED_DIR,
+    FileKind,
+    is_shareable,
+    private_dir,
+    shared_checksum_name,
+)
+from .source import SourceFile
+
+
+@dataclass(frozen=True)
+class NamingFacts:
+    """What naming a shared_checksum file needs, read from the DB file."""
+
+    session_id: str | None = None
+    crc32c: int | None = None
+    """Only computed when the name needs it (no session id, blob files)."""
+
+
+@dataclass(frozen=True)
+class PlannedFile:
+    source: SourceFile
+    dest: str
+    """Backup-relative path."""
+    copy: bool
+    """False: an identical file is already in the backup directory."""
+    expected_crc32c: int | None
+    """Known before copying: from the backup that holds it, or computed for the name."""
+
+
+def needs_naming_facts(f: SourceFile, *, share_table_files: bool, share_files_with_checksum: bool) -> bool:
+    return share_table_files and share_files_with_checksum and is_shareable(f.kind)
+
+
+def needs_crc_for_name(f: SourceFile, session_id: str | None) -> bool:
+    """Legacy names carry the crc: blobs always, SSTs without a session id."""
+    return f.kind is FileKind.BLOB or session_id is None
+
+
+def destination(f: SourceFile, backup_id: int, *, share_table_files: bool,
+                share_files_with_checksum: bool, facts: NamingFacts | None) -> str:
+    if not (share_table_files and is_shareable(f.kind)):
+        return f"{private_dir(backup_id)}/{f.name}"
+    if not share_files_with_checksum:
+        return f"{SHARED_DIR}/{f.name}"
+    facts = facts or NamingFacts()
+    name = shared_checksum_name(
+        f.name, size=f.size,
+        session_id=facts.session_id if f.kind is FileKind.TABLE else None,
+        crc32c=facts.crc32c)
+    return f"{SHARED_CHECKSUM_DIR}/{name}"
+
+
+def plan_backup(files: list[SourceFile], backup_id: int, *, share_table_files: bool,
+                share_files_with_checksum: bool, facts: dict[str, NamingFacts],
+                referenced: dict[str, tuple[int, int | None]]) -> list[PlannedFile]:
+    """`referenced`: path -> (size, crc32c) of every file valid backups hold."""
+    plan: list[PlannedFile] = []
+    for f in files:
+        dest = destination(f, backup_id, share_table_files=share_table_files,
+                           share_files_with_checksum=share_files_with_checksum, facts=facts.get(f.name))
+        known = facts.get(f.name)
+        expected = known.crc32c if known else None
+        held = referenced.get(dest)
+        if held is not None and not dest.startswith(f"{private_dir(backup_id)}/"):
+            size, crc = held
+            if size != f.size:
+                raise Corruption(
+                    f"backup {backup_id}: {dest} already in the backup directory is {size} bytes but "
+                    f"the DB's {f.name} is {f.size} bytes (a file-number clash with an older backup; "
+                    "delete the backups that hold it, or use share_files_with_checksum=True)")
+            if expected is not None and crc is not None and crc != expected:
+                raise Corruption(f"backup {backup_id}: {dest} in the backup directory has crc32c {crc}, "
+                                 f"the DB's {f.name} has {expected}")
+            plan.append(PlannedFile(f, dest, copy=False, expected_crc32c=crc))
+        else:
+            plan.append(PlannedFile(f, dest, copy=True, expected_crc32c=expected))
+    return plan

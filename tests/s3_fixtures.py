@@ -1,0 +1,289 @@
+"""S3 test fixtures: a moto server, fresh buckets, and a fault-injecting twin.
+
+moto's in-process `mock_aws` does not work with s3fs (aiobotocore), so a real
+HTTP server runs for the whole session (port 0: the OS picks a free port) and
+each test gets its own uniquely named bucket.  Dummy credentials and an empty
+AWS config are forced, so nothing can reach real AWS.
+
+moto has no fault injection of its own.  `FaultInjector` is a WSGI
+middleware around moto's application, served by a second werkzeug server on
+its own loopback port; both servers share moto's process-wide state, so a
+bucket made through one is seen through the other.  By rule (method, path,
+query; a count or a seeded probability) it returns 500 or 503 SlowDown (or
+any error code), resets the connection before or after moto applies the
+request, cuts a response body short, or delays it.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import re
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import pytest
+
+log = logging.getLogger(__name__)
+
+DUMMY_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": "/nonexistent/rbackup-test-aws-config",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/rbackup-test-aws-credentials",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+"""Environment for every S3 test: fake credentials, no profile, no instance metadata."""
+UNSET_AWS_ENV = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+
+FAULT_KINDS = ("error", "reset_before", "reset_after", "truncate", "delay")
+"""error: an S3 error response, moto not called; reset_before/after: the connection
+dropped without a response, before or after moto applied the request; truncate:
+half the response body, then the connection dropped; delay: a pause, then normal."""
+
+
+@dataclass
+class Fault:
+    """One injection rule.  `path` and `query` are regular expressions searched in
+    the request's path and query string; `times` caps how often it fires."""
+
+    kind: str
+    method: str | None = None
+    path: str | None = None
+    query: str | None = None
+    probability: float = 1.0
+    times: int | None = None
+    status: int = 503
+    code: str = "SlowDown"
+    message: str = "Please reduce your request rate."
+    delay: float = 0.3
+    fired: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; one of {FAULT_KINDS}")
+
+    def matches(self, method: str, path: str, query: str) -> bool:
+        return (
+            (self.times is None or self.fired < self.times)
+            and (self.method is None or self.method == method)
+            and (self.path is None or re.search(self.path, path) is not None)
+            and (self.query is None or re.search(self.query, query) is not None)
+        )
+
+
+class FaultInjector:
+    """WSGI middleware: applies the first matching `Fault` whose dice roll hits."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], seed: int = 0) -> None:
+        self.app = app
+        self.rules: list[Fault] = []
+        self.injected: Counter[str] = Counter()
+        self.requests = 0
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def add(self, fault: Fault) -> Fault:
+        with self._lock:
+            self.rules.append(fault)
+        return fault
+
+    def chaos(self, probability: float, kinds: Iterable[str] = FAULT_KINDS, **match: Any) -> list[Fault]:
+        """Random faults of every kind in `kinds`, about `probability` of requests in all."""
+        kinds = tuple(kinds)
+        return [self.add(Fault(kind, probability=probability / len(kinds), **match)) for kind in kinds]
+
+    def reset(self, seed: int = 0) -> None:
+        with self._lock:
+            self.rules.clear()
+            self.injected.clear()
+            self.requests = 0
+            self._rng = random.Random(seed)
+
+    def _pick(self, method: str, path: str, query: str) -> Fault | None:
+        with self._lock:
+            self.requests += 1
+            for rule in self.rules:
+                if rule.matches(method, path, query) and self._rng.random() < rule.probability:
+                    rule.fired += 1
+                    self.injected[rule.kind] += 1
+                    return rule
+        return None
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        fault = self._pick(method, environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""))
+        if fault is None:
+            return self.app(environ, start_response)
+        log.debug("injecting %s into %s %s", fault.kind, method, environ.get("PATH_INFO"))
+        if fault.kind == "delay":
+            time.sleep(fault.delay)
+            return self.app(environ, start_response)
+        if fault.kind == "error":
+            _drain(environ)
+            body = (
+                f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{fault.code}</Code>'
+                f"<Message>{fault.message}</Message><RequestId>injected</RequestId></Error>"
+            ).encode()
+            start_response(
+                f"{fault.status} Injected",
+                [("Content-Type", "application/xml"), ("Content-Length", str(len(body))), ("Connection", "close")],
+            )
+            return [] if method == "HEAD" else [body]
+        if fault.kind == "reset_before":
+            _drop_connection(environ)
+            start_response("500 Dropped", [("Content-Length", "0")])
+            return []
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            captured.update(status=status, headers=headers)
+            return lambda data: None
+
+        body = b"".join(self.app(environ, capture))  # moto applies the request here
+        if fault.kind == "reset_after" or len(body) < 2:
+            _drop_connection(environ)
+            start_response("500 Dropped", [("Content-Length", "0")])
+            return []
+        start_response(captured["status"], captured["headers"])
+        return _truncated(body, environ)
+
+
+def _drain(environ: dict[str, Any]) -> None:
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    stream = environ["wsgi.input"]
+    while length > 0:
+        chunk = stream.read(min(length, 1 << 20))
+        if not chunk:
+            break
+        length -= len(chunk)
+
+
+def _drop_connection(environ: dict[str, Any]) -> None:
+    """Cut the client off without a response (SO_LINGER 0: a reset where the kernel can)."""
+    sock: socket.socket = environ["werkzeug.socket"]
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _truncated(body: bytes, environ: dict[str, Any]) -> Iterator[bytes]:
+    yield body[: len(body) // 2]
+    _drop_connection(environ)
+
+
+# -- fixtures ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def aws_test_env() -> Iterator[None]:
+    """Fake credentials and no AWS configuration for the session's S3 tests."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in DUMMY_AWS_ENV.items():
+            mp.setenv(name, value)
+        for name in UNSET_AWS_ENV:
+            mp.delenv(name, raising=False)
+        yield
+
+
+@pytest.fixture(scope="session")
+def moto_server(aws_test_env: None) -> Iterator[str]:
+    """A moto S3 server for the session; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def _storage_options(endpoint: str) -> dict[str, Any]:
+    return {"endpoint_url": endpoint, "key": DUMMY_AWS_ENV["AWS_ACCESS_KEY_ID"],
+            "secret": DUMMY_AWS_ENV["AWS_SECRET_ACCESS_KEY"]}
+
+
+def _boto3_client(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
+def _make_bucket(endpoint: str) -> str:
+    name = f"rbk-{uuid.uuid4().hex[:24]}"
+    _boto3_client(endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def _drop_bucket(endpoint: str, name: str) -> None:
+    """Empty and delete a test bucket, so moto's memory does not grow all session."""
+    client = _boto3_client(endpoint)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
+    for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+    client.delete_bucket(Bucket=name)
+
+
+@pytest.fixture
+def s3_bucket_url(moto_server: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A fresh, empty bucket: yields ("s3://<bucket>", storage_options for s3fs/S3Env)."""
+    name = _make_bucket(moto_server)
+    try:
+        yield f"s3://{name}", _storage_options(moto_server)
+    finally:
+        _drop_bucket(moto_server, name)
+
+
+@pytest.fixture(scope="session")
+def s3_faulty_server(moto_server: str) -> Iterator[tuple[str, FaultInjector]]:
+    """moto's application behind a FaultInjector, on its own port: (endpoint, injector)."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    injector = FaultInjector(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, injector, threaded=True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, name="faulty-moto", daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    try:
+        yield f"http://{host}:{port}", injector
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+@dataclass
+class FaultyS3:
+    """A fresh bucket reached through the fault-injecting endpoint."""
+
+    url: str
+    """s3://<bucket>"""
+    storage_options: dict[str, Any]
+    """Points at the faulty endpoint."""
+    injector: FaultInjector
+    clean_storage_options: dict[str, Any]
+    """The same bucket without faults (to set up or check state)."""
+
+
+@pytest.fixture
+def s3_faulty(moto_server: str, s3_faulty_server: tuple[str, FaultInjector]) -> Iterator[FaultyS3]:
+    """A fresh bucket behind the fault injector, which starts with no rules (seed 0)."""
+    endpoint, injector = s3_faulty_server
+    injector.reset()
+    name = _make_bucket(moto_server)
+    try:
+        yield FaultyS3(f"s3://{name}", _storage_options(endpoint), injector, _storage_options(moto_server))
+    finally:
+        injector.reset()
+        _drop_bucket(moto_server, name)
