@@ -43,6 +43,7 @@ class BackupEngine:
         self._stop = threading.Event()
         self._mutex = threading.RLock()
         self._meta_cache: MetaCache = {}
+        self._cached_state: BackupState | None = None
         self._closed = False
         if self.read_only and options.destroy_old_data:
             raise InvalidArgument("destroy_old_data cannot be used with a read-only engine")
@@ -51,7 +52,7 @@ class BackupEngine:
             # RocksDB's order: root, shared dir, private/, meta/
             for directory in [""] + ([shared] if options.share_table_files else []) + [PRIVATE_DIR, META_DIR]:
                 self.env.makedirs(directory)
-        self._state = self._load()
+        self._cached_state = self._load()  # a broken backup directory fails the open, as in RocksDB
         if options.destroy_old_data:
             with self._writing("destroy_old_data"):
                 self._delete_metas([b.backup_id for b in self._state.backups.values()])
@@ -69,6 +70,17 @@ class BackupEngine:
         caps = self.env.capabilities
         floor = 1 if caps.directories else caps.concurrency
         return max(self.options.max_background_operations, floor)
+
+    @property
+    def _state(self) -> BackupState:
+        """The directory as last loaded; reloaded lazily after every write, so a
+        failed reload never masks the error of the operation that preceded it."""
+        if self._cached_state is None:
+            self._cached_state = self._load()
+        return self._cached_state
+
+    def _invalidate(self) -> None:
+        self._cached_state = None
 
     def _load(self) -> BackupState:
         max_valid = self.options.max_valid_backups_to_open if self.read_only else None
@@ -89,11 +101,11 @@ class BackupEngine:
         """Serialise writers (threads here, processes anywhere) and act on a fresh view."""
         with self._mutex, writer_lock(self.env, operation, timeout=self.options.lock_timeout,
                                       ttl=self.options.lock_ttl):
-            self._state = self._load()
+            self._invalidate()
             try:
                 yield
             finally:
-                self._state = self._load()
+                self._invalidate()
 
     def _backup(self, backup_id: int) -> LoadedBackup:
         if not isinstance(backup_id, int) or isinstance(backup_id, bool):
@@ -166,8 +178,8 @@ class BackupEngine:
                               BackupRequest(backup_id, db, flush_before_backup, metadata, progress_callback),
                               self._stop, self._workers)
             except BaseException:
+                self._invalidate()
                 with contextlib.suppress(BackupError):
-                    self._state = self._load()
                     self._garbage_collect()
                 raise
         return backup_id

@@ -20,6 +20,7 @@ from .errors import BackupError, Corruption, InvalidArgument, NotFound, StorageE
 from .naming import SIDE_FILES, FileKind, classify, db_filename_from_backup_name, private_dir
 from .options import BackupableDBOptions, ProgressCallback, RestoreOptions
 from .ratelimit import make_limiter
+from .source import db_lock
 from .state import LoadedBackup
 from .transfer import DEFAULT_BUFFER_SIZE, Buffers, ProgressTracker, run_parallel, stream_copy
 
@@ -49,8 +50,10 @@ def _delete_old_files(db_dir: str, wal_dir: str, keep_log_files: bool, log: logg
     wal_dir/archive, or with keep_log_files only db_dir's non-WAL files, the
     archived WALs being moved back into wal_dir."""
     def files_in(d: str) -> list[str]:
+        # LOCK stays: the restore holds it, and a new inode would let a RocksDB in
         try:
-            return [e.path for e in os.scandir(d) if e.is_file(follow_symlinks=False) or e.is_symlink()]
+            return [e.path for e in os.scandir(d)
+                    if (e.is_file(follow_symlinks=False) or e.is_symlink()) and e.name != "LOCK"]
         except FileNotFoundError:
             return []
 
@@ -101,6 +104,10 @@ def restore_backup(env: BackupEnv, backup: LoadedBackup, listing: dict[str, int]
     backup_id = backup.backup_id
     db_dir = os.path.abspath(os.fspath(db_dir))
     wal_dir = os.path.abspath(os.fspath(wal_dir))
+    backup_root = env.local_path("")
+    for target in (db_dir, wal_dir):
+        if backup_root is not None and _inside(os.path.realpath(target), os.path.realpath(backup_root)):
+            raise InvalidArgument(f"restore target {target} is inside the backup directory {backup_root}")
     _prepare_dir(db_dir, "db_dir")
     _prepare_dir(wal_dir, "wal_dir")
 
@@ -125,9 +132,19 @@ def restore_backup(env: BackupEnv, backup: LoadedBackup, listing: dict[str, int]
         if src in listing:
             items.append(_RestoreItem(src, os.path.join(db_dir, side), listing[src], None))
 
-    _delete_old_files(db_dir, wal_dir, restore_options.keep_log_files, log)
-    _write_file(os.path.join(db_dir, "CURRENT"), IN_PROGRESS_MARKER, options.sync)
+    # Hold the target's LOCK throughout: a RocksDB that has it open would be
+    # corrupted under its feet, and none may open it half restored.
+    with db_lock(db_dir, purpose="restore into it while it is open"):
+        _delete_old_files(db_dir, wal_dir, restore_options.keep_log_files, log)
+        _write_file(os.path.join(db_dir, "CURRENT"), IN_PROGRESS_MARKER, options.sync)
+        _copy_and_commit(env, backup_id, items, current, db_dir, wal_dir, options, progress_callback, stop,
+                         workers, log)
 
+
+def _copy_and_commit(env: BackupEnv, backup_id: int, items: list[_RestoreItem], current: _RestoreItem,
+                     db_dir: str, wal_dir: str, options: BackupableDBOptions,
+                     progress_callback: ProgressCallback | None, stop: threading.Event, workers: int,
+                     log: logging.Logger) -> None:
     buffers = Buffers(options.io_buffer_size or DEFAULT_BUFFER_SIZE)
     all_items = items + [current]
     tracker = ProgressTracker("restore", backup_id, sum(i.size for i in all_items), len(all_items),
@@ -170,6 +187,10 @@ def restore_backup(env: BackupEnv, backup: LoadedBackup, listing: dict[str, int]
         _fsync_dir(db_dir)
     log.info("restored backup %d into %s (%d files, %d bytes)", backup_id, db_dir, len(all_items),
              tracker.bytes_done)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _unlink_quiet(path: str) -> None:

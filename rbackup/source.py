@@ -116,9 +116,9 @@ def _scan(directory: str, *, backup_log_files: bool, extra_wal_dir: str | None =
 
 
 @contextlib.contextmanager
-def _db_lock(db_path: str) -> Iterator[None]:
+def db_lock(db_path: str, purpose: str = "back it up") -> Iterator[None]:
     """Hold RocksDB's own LOCK (a POSIX record lock, as RocksDB takes it) so no
-    process opens the DB for writing while we copy its WALs."""
+    process opens the DB for writing while we copy its files or restore into it."""
     lock_path = os.path.join(db_path, "LOCK")
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -129,8 +129,8 @@ def _db_lock(db_path: str) -> Iterator[None]:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EAGAIN):
-                raise LockError(f"the DB at {db_path} is open in another process (its LOCK is held); "
-                                "back it up from that process by passing its open Rdict") from exc
+                raise LockError(f"the DB at {db_path} is open in another process (its LOCK is held): "
+                                f"cannot {purpose}") from exc
             raise StorageError(f"cannot lock {lock_path}: {exc}") from exc
         yield
     finally:
@@ -162,7 +162,7 @@ def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = F
             raise NotFound(f"DB directory {db_path} does not exist")
         if not os.path.exists(os.path.join(db_path, "CURRENT")):
             raise InvalidArgument(f"{db_path} is not a RocksDB directory (no CURRENT file)")
-        with _db_lock(db_path):
+        with db_lock(db_path):
             try:
                 handle = _open_read_only(db_path)
             except Exception as exc:

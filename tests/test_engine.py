@@ -528,3 +528,31 @@ def test_engine_option_alias_and_modern_names(live_db, backup_dir):
         assert eng.create_new_backup_with_metadata(live_db.db, b"m") == 1
     with BackupEngineReadOnly.open(BackupEngineOptions(backup_dir)) as ro:
         assert ro.get_backup_info()[0].app_metadata == b"m"
+
+
+def test_restore_refuses_targets_inside_the_backup_dir_and_open_dbs(live_db, backup_dir, tmp_path):
+    eng = engine(backup_dir)
+    eng.create_new_backup(live_db.db)
+    before = files_under(backup_dir)
+    for target in (backup_dir, os.path.join(backup_dir, "private")):
+        with pytest.raises(InvalidArgument, match="inside the backup directory"):
+            eng.restore_db_from_latest_backup(target)
+    assert files_under(backup_dir) == before
+    # a DB held open by another process: its LOCK is taken, the restore refuses
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import rocksdict, sys, time; db = rocksdict.Rdict(sys.argv[1]); "
+                               "print('open', flush=True); time.sleep(60)", str(tmp_path / "busy")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        from rbackup import LockError
+
+        with pytest.raises(LockError, match="open in another process"):
+            eng.restore_db_from_latest_backup(str(tmp_path / "busy"))
+        assert "CURRENT" in os.listdir(tmp_path / "busy")  # untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    eng.close()
