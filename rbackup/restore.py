@@ -28,6 +28,11 @@ IN_PROGRESS_MARKER = b"rbackup: restore in progress; this DB is incomplete"
 """No trailing newline: RocksDB reports Corruption instead of opening."""
 
 
+_KEEP = frozenset({"LOCK", "CURRENT"})
+"""Never deleted by a restore: LOCK is held by it (a new inode would let a RocksDB
+in), CURRENT already holds the in-progress marker."""
+
+
 @dataclass(frozen=True)
 class _RestoreItem:
     src: str
@@ -50,10 +55,9 @@ def _delete_old_files(db_dir: str, wal_dir: str, keep_log_files: bool, log: logg
     wal_dir/archive, or with keep_log_files only db_dir's non-WAL files, the
     archived WALs being moved back into wal_dir."""
     def files_in(d: str) -> list[str]:
-        # LOCK stays: the restore holds it, and a new inode would let a RocksDB in
         try:
             return [e.path for e in os.scandir(d)
-                    if (e.is_file(follow_symlinks=False) or e.is_symlink()) and e.name != "LOCK"]
+                    if (e.is_file(follow_symlinks=False) or e.is_symlink()) and e.name not in _KEEP]
         except FileNotFoundError:
             return []
 
@@ -135,8 +139,12 @@ def restore_backup(env: BackupEnv, backup: LoadedBackup, listing: dict[str, int]
     # Hold the target's LOCK throughout: a RocksDB that has it open would be
     # corrupted under its feet, and none may open it half restored.
     with db_lock(db_dir, purpose="restore into it while it is open"):
+        # The marker replaces CURRENT atomically *before* anything is deleted, so
+        # an interrupted deletion cannot leave an old DB that opens with files missing.
+        marker_tmp = os.path.join(db_dir, "CURRENT.rbackup-marker.tmp")
+        _write_file(marker_tmp, IN_PROGRESS_MARKER, options.sync)
+        os.replace(marker_tmp, os.path.join(db_dir, "CURRENT"))
         _delete_old_files(db_dir, wal_dir, restore_options.keep_log_files, log)
-        _write_file(os.path.join(db_dir, "CURRENT"), IN_PROGRESS_MARKER, options.sync)
         _copy_and_commit(env, backup_id, items, current, db_dir, wal_dir, options, progress_callback, stop,
                          workers, log)
 
@@ -173,12 +181,7 @@ def _copy_and_commit(env: BackupEnv, backup_id: int, items: list[_RestoreItem], 
             raise
         tracker.file_done()
 
-    try:
-        run_parallel(all_items, copy_one, workers, stop)
-    except BackupError as exc:
-        log.error("restore of backup %d into %s failed: %s (the target keeps a CURRENT that RocksDB "
-                  "will not open)", backup_id, db_dir, exc)
-        raise
+    run_parallel(all_items, copy_one, workers, stop)
     if options.sync:
         for d in {db_dir, wal_dir}:
             _fsync_dir(d)

@@ -126,7 +126,7 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
             backup.meta = parsed
             backup.error = _check_files(backup_id, parsed, listing, backup.sizes)
         if backup.error is not None:
-            log.warning("backup %d is corrupt: %s", backup_id, backup.error)
+            log.info("backup %d is corrupt: %s", backup_id, backup.error)
         else:
             valid_count += 1
         backups[backup_id] = backup

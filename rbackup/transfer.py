@@ -56,7 +56,6 @@ class ProgressTracker:
         self._next_call = interval
         self._lock = threading.Lock()
         self._stop = stop
-        self.callback_error: BaseException | None = None
 
     def add(self, nbytes: int) -> None:
         with self._lock:
@@ -75,11 +74,13 @@ class ProgressTracker:
         try:
             self._callback(Progress(self.operation, self.bytes_done, self.bytes_total,
                                     self.files_done, self.files_total, self.backup_id))
-        except BaseException as exc:  # noqa: BLE001 - the user's code; anything it raises aborts
-            self.callback_error = exc
+        except Exception as exc:  # the user's code: whatever it raises aborts the operation
             self._stop.set()
             raise Aborted(f"{self.operation} of backup {self.backup_id} aborted: "
                           f"progress callback raised {type(exc).__name__}: {exc}") from exc
+        except BaseException:  # Ctrl-C stays Ctrl-C, after stopping the siblings
+            self._stop.set()
+            raise
 
 
 class Buffers(threading.local):
