@@ -1,0 +1,524 @@
+"""`rbackup`: the backup engine from the shell (create, list, verify, restore, delete, purge, gc).
+
+The command is a thin layer over the library: each subcommand opens one
+engine (a read-only one for list, verify and restore, so they can never write
+to the backup directory), calls one API method and prints the result.  What
+it adds is the shell contract: one `rbackup: error: ...` line and a
+meaningful exit code for every failure, a tqdm progress bar on terminals, and
+Ctrl-C handling that says what an interruption left behind.  Formatting lives
+in `cli_format`, which is pure and unit-tested.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import sys
+import textwrap
+import time
+import traceback
+from typing import Any, Callable, Iterator, NoReturn, Sequence
+
+import click
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from . import __version__
+from .cli_format import (
+    LIST_JSON_SCHEMA,
+    backends_table,
+    backup_json,
+    human_size,
+    list_json,
+    list_table,
+    parse_size,
+    parse_storage_options,
+)
+from .engine import BackupEngine, BackupEngineReadOnly
+from .env.registry import list_backends
+from .errors import Aborted, BackupError, InvalidArgument, NotFound
+from .options import MiB, BackupableDBOptions, Progress, RestoreOptions
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, what shells report for a command stopped by Ctrl-C."""
+
+PROGRESS_INTERVAL = MiB
+"""Progress callbacks every MiB (the library's default of 4 MiB makes a jerky bar)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C arrived; the message says what that left behind."""
+
+
+# -- plumbing ---------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    """Library messages name the backup, file and URL; keep them on one line."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _print_error(message: str) -> None:
+    click.echo(f"rbackup: error: {message}", err=True)
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C, also when it landed inside our progress callback, which the
+    library reports as Aborted (a callback that raised) caused by KeyboardInterrupt."""
+    return isinstance(exc, KeyboardInterrupt) or (
+        isinstance(exc, Aborted) and isinstance(exc.__cause__, KeyboardInterrupt))
+
+
+@contextlib.contextmanager
+def _interruptible(consequence: str) -> Iterator[None]:
+    """Turn Ctrl-C during a long operation into Interrupted(what it left behind)."""
+    try:
+        yield
+    except (KeyboardInterrupt, Aborted) as exc:
+        if not _is_interrupt(exc):
+            raise
+        raise Interrupted(consequence) from exc
+
+
+class _LineFormatter(logging.Formatter):
+    """`rbackup: warning: ...`, in the style of the error line, without tracebacks."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"rbackup: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _configure_logging(verbosity: int) -> None:
+    """Warnings only by default: every error reaches the user as the one line the
+    command prints, so the library's own ERROR records would only repeat it.
+    -v shows INFO (what the engine does), -vv DEBUG (every store request)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if verbosity:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(_LineFormatter())
+        handler.addFilter(lambda record: record.levelno < logging.ERROR)
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+
+
+def _interrupted(message: str, exc: BaseException) -> NoReturn:
+    click.echo(message, err=True)
+    raise click.exceptions.Exit(EXIT_INTERRUPTED) from exc
+
+
+def _fail(exc: Exception, verbose: int) -> NoReturn:
+    """Report a failed command and exit: 2 for InvalidArgument (a value the user gave
+    that can never work), 1 for everything else."""
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, (BackupError, OSError)):
+        _print_error(_one_line(exc))
+    else:  # a bug: still one line, the traceback is a -v away
+        _print_error(f"unexpected {type(exc).__name__}: {_one_line(exc)}"
+                     + ("" if verbose else " (rerun with --verbose for the traceback)"))
+    raise click.exceptions.Exit(EXIT_USAGE if isinstance(exc, InvalidArgument) else EXIT_FAILED) from exc
+
+
+def _report_failures(fn: Callable[..., None]) -> Callable[..., None]:
+    """The error policy of every command: one `rbackup: error:` line (a traceback
+    too with --verbose) and exit 1, or 2 for a value the user gave that can never
+    work, or 130 with what was left behind after Ctrl-C."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, verbose: int, **kwargs: Any) -> None:
+        _configure_logging(verbose)
+        try:
+            fn(*args, **kwargs)
+        except (click.exceptions.Exit, click.ClickException, BrokenPipeError):
+            raise
+        except Interrupted as exc:
+            _interrupted(f"rbackup: interrupted: {exc}", exc)
+        except KeyboardInterrupt as exc:
+            _interrupted("rbackup: interrupted", exc)
+        except Exception as exc:
+            if _is_interrupt(exc):
+                _interrupted("rbackup: interrupted", exc)
+            _fail(exc, verbose)
+
+    return click.option("-v", "--verbose", count=True,
+                        help="Log what happens (-vv: in detail) and show tracebacks on errors.")(run)
+
+
+class _Size(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _storage_options(ctx: click.Context, param: click.Parameter, value: Sequence[str]) -> dict[str, Any] | None:
+    try:
+        return parse_storage_options(value) or None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+def _backup_dir_options(fn: Callable[..., None]) -> Callable[..., None]:
+    fn = click.option(
+        "-o", "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+        callback=_storage_options,
+        help="Storage option for the backend (repeatable). Dotted keys nest "
+             "(client_kwargs.endpoint_url=http://localhost:9000); values are JSON when they parse "
+             "(true, 8388608), else strings.")(fn)
+    return click.option(
+        "--backup-dir", required=True, metavar="URL",
+        help="The backup directory: a path, or a URL (file://, s3://bucket/prefix, hdfs://nn:8020/path, "
+             "any registered protocol).")(fn)
+
+
+def _quiet_option(fn: Callable[..., None]) -> Callable[..., None]:
+    return click.option("-q", "--quiet", is_flag=True,
+                        help="No progress bar and no status lines (errors are still printed).")(fn)
+
+
+def _options(backup_dir: str, storage_options: dict[str, Any] | None, **overrides: Any) -> BackupableDBOptions:
+    return BackupableDBOptions(backup_dir, storage_options=storage_options,
+                               callback_trigger_interval_size=PROGRESS_INTERVAL, **overrides)
+
+
+class ProgressBar:
+    """Draws the library's Progress reports as one tqdm bar on stderr: bytes done of
+    the total, files done in the postfix, and tqdm's own rate and time left.
+
+    Shown only on a terminal, so logs and pipes never collect carriage-return
+    noise; log lines go through tqdm meanwhile so they do not tear the bar.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._bar: tqdm | None = None
+        self._stack = contextlib.ExitStack()
+
+    def __call__(self, progress: Progress) -> None:
+        if not self.enabled:
+            return
+        if self._bar is None:
+            self._bar = self._stack.enter_context(tqdm(
+                total=progress.bytes_total, desc=f"{progress.operation} {progress.backup_id}", unit="B",
+                unit_scale=True, unit_divisor=1024, file=sys.stderr, dynamic_ncols=True, leave=True))
+        self._bar.set_postfix_str(f"{progress.files_done}/{progress.files_total} files", refresh=False)
+        self._bar.update(progress.bytes_done - self._bar.n)
+
+    def __enter__(self) -> "ProgressBar":
+        if self.enabled:
+            self._stack.enter_context(logging_redirect_tqdm())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+
+def _say(quiet: bool, message: str, *, err: bool = False) -> None:
+    if not quiet:
+        click.echo(message, err=err)
+
+
+# -- the commands -----------------------------------------------------------------------
+
+_EXIT_CODES = """\b
+Exit codes: 0 success; 1 the operation failed (corruption, backup not found,
+storage error, lock held); 2 usage error (bad option or value); 130
+interrupted by Ctrl-C."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=_EXIT_CODES)
+@click.version_option(__version__, "-V", "--version", prog_name="rbackup", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Incremental RocksDB backups in RocksDB's own format, on local disk, S3, HDFS
+    or any fsspec store (RocksDB's BackupEngine).
+
+    \b
+    Examples:
+      rbackup create  --db /var/lib/app/rocksdb --backup-dir s3://bucket/app
+      rbackup list    --backup-dir s3://bucket/app
+      rbackup verify  --backup-dir s3://bucket/app --checksum
+      rbackup restore --backup-dir s3://bucket/app --db /restore/here
+      rbackup purge   --backup-dir s3://bucket/app --keep 7
+
+    S3 credentials, region and endpoint come from the standard AWS_* environment
+    variables and AWS config files, or from -o options (key=..., secret=...,
+    endpoint_url=..., client_kwargs.region_name=...).
+    """
+
+
+@cli.command()
+@_backup_dir_options
+@click.option("--db", "db_path", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The DB directory. No process may hold it open (its LOCK is taken for the backup).")
+@click.option("--flush", is_flag=True,
+              help="Flush memtables before the backup (flush_before_backup). A DB opened from its path is "
+                   "read-only and is not flushed; its WAL files are backed up, so no write is lost.")
+@click.option("--metadata", help="Application metadata to store with the backup (text).")
+@click.option("--rate-limit", type=_Size(), default="0",
+              help="Upload at most SIZE bytes per second (e.g. 50M, 1GiB); 0, the default, is unlimited.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new backup as a JSON object.")
+@_quiet_option
+@_report_failures
+def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str, flush: bool,
+           metadata: str | None, rate_limit: int, as_json: bool, quiet: bool) -> None:
+    """Back up a closed DB; print the new backup's id.
+
+    Only files the backup directory does not hold yet are uploaded: unchanged
+    SST files are shared with earlier backups. The DB is opened read-only and
+    its WAL files are backed up too, so the backup holds every write.
+
+    \b
+    Examples:
+      rbackup create --db /var/lib/app/rocksdb --backup-dir /backups/app
+      ID=$(rbackup create --db /data/db --backup-dir s3://bucket/app --metadata "v1.4 nightly")
+      rbackup create --db /data/db --backup-dir s3://bucket/app --rate-limit 20M --json
+      rbackup create --db /data/db --backup-dir s3://bucket/app \\
+          -o client_kwargs.endpoint_url=http://minio:9000
+    """
+    with BackupEngine(_options(backup_dir, storage_options, backup_rate_limit=rate_limit)) as engine:
+        known = {b.backup_id for b in engine.get_backup_info()}
+        started = time.monotonic()
+        try:
+            with ProgressBar(not quiet) as bar:
+                backup_id = engine.create_new_backup(db_path, flush, app_metadata=metadata, progress_callback=bar)
+        except (KeyboardInterrupt, Aborted) as exc:
+            if not _is_interrupt(exc):
+                raise
+            # The library removed what this attempt wrote, unless Ctrl-C came after the commit.
+            committed = [b.backup_id for b in engine.get_backup_info() if b.backup_id not in known]
+            raise Interrupted(f"backup {committed[-1]} had already been committed; it is complete" if committed
+                              else "no backup was created; the backup directory is unchanged") from exc
+        info = next(b for b in engine.get_backup_info() if b.backup_id == backup_id)
+        location = engine.env.describe()
+    click.echo(json.dumps({"backup_dir": location, **backup_json(info)}) if as_json else str(backup_id))
+    _say(quiet, f"created backup {backup_id} in {location}: {info.number_files} files, {human_size(info.size)}, "
+                f"in {time.monotonic() - started:.1f}s", err=True)
+
+
+@cli.command(name="list", help=f"""List the backups: id, time (local), size, files and metadata.
+
+    Corrupt backups are listed as CORRUPT with the reason. Metadata is shown as
+    text when it is printable UTF-8, else as hex:... . Read-only: nothing in the
+    backup directory is written.
+
+    \b
+    Examples:
+      rbackup list --backup-dir /backups/app
+      rbackup list --backup-dir s3://bucket/app --files
+      rbackup list --backup-dir s3://bucket/app --json | jq '.backups[-1].id'
+
+    \b
+    --json prints one object (file_details only with --files):
+{textwrap.indent(LIST_JSON_SCHEMA, "    ")}
+    """)
+@_backup_dir_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the schema is above).")
+@click.option("--files", is_flag=True, help="Also list each backup's files with size and CRC-32C.")
+@_report_failures
+def list_(backup_dir: str, storage_options: dict[str, Any] | None, as_json: bool, files: bool) -> None:
+    with BackupEngineReadOnly(_options(backup_dir, storage_options)) as engine:
+        backups = engine.get_backup_info(include_file_details=files)
+        corrupt = engine.corruption_reasons()
+        location = engine.env.describe()
+    if as_json:
+        click.echo(json.dumps(list_json(location, backups, corrupt), indent=2))
+    elif backups or corrupt:
+        click.echo(list_table(backups, corrupt))
+    else:
+        click.echo(f"no backups in {location}")
+
+
+@cli.command()
+@_backup_dir_options
+@click.option("--backup-id", type=int, metavar="N", help="Verify this backup only (default: every backup).")
+@click.option("--checksum", is_flag=True,
+              help="Read every file back and check its CRC-32C (default: check presence and sizes).")
+@_quiet_option
+@_report_failures
+def verify(backup_dir: str, storage_options: dict[str, Any] | None, backup_id: int | None, checksum: bool,
+           quiet: bool) -> None:
+    """Check that backups are intact; exit 1 if any is not.
+
+    Without --checksum each file of the backup must exist with its recorded
+    size; with it, each is read back and its CRC-32C compared. Every backup is
+    checked and each failure reported. Read-only.
+
+    \b
+    Examples:
+      rbackup verify --backup-dir /backups/app
+      rbackup verify --backup-dir s3://bucket/app --backup-id 12 --checksum
+    """
+    with BackupEngineReadOnly(_options(backup_dir, storage_options)) as engine:
+        ids = [backup_id] if backup_id is not None else sorted(
+            [b.backup_id for b in engine.get_backup_info()] + engine.get_corrupted_backups())
+        if not ids:
+            raise NotFound(f"no backups to verify in {engine.env.describe()}")
+        failed = 0
+        for i in ids:
+            try:
+                with _interruptible(f"verification of backup {i} did not finish"), ProgressBar(not quiet) as bar:
+                    engine.verify_backup(i, checksum, progress_callback=bar)
+            except BackupError as exc:
+                if backup_id is not None:
+                    raise
+                _print_error(_one_line(exc))
+                failed += 1
+                continue
+            _say(quiet, f"backup {i}: ok ({'checksums' if checksum else 'files and sizes'} verified)")
+    if failed:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
+@cli.command()
+@_backup_dir_options
+@click.option("--db", "db_dir", required=True, type=click.Path(file_okay=False),
+              help="Where to restore the DB; files already there are deleted first, as RocksDB's restore does.")
+@click.option("--wal-dir", type=click.Path(file_okay=False), help="Where to put the WAL files (default: --db).")
+@click.option("--backup-id", type=int, metavar="N", help="The backup to restore (default: the latest valid one).")
+@click.option("--keep-log-files", is_flag=True,
+              help="Keep the WAL files already in the WAL directory (for backups made without WAL files).")
+@click.option("--rate-limit", type=_Size(), default="0",
+              help="Download at most SIZE bytes per second (e.g. 50M); 0, the default, is unlimited.")
+@_quiet_option
+@_report_failures
+def restore(backup_dir: str, storage_options: dict[str, Any] | None, db_dir: str, wal_dir: str | None,
+            backup_id: int | None, keep_log_files: bool, rate_limit: int, quiet: bool) -> None:
+    """Restore a backup into a DB directory. Read-only on the backup directory.
+
+    Every file is checked (size and CRC-32C) as it arrives, and the DB's CURRENT
+    file is written last: a restore that fails or is interrupted leaves a DB
+    that RocksDB refuses to open, never one with partial data.
+
+    \b
+    Examples:
+      rbackup restore --backup-dir /backups/app --db /var/lib/app/rocksdb
+      rbackup restore --backup-dir s3://bucket/app --db /restore/here --backup-id 12
+      rbackup restore --backup-dir s3://bucket/app --db /data/db --wal-dir /fast/wal
+    """
+    with BackupEngineReadOnly(_options(backup_dir, storage_options, restore_rate_limit=rate_limit)) as engine:
+        if backup_id is None:  # resolved here rather than by restore_db_from_latest_backup, to report the id
+            valid = engine.get_backup_info()
+            if not valid:
+                raise NotFound(f"no valid backup to restore in {engine.env.describe()}")
+            backup_id = valid[-1].backup_id
+        with _interruptible(f"the restore of backup {backup_id} into {db_dir} did not finish; the DB there "
+                            "is incomplete and will not open until a restore completes"), \
+                ProgressBar(not quiet) as bar:
+            engine.restore_db_from_backup(backup_id, db_dir, wal_dir, RestoreOptions(keep_log_files=keep_log_files),
+                                          progress_callback=bar)
+    _say(quiet, f"restored backup {backup_id} into {db_dir}")
+
+
+_LEFTOVERS = "the backup directory is consistent; 'rbackup gc' removes any files left behind"
+
+
+@cli.command()
+@_backup_dir_options
+@click.option("--backup-id", type=int, required=True, metavar="N", help="The backup to delete.")
+@_quiet_option
+@_report_failures
+def delete(backup_dir: str, storage_options: dict[str, Any] | None, backup_id: int, quiet: bool) -> None:
+    """Delete one backup (valid or corrupt); files other backups share stay.
+
+    \b
+    Example:
+      rbackup delete --backup-dir s3://bucket/app --backup-id 3
+    """
+    with BackupEngine(_options(backup_dir, storage_options)) as engine, _interruptible(_LEFTOVERS):
+        engine.delete_backup(backup_id)
+    _say(quiet, f"deleted backup {backup_id}")
+
+
+@cli.command()
+@_backup_dir_options
+@click.option("--keep", type=click.IntRange(min=0), required=True, metavar="N",
+              help="How many of the newest valid backups to keep.")
+@_quiet_option
+@_report_failures
+def purge(backup_dir: str, storage_options: dict[str, Any] | None, keep: int, quiet: bool) -> None:
+    """Delete the oldest backups, keeping the newest N valid ones.
+
+    \b
+    Example:
+      rbackup purge --backup-dir s3://bucket/app --keep 7
+    """
+    with BackupEngine(_options(backup_dir, storage_options)) as engine, _interruptible(_LEFTOVERS):
+        before = [b.backup_id for b in engine.get_backup_info()]
+        engine.purge_old_backups(keep)
+        remaining = {b.backup_id for b in engine.get_backup_info()}
+    deleted = [i for i in before if i not in remaining]
+    _say(quiet, f"deleted backups {', '.join(map(str, deleted))}" if deleted
+         else f"nothing to delete: {len(before)} backups, keeping {keep}")
+
+
+@cli.command()
+@_backup_dir_options
+@_quiet_option
+@_report_failures
+def gc(backup_dir: str, storage_options: dict[str, Any] | None, quiet: bool) -> None:
+    """Remove files no valid backup needs (left by interrupted or failed operations,
+    or belonging to corrupt backups).
+
+    \b
+    Example:
+      rbackup gc --backup-dir s3://bucket/app
+    """
+    with BackupEngine(_options(backup_dir, storage_options)) as engine, _interruptible(_LEFTOVERS):
+        engine.garbage_collect()
+        location = engine.env.describe()
+    _say(quiet, f"garbage collection of {location} done")
+
+
+@cli.command()
+@_report_failures
+def backends() -> None:
+    """List the installed storage backends and their capabilities.
+
+    Backends are plug-ins registered under the entry point group
+    rbackup.backends. A URL whose protocol has none is served by the generic
+    fsspec backend, with conservative capabilities, if fsspec knows it.
+
+    \b
+    Example:
+      rbackup backends
+    """
+    click.echo(backends_table(list_backends()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: run one command and return its exit code.
+
+    click runs in non-standalone mode so that usage errors, like every other
+    failure, come out as one `rbackup: error:` line.
+    """
+    try:
+        return cli.main(args=argv, prog_name="rbackup", standalone_mode=False) or 0
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        _print_error(f"{exc.format_message().rstrip('.')}{hint}")
+        return exc.exit_code
+    except click.ClickException as exc:
+        _print_error(exc.format_message())
+        return exc.exit_code
+    except click.Abort:  # Ctrl-C while click itself was parsing
+        click.echo("rbackup: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `rbackup list | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
