@@ -12,7 +12,32 @@ from .engine import BackupEngine
 from .options import BackupableDBOptions, BackupInfo, ProgressCallback, RestoreOptions
 
 
-class BackupableDB:
+class _EngineAdmin:
+    """What both seed classes offer over their engine: listing and upkeep."""
+
+    _engine: BackupEngine
+
+    @property
+    def engine(self) -> BackupEngine:
+        return self._engine
+
+    def get_backup_info(self, include_file_details: bool = False) -> list[BackupInfo]:
+        return self._engine.get_backup_info(include_file_details)
+
+    def get_corrupted_backups(self) -> list[int]:
+        return self._engine.get_corrupted_backups()
+
+    def purge_old_backups(self, num_backups_to_keep: int) -> None:
+        self._engine.purge_old_backups(num_backups_to_keep)
+
+    def delete_backup(self, backup_id: int) -> None:
+        self._engine.delete_backup(backup_id)
+
+    def verify_backup(self, backup_id: int, verify_with_checksum: bool = False) -> None:
+        self._engine.verify_backup(backup_id, verify_with_checksum)
+
+
+class BackupableDB(_EngineAdmin):
     """An open `rocksdict.Rdict` that can also back itself up.
 
     Everything the Rdict does, this does (attribute access and the mapping
@@ -27,10 +52,6 @@ class BackupableDB:
     @property
     def db(self):
         return self._db
-
-    @property
-    def engine(self) -> BackupEngine:
-        return self._engine
 
     def __getattr__(self, name: str):
         # Only called for names this class does not define: the Rdict's API.
@@ -63,23 +84,8 @@ class BackupableDB:
         return self._engine.create_new_backup(self._db, flush_before_backup, app_metadata=app_metadata,
                                               progress_callback=progress_callback)
 
-    def get_backup_info(self, include_file_details: bool = False) -> list[BackupInfo]:
-        return self._engine.get_backup_info(include_file_details)
-
-    def purge_old_backups(self, num_backups_to_keep: int) -> None:
-        self._engine.purge_old_backups(num_backups_to_keep)
-
-    def delete_backup(self, backup_id: int) -> None:
-        self._engine.delete_backup(backup_id)
-
-    def verify_backup(self, backup_id: int, verify_with_checksum: bool = False) -> None:
-        self._engine.verify_backup(backup_id, verify_with_checksum)
-
     def garbage_collect(self) -> None:
         self._engine.garbage_collect()
-
-    def get_corrupted_backups(self) -> list[int]:
-        return self._engine.get_corrupted_backups()
 
     def close(self) -> None:
         try:
@@ -94,15 +100,11 @@ class BackupableDB:
         self.close()
 
 
-class RestoreBackupableDB:
+class RestoreBackupableDB(_EngineAdmin):
     """Restores (and administers) the backups in a backup directory."""
 
     def __init__(self, options: BackupableDBOptions) -> None:
         self._engine = BackupEngine(options)
-
-    @property
-    def engine(self) -> BackupEngine:
-        return self._engine
 
     def restore_db_from_latest_backup(self, db_dir: str | os.PathLike, wal_dir: str | os.PathLike | None = None,
                                       options: RestoreOptions = RestoreOptions(), *,
@@ -114,21 +116,6 @@ class RestoreBackupableDB:
                                options: RestoreOptions = RestoreOptions(), *,
                                progress_callback: ProgressCallback | None = None) -> None:
         self._engine.restore_db_from_backup(backup_id, db_dir, wal_dir, options, progress_callback=progress_callback)
-
-    def get_backup_info(self, include_file_details: bool = False) -> list[BackupInfo]:
-        return self._engine.get_backup_info(include_file_details)
-
-    def get_corrupted_backups(self) -> list[int]:
-        return self._engine.get_corrupted_backups()
-
-    def delete_backup(self, backup_id: int) -> None:
-        self._engine.delete_backup(backup_id)
-
-    def purge_old_backups(self, num_backups_to_keep: int) -> None:
-        self._engine.purge_old_backups(num_backups_to_keep)
-
-    def verify_backup(self, backup_id: int, verify_with_checksum: bool = False) -> None:
-        self._engine.verify_backup(backup_id, verify_with_checksum)
 
     def close(self) -> None:
         self._engine.close()
