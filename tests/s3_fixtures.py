@@ -15,6 +15,7 @@ request, cuts a response body short, or delays it.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
@@ -211,7 +212,9 @@ def _storage_options(endpoint: str) -> dict[str, Any]:
             "secret": DUMMY_AWS_ENV["AWS_SECRET_ACCESS_KEY"]}
 
 
+@functools.lru_cache(maxsize=None)
 def _boto3_client(endpoint: str) -> Any:
+    """One admin client per endpoint for the session (creating one costs ~0.1 s)."""
     import boto3
 
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")

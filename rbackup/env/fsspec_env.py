@@ -27,6 +27,7 @@ the full URL (credentials removed).
 """
 from __future__ import annotations
 
+import abc
 import errno
 import io
 import logging
@@ -114,7 +115,7 @@ def client_error_info(exc: BaseException) -> dict[str, Any] | None:
         response = getattr(current, "response", None)
         if isinstance(response, dict) and isinstance(response.get("Error"), dict):
             return response["Error"]
-        current = current.__cause__ or current.__context__
+        current = current.__cause__
     return None
 
 
@@ -187,7 +188,63 @@ class _StreamReader(io.RawIOBase):
                 super().close()
 
 
-class _RenamingWriter(AtomicWriter):
+class _FileWriter(AtomicWriter):
+    """What both fsspec writers share: errors name the file, a writer publishes
+    at most once, a failed publish cleans up, and cleanup never raises (it runs
+    while another exception is on its way out).  Parents are created
+    explicitly because ArrowFSWrapper (HDFS) does not create them."""
+
+    def __init__(self, env: FsspecEnv, path: str, target: str) -> None:
+        self._env = env
+        self._path = path
+        self._done = False
+        try:
+            env.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            self._file = self._open(target)
+        except Exception as exc:
+            raise env._error(exc, path, "write") from exc
+
+    @abc.abstractmethod
+    def _open(self, target: str) -> Any:
+        """The store's writable file for `target` (parents already made)."""
+
+    @abc.abstractmethod
+    def _publish(self) -> None:
+        """Make the whole file appear under its final name."""
+
+    @abc.abstractmethod
+    def _discard(self) -> None:
+        """Drop everything written, publishing nothing."""
+
+    def write(self, data: bytes | memoryview) -> int:
+        try:
+            return self._file.write(data)
+        except Exception as exc:
+            raise self._env._error(exc, self._path, "write") from exc
+
+    def commit(self) -> None:
+        if self._done:
+            raise StorageError(f"write {self._env.describe(self._path)}: writer already finished")
+        try:
+            self._publish()
+        except Exception as exc:
+            self.abort()
+            raise self._env._error(exc, self._path, "write") from exc
+        self._done = True
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._discard()
+        except FileNotFoundError:
+            pass
+        except Exception:
+            log.warning("could not clean up the aborted write of %s", self._env.describe(self._path), exc_info=True)
+
+
+class _RenamingWriter(_FileWriter):
     """Write `<dir>/.<name>.tmp`, then `mv` it over the final name.
 
     Where the store declares `atomic_rename` (local disk, HDFS) readers see
@@ -195,101 +252,51 @@ class _RenamingWriter(AtomicWriter):
     that publish as they write (memory, sftp): there `mv` may be copy plus
     delete, but the final name still appears only once the data is complete,
     and a crash leaves only a `.tmp` file, which RocksDB's GC removes.
-    Parents are created explicitly because ArrowFSWrapper does not.
     """
 
     def __init__(self, env: FsspecEnv, path: str) -> None:
-        self._env = env
-        self._path = path
-        self._full = env._full(path)
-        self._tmp_path = temp_name(path)
-        self._tmp = env._full(self._tmp_path)
-        self._done = False
-        try:
-            env.fs.makedirs(posixpath.dirname(self._full), exist_ok=True)
-            self._file = env.fs.open(self._tmp, "wb")
-        except Exception as exc:
-            raise env._error(exc, path, "write") from exc
+        self._tmp = env._full(temp_name(path))
+        self._final = env._full(path)
+        super().__init__(env, path, self._tmp)
 
-    def write(self, data: bytes | memoryview) -> int:
-        try:
-            return self._file.write(data)
-        except Exception as exc:
-            raise self._env._error(exc, self._path, "write") from exc
+    def _open(self, target: str) -> Any:
+        return self._env.fs.open(target, "wb")
 
-    def commit(self) -> None:
-        if self._done:
-            raise StorageError(f"write {self._env.describe(self._path)}: writer already finished")
+    def _publish(self) -> None:
+        self._file.close()
+        self._env.fs.mv(self._tmp, self._final)
+
+    def _discard(self) -> None:
         try:
             self._file.close()
-            self._env.fs.mv(self._tmp, self._full)
-        except Exception as exc:
-            self.abort()
-            raise self._env._error(exc, self._path, "write") from exc
-        self._done = True
-
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        try:
-            self._file.close()
-        except Exception:
-            log.debug("closing %s after abort failed", self._tmp, exc_info=True)
-        try:
+        finally:
             self._env.fs.rm_file(self._tmp)
-        except FileNotFoundError:
-            pass
-        except Exception:
-            log.warning("could not remove temp file %s", self._env.describe(self._tmp_path), exc_info=True)
 
 
-class _DeferredWriter(AtomicWriter):
+class _DeferredWriter(_FileWriter):
     """Write the final name through fsspec's deferred commit (`autocommit=False`).
 
     fsspec's buffered files (s3fs, gcsfs, adlfs) and local files then publish
     only on `commit()` and throw everything away on `discard()`: that is what
     makes an aborted write leave nothing, where a plain `close()` (or the
     garbage collector closing an abandoned file) would publish the partial
-    data.
+    data.  (fsspec stages local files in the system temp directory, so their
+    commit is a rename only on the same file system: declare `atomic_rename`
+    for local disk.)
     """
 
     def __init__(self, env: FsspecEnv, path: str) -> None:
-        self._env = env
-        self._path = path
-        self._done = False
-        full = env._full(path)
-        try:
-            env.fs.makedirs(posixpath.dirname(full), exist_ok=True)
-            self._file = env._open_deferred(full)
-        except Exception as exc:
-            raise env._error(exc, path, "write") from exc
+        super().__init__(env, path, env._full(path))
 
-    def write(self, data: bytes | memoryview) -> int:
-        try:
-            return self._file.write(data)
-        except Exception as exc:
-            raise self._env._error(exc, self._path, "write") from exc
+    def _open(self, target: str) -> Any:
+        return self._env._open_deferred(target)
 
-    def commit(self) -> None:
-        if self._done:
-            raise StorageError(f"write {self._env.describe(self._path)}: writer already finished")
-        try:
-            self._file.close()
-            self._file.commit()
-        except Exception as exc:
-            self.abort()
-            raise self._env._error(exc, self._path, "write") from exc
-        self._done = True
+    def _publish(self) -> None:
+        self._file.close()
+        self._file.commit()
 
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        try:
-            _discard(self._file)
-        except Exception:
-            log.warning("could not discard aborted write of %s", self._env.describe(self._path), exc_info=True)
+    def _discard(self) -> None:
+        _discard(self._file)
 
 
 def temp_name(path: str) -> str:
@@ -415,8 +422,9 @@ class FsspecEnv(BackupEnv):
             raw = self._open_for_read(full)
         except Exception as exc:
             error = self._error(exc, path, "read")
-            # Not every store says "is a directory" with IsADirectoryError (pyarrow does not).
-            if not isinstance(error, NotFound) and self._is_dir(full):
+            # Not every file system says "is a directory" with IsADirectoryError
+            # (pyarrow does not); object stores' errors carry a code instead.
+            if type(error) is StorageError and client_error_info(exc) is None and self._is_dir(full):
                 error = NotFound(f"read {self.describe(path)}: a directory, not a file")
             raise error from exc
         return _StreamReader(raw, f"read {self.describe(path)}")  # type: ignore[return-value]

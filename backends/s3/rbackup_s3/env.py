@@ -1,0 +1,233 @@
+"""S3Env: rbackup's BackupEnv on Amazon S3 and S3-compatible stores, over s3fs.
+
+What S3 needs beyond the generic fsspec env, and why:
+- publish without rename: `S3Writer` (one PUT, or a multipart upload
+  completed only when every part is in, aborted otherwise);
+- commit without rename: a conditional PUT (`If-None-Match: *`), the only
+  atomic create-if-absent S3 has; a lost response makes the retry see 412
+  for our own object, so the object is read back before giving up;
+- freshness: s3fs caches listings, which would hide another client's
+  meta file; the cache is off and every env has its own s3fs instance;
+- bounded retries: botocore in "standard" mode retries 5xx, SlowDown and
+  dropped connections with jittered backoff, s3fs retries truncated bodies
+  on top, and permanent errors (AccessDenied, NoSuchBucket) are not retried.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import s3fs
+
+from rbackup.env.base import AtomicWriter, Capabilities, FileInfo, check_path
+from rbackup.env.fsspec_env import FsspecEnv, error_code, redact_url
+from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StorageError
+
+from .upload import MAX_PART_SIZE, MIN_PART_SIZE, S3Writer
+
+log = logging.getLogger(__name__)
+
+MiB = 2**20
+DELETE_BATCH = 1000
+"""DeleteObjects takes at most 1,000 keys per request."""
+S3FS_RETRIES = 3
+"""s3fs's own retry loop, around botocore's: it is what retries a truncated body."""
+CONFLICT_RETRIES = 4
+"""Retries of a conditional PUT that S3 refused with 409 ConditionalRequestConflict."""
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """rbackup's own storage options; everything else in `storage_options` goes to s3fs."""
+
+    conditional_writes: bool = True
+    """False for stores without `If-None-Match` on PUT: create_exclusive becomes best effort."""
+    part_size: int = 8 * MiB
+    """First multipart part size; also the largest file sent as a single PUT."""
+    read_block_size: int = 8 * MiB
+    """Bytes fetched per ranged GET while streaming a file."""
+    concurrency: int = 16
+    """Transfers the engine should run at once (and HTTP connections kept)."""
+    max_attempts: int = 5
+    """Attempts per request in botocore's standard retry mode (1 means no retry)."""
+
+    def __post_init__(self) -> None:
+        if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
+            raise InvalidArgument(f"part_size must be between 5 MiB and 5 GiB, got {self.part_size}")
+        for name in ("read_block_size", "concurrency", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def pop_from(cls, options: dict[str, Any]) -> S3Settings:
+        """Take rbackup's keys out of `options`, leaving only s3fs's."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: options.pop(k) for k in list(options) if k in names})
+
+
+def parse_s3_url(url: str) -> tuple[str, str, str]:
+    """`s3://bucket/some/prefix` -> ("s3", "bucket", "some/prefix"); s3a:// too."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("s3", "s3a"):
+        raise InvalidArgument(f"not an S3 URL: {redact_url(url)!r}")
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise InvalidArgument(f"S3 URL without a bucket: {redact_url(url)!r}")
+    prefix = prefix.strip("/")
+    if prefix:
+        check_path(prefix)
+    return scheme, bucket, prefix
+
+
+class S3Env(FsspecEnv):
+    """The backup directory `s3://bucket/prefix` on S3 or any S3-compatible store.
+
+    Credentials, endpoint and region come from `storage_options` (passed to
+    `s3fs.S3FileSystem`: `key`, `secret`, `token`, `endpoint_url`,
+    `client_kwargs`, `config_kwargs`, `s3_additional_kwargs`, ...) or from
+    the standard AWS_* environment variables and config files, which
+    botocore reads itself (AWS_ENDPOINT_URL included).  rbackup's own keys
+    are the fields of `S3Settings`.  Credentials are never logged.
+    """
+
+    capabilities = Capabilities(conditional_create=True, durable_sync=True, concurrency=S3Settings.concurrency)
+    """The defaults, for `rbackup backends`; an instance reflects its own settings."""
+
+    def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
+        scheme, bucket, prefix = parse_s3_url(url)
+        options = dict(storage_options or {})
+        settings = S3Settings.pop_from(options)
+        config = dict(options.pop("config_kwargs", None) or {})
+        config.setdefault("retries", {"mode": "standard", "total_max_attempts": settings.max_attempts})
+        config.setdefault("max_pool_connections", settings.concurrency)
+        for fixed in ("use_listings_cache", "skip_instance_cache"):
+            options.pop(fixed, None)
+        fs = s3fs.S3FileSystem(
+            skip_instance_cache=True,
+            use_listings_cache=False,
+            config_kwargs=config,
+            **options,
+        )
+        fs.retries = S3FS_RETRIES
+        root = f"{bucket}/{prefix}" if prefix else bucket
+        super().__init__(
+            fs,
+            root,
+            url=f"{scheme}://{root}",
+            capabilities=Capabilities(
+                atomic_rename=False,
+                conditional_create=settings.conditional_writes,
+                durable_sync=True,
+                directories=False,
+                concurrency=settings.concurrency,
+            ),
+        )
+        self.bucket = bucket
+        self.settings = settings
+        log.debug(
+            "S3Env %s: endpoint %s, conditional writes %s, part size %d",
+            self.url,
+            redact_url(options.get("endpoint_url") or "from the AWS configuration"),
+            settings.conditional_writes,
+            settings.part_size,
+        )
+
+    @classmethod
+    def from_url(cls, url: str, storage_options: dict[str, Any] | None = None) -> S3Env:
+        return cls(url, storage_options=storage_options)
+
+    # -- plumbing ----------------------------------------------------------------
+    def _key(self, path: str) -> str:
+        return self._full(path).partition("/")[2]
+
+    def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        """One S3 API call on our bucket, with s3fs's and botocore's retries."""
+        return self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
+
+    def _open_for_read(self, full: str) -> Any:
+        # The HEAD behind open() also pins the ETag: a replaced object fails
+        # the read (If-Match) instead of splicing two versions together.
+        f = self.fs.open(full, "rb", block_size=self.settings.read_block_size, cache_type="readahead")
+        if f.details.get("type") != "file":  # s3fs reports a bare prefix as a directory
+            f.close()
+            raise FileNotFoundError(full)
+        return f
+
+    def _create_conditional(self, path: str, data: bytes) -> None:
+        delay = 0.1
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                self._call("put_object", Key=self._key(path), Body=data, IfNoneMatch="*")
+                return
+            except Exception as exc:
+                code = error_code(exc)
+                if code == "ConditionalRequestConflict" and attempt < CONFLICT_RETRIES:
+                    # Another conditional write to the key is in flight; S3 says retry.
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                if code != "PreconditionFailed":
+                    raise self._error(exc, path, "create") from exc
+                if self._holds(path, data):
+                    log.info("%s: create response was lost, the object is ours", self.describe(path))
+                    return
+                raise AlreadyExists(f"create {self.describe(path)}: already exists") from exc
+
+    def _holds(self, path: str, data: bytes) -> bool:
+        """Whether `path` holds exactly `data` (read back after a 412).
+
+        A read-back that fails for another reason than absence raises: it
+        must not turn our own committed object into a reported lost race.
+        """
+        try:
+            if self.stat(path).size != len(data):
+                return False
+            return not data or self.fs.cat_file(self._full(path), start=0, end=len(data)) == data
+        except (NotFound, FileNotFoundError):
+            return False
+        except Exception as exc:
+            raise self._error(exc, path, "create (reading back after 412)") from exc
+
+    # -- the contract ------------------------------------------------------------
+    def open_write(self, path: str, *, sync: bool = True) -> AtomicWriter:
+        return S3Writer(self, check_path(path), self.settings.part_size)
+
+    def stat(self, path: str) -> FileInfo:
+        path = check_path(path)
+        try:
+            head = self._call("head_object", Key=self._key(path))
+        except Exception as exc:
+            raise self._error(exc, path, "stat") from exc
+        return FileInfo(path, int(head["ContentLength"]))
+
+    def delete(self, paths: Iterable[str]) -> None:
+        checked = [check_path(p) for p in paths]
+        for start in range(0, len(checked), DELETE_BATCH):
+            batch = checked[start : start + DELETE_BATCH]
+            try:
+                out = self._call(
+                    "delete_objects",
+                    Delete={"Objects": [{"Key": self._key(p)} for p in batch], "Quiet": True},
+                )
+            except Exception as exc:
+                raise self._error(exc, batch[0], "delete") from exc
+            failed = [e for e in out.get("Errors") or [] if e.get("Code") != "NoSuchKey"]
+            if failed:
+                first = failed[0]
+                kind = PermissionDenied if first.get("Code") == "AccessDenied" else StorageError
+                raise kind(
+                    f"delete {self.describe()}: {len(failed)} of {len(batch)} objects not deleted, "
+                    f"first {first.get('Key')!r}: {first.get('Code')}: {first.get('Message')}"
+                )
+
+    def makedirs(self, path: str = "") -> None:
+        """S3 has no directories (the name is still checked, like every name)."""
+        if path:
+            check_path(path)
+
+    def remove_dir(self, path: str) -> None:
+        """S3 has no directories (the name is still checked, like every name)."""
+        check_path(path)

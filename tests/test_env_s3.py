@@ -1,0 +1,346 @@
+"""S3Env against a moto server over HTTP: the conformance kit, then what only S3 has
+(multipart publish, conditional PUT, lost responses, retries, bucket errors)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+import rbackup_s3.env
+from rbackup.env.registry import open_env
+from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StorageError
+from rbackup.testing.env_contract import BackupEnvContract, _pattern
+from rbackup_s3 import S3Env, S3Settings, parse_s3_url, part_size
+from rbackup_s3.upload import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from tests.s3_fixtures import Fault, FaultyS3
+
+MiB = 2**20
+SMALL_PARTS = {"part_size": 5 * MiB}
+
+
+def _client(options: dict[str, Any]) -> Any:
+    return boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1")
+
+
+def _bucket(url: str) -> str:
+    return parse_s3_url(url)[1]
+
+
+class TestS3Contract(BackupEnvContract):
+    large_file_size = 12 * MiB  # with 5 MiB parts: a three-part upload
+
+    @pytest.fixture(autouse=True)
+    def _bucket(self, s3_bucket_url: tuple[str, dict[str, Any]]) -> None:
+        self.s3 = s3_bucket_url
+
+    def make_env(self, tmp_path: Path) -> S3Env:
+        url, options = self.s3
+        return S3Env(f"{url}/backups/db1", storage_options={**options, **SMALL_PARTS})
+
+
+class TestS3ContractWithoutConditionalWrites(TestS3Contract):
+    """A store declared without If-None-Match: create_exclusive is best effort."""
+
+    large_file_size = 6 * MiB
+
+    def make_env(self, tmp_path: Path) -> S3Env:
+        url, options = self.s3
+        return S3Env(url, storage_options={**options, **SMALL_PARTS, "conditional_writes": False})
+
+
+# -- pure functions --------------------------------------------------------------------
+@pytest.mark.parametrize("base", [MIN_PART_SIZE, 8 * MiB, 64 * MiB, MAX_PART_SIZE])
+@pytest.mark.parametrize("total", [5 * 10**12, 5 * 2**40])  # 5 TB and 5 TiB, S3's largest object
+def test_part_sizes_fit_the_largest_object_in_10000_parts(base: int, total: int) -> None:
+    parts, covered, previous = 0, 0, 0
+    while covered < total:
+        parts += 1
+        size = part_size(parts, base)
+        assert MIN_PART_SIZE <= size <= MAX_PART_SIZE
+        assert size >= previous
+        covered += size
+        previous = size
+    assert parts < MAX_PARTS
+
+
+def test_part_sizes_for_ordinary_files() -> None:
+    assert [part_size(n, 8 * MiB) for n in (1, 500, 501, 1000, 1001)] == [8 * MiB] * 2 + [16 * MiB] * 2 + [32 * MiB]
+    assert part_size(10_000, 5 * MiB) == MAX_PART_SIZE
+
+
+def test_parse_url_and_settings() -> None:
+    assert parse_s3_url("s3://b/x/y/") == ("s3", "b", "x/y")
+    assert parse_s3_url("s3a://b") == ("s3a", "b", "")
+    for bad in ("s3://", "gs://b/x", "s3://b/../x", "b/x"):
+        with pytest.raises(InvalidArgument):
+            parse_s3_url(bad)
+    options = {"part_size": 16 * MiB, "conditional_writes": False, "anon": True}
+    assert S3Settings.pop_from(options) == S3Settings(part_size=16 * MiB, conditional_writes=False)
+    assert options == {"anon": True}
+    with pytest.raises(InvalidArgument):
+        S3Settings(part_size=MiB)
+    with pytest.raises(InvalidArgument):
+        S3Settings(concurrency=0)
+
+
+# -- against moto ----------------------------------------------------------------------
+def test_capabilities_and_registry(s3_bucket_url: tuple[str, dict[str, Any]]) -> None:
+    url, options = s3_bucket_url
+    env = open_env(f"{url}/p", storage_options=options)
+    assert isinstance(env, S3Env) and env.url == f"{url}/p"
+    caps = env.capabilities
+    assert caps.conditional_create and not caps.atomic_rename and not caps.directories and caps.concurrency == 16
+    assert open_env(url.replace("s3://", "s3a://"), storage_options=options).url.startswith("s3a://")
+    plain = S3Env(url, storage_options={**options, "conditional_writes": False, "concurrency": 32})
+    assert not plain.capabilities.conditional_create and plain.capabilities.concurrency == 32
+
+
+def test_multipart_upload_of_a_large_file(s3_bucket_url: tuple[str, dict[str, Any]]) -> None:
+    url, options = s3_bucket_url
+    env = S3Env(url, storage_options={**options, **SMALL_PARTS})
+    data = _pattern(12 * MiB + 7, seed=3)
+    with env.open_write("shared/big.sst") as w:
+        for off in range(0, len(data), 3 * MiB + 1):  # chunks that straddle part boundaries
+            w.write(data[off : off + 3 * MiB + 1])
+    head = _client(options).head_object(Bucket=_bucket(url), Key="shared/big.sst")
+    assert head["ContentLength"] == len(data)
+    assert head["ETag"].endswith('-3"'), "5 + 5 + 2 MiB parts"
+    with env.open_read("shared/big.sst") as f:
+        assert f.read() == data
+
+
+def test_file_of_one_part_goes_up_in_a_single_put(s3_bucket_url: tuple[str, dict[str, Any]]) -> None:
+    url, options = s3_bucket_url
+    env = S3Env(url, storage_options={**options, **SMALL_PARTS})
+    env.write_bytes("exact", b"e" * 5 * MiB)
+    assert "-" not in _client(options).head_object(Bucket=_bucket(url), Key="exact")["ETag"]
+
+
+def _pending_uploads(url: str, options: dict[str, Any]) -> list[dict[str, Any]]:
+    return _client(options).list_multipart_uploads(Bucket=_bucket(url)).get("Uploads", [])
+
+
+def test_aborted_write_leaves_no_object_and_no_pending_upload(s3_bucket_url: tuple[str, dict[str, Any]]) -> None:
+    url, options = s3_bucket_url
+    env = S3Env(url, storage_options={**options, **SMALL_PARTS})
+    w = env.open_write("shared/doomed.sst")
+    w.write(b"d" * 11 * MiB)  # two parts already uploaded
+    assert len(_pending_uploads(url, options)) == 1
+    w.abort()
+    with pytest.raises(RuntimeError):
+        with env.open_write("shared/doomed2.sst") as w2:
+            w2.write(b"d" * 6 * MiB)
+            raise RuntimeError("copy failed")
+    assert _pending_uploads(url, options) == []
+    assert env.list() == []
+    assert "Contents" not in _client(options).list_objects_v2(Bucket=_bucket(url))
+
+
+def test_failed_completion_aborts_the_upload(s3_faulty: FaultyS3) -> None:
+    s3_faulty.injector.add(Fault("error", method="POST", query="uploadId=", status=400, code="InvalidPart",
+                                 message="injected"))
+    env = S3Env(s3_faulty.url, storage_options={**s3_faulty.storage_options, **SMALL_PARTS})
+    with pytest.raises(StorageError) as info:
+        env.write_bytes("shared/x.sst", b"x" * 6 * MiB)
+    assert "shared/x.sst" in str(info.value) and "InvalidPart" in str(info.value)
+    assert _pending_uploads(s3_faulty.url, s3_faulty.clean_storage_options) == []
+    assert not S3Env(s3_faulty.url, storage_options=s3_faulty.clean_storage_options).exists("shared/x.sst")
+
+
+def test_lost_completion_response_is_recognised(s3_faulty: FaultyS3) -> None:
+    """Completed, response lost, and the retry finds the upload gone: still a success."""
+    injector = s3_faulty.injector
+    injector.add(Fault("reset_after", method="POST", query="uploadId=", times=1))
+    injector.add(Fault("error", method="POST", query="uploadId=", times=1, status=404, code="NoSuchUpload",
+                       message="The specified upload does not exist."))
+    env = S3Env(s3_faulty.url, storage_options={**s3_faulty.storage_options, **SMALL_PARTS})
+    data = _pattern(6 * MiB, seed=5)
+    env.write_bytes("shared/y.sst", data)
+    assert injector.injected == {"reset_after": 1, "error": 1}
+    assert env.read_bytes("shared/y.sst", len(data)) == data
+
+
+def test_second_client_sees_writes_at_once(s3_bucket_url: tuple[str, dict[str, Any]]) -> None:
+    url, options = s3_bucket_url
+    writer, reader = S3Env(url, storage_options=options), S3Env(url, storage_options=options)
+    assert reader.list("meta") == [] and not reader.exists("meta/1")  # primes any cache there is
+    writer.create_exclusive("meta/1", b"backup one")
+    assert [i.path for i in reader.list("meta")] == ["meta/1"]
+    assert reader.exists("meta/1") and reader.read_bytes("meta/1", 100) == b"backup one"
+    writer.write_bytes("meta/1", b"replaced")
+    assert reader.read_bytes("meta/1", 100) == b"replaced"
+    writer.delete(["meta/1"])
+    assert reader.list("meta") == [] and not reader.exists("meta/1")
+
+
+def test_create_exclusive_race_between_clients(s3_bucket_url: tuple[str, dict[str, Any]]) -> None:
+    url, options = s3_bucket_url
+    envs = [S3Env(url, storage_options=options) for _ in range(8)]
+    for round_ in range(3):
+        start = threading.Barrier(len(envs))
+        winners: list[int] = []
+        errors: list[BaseException] = []
+
+        def create(i: int) -> None:
+            start.wait()
+            try:
+                envs[i].create_exclusive(f"LOCK{round_}", f"holder {i}".encode())
+                winners.append(i)
+            except AlreadyExists:
+                pass
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(len(envs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(winners) == 1
+        assert envs[0].read_bytes(f"LOCK{round_}", 100) == f"holder {winners[0]}".encode()
+
+
+def test_create_exclusive_survives_a_lost_response(s3_faulty: FaultyS3) -> None:
+    """The PUT is applied, its response lost; botocore's retry gets 412 for our own object."""
+    s3_faulty.injector.add(Fault("reset_after", method="PUT", path="/meta/1$", times=1))
+    env = S3Env(s3_faulty.url, storage_options=s3_faulty.storage_options)
+    env.create_exclusive("meta/1", b"mine")
+    assert s3_faulty.injector.injected["reset_after"] == 1
+    assert env.read_bytes("meta/1", 10) == b"mine"
+    with pytest.raises(AlreadyExists):
+        env.create_exclusive("meta/1", b"other")
+    with pytest.raises(AlreadyExists):
+        env.create_exclusive("meta/1", b"")
+
+
+def test_create_exclusive_retries_a_conditional_conflict(s3_faulty: FaultyS3) -> None:
+    s3_faulty.injector.add(Fault("error", method="PUT", times=2, status=409, code="ConditionalRequestConflict",
+                                 message="A conflicting conditional operation is in progress."))
+    env = S3Env(s3_faulty.url, storage_options=s3_faulty.storage_options)
+    env.create_exclusive("LOCK", b"held")
+    assert s3_faulty.injector.injected["error"] == 2
+    assert env.read_bytes("LOCK", 10) == b"held"
+
+
+def test_delete_batches_requests(s3_bucket_url: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, options = s3_bucket_url
+    env = S3Env(url, storage_options=options)
+    names = [f"shared/{i:06d}.sst" for i in range(25)]
+    for name in names:
+        env.write_bytes(name, b"s")
+    monkeypatch.setattr(rbackup_s3.env, "DELETE_BATCH", 10)
+    calls: list[int] = []
+    real_call = env._call
+
+    def spy(method: str, **kwargs: Any) -> dict[str, Any]:
+        if method == "delete_objects":
+            calls.append(len(kwargs["Delete"]["Objects"]))
+        return real_call(method, **kwargs)
+
+    monkeypatch.setattr(env, "_call", spy)
+    env.delete(names + ["shared/missing"])
+    assert calls == [10, 10, 6]
+    assert env.list() == []
+
+
+def test_endpoint_from_aws_endpoint_url(moto_server: str, s3_bucket_url: tuple[str, dict[str, Any]],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore reads AWS_ENDPOINT_URL itself; nothing in storage_options is needed."""
+    url, _ = s3_bucket_url
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    env = S3Env(url)
+    env.write_bytes("x", b"1")
+    assert env.list() == [env.stat("x")]
+
+
+def test_missing_bucket_fails_fast_and_clearly(moto_server: str, s3_bucket_url: tuple[str, dict[str, Any]]) -> None:
+    _, options = s3_bucket_url
+    env = S3Env("s3://rbk-no-such-bucket/backups", storage_options=options)
+    started = time.monotonic()
+    for action in (lambda: env.list(), lambda: env.write_bytes("meta/1", b"m"),
+                   lambda: env.create_exclusive("LOCK", b"l"), lambda: env.delete(["x"])):
+        with pytest.raises(NotFound) as info:
+            action()
+        assert "rbk-no-such-bucket" in str(info.value) and "does not exist" in str(info.value)
+    assert time.monotonic() - started < 5
+
+
+def test_access_denied_fails_fast(s3_faulty: FaultyS3) -> None:
+    s3_faulty.injector.add(Fault("error", status=403, code="AccessDenied", message="Access Denied"))
+    env = S3Env(f"{s3_faulty.url}/db", storage_options=s3_faulty.storage_options)
+    started = time.monotonic()
+    for action in (lambda: env.write_bytes("meta/1", b"m"), lambda: env.list("meta"),
+                   lambda: env.read_bytes("meta/1", 10), lambda: env.create_exclusive("LOCK", b"")):
+        with pytest.raises(PermissionDenied) as info:
+            action()
+        assert f"{s3_faulty.url}/db" in str(info.value)
+    elapsed = time.monotonic() - started
+    assert elapsed < 15, f"permanent errors must not be retried for long ({elapsed:.1f} s)"
+
+
+def test_persistent_server_errors_give_up_in_bounded_time(s3_faulty: FaultyS3) -> None:
+    s3_faulty.injector.add(Fault("error", status=500, code="InternalError", message="We encountered an internal error."))
+    env = S3Env(s3_faulty.url, storage_options={**s3_faulty.storage_options, "max_attempts": 3})
+    started = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        env.write_bytes("meta/1", b"m")
+    elapsed = time.monotonic() - started
+    assert "InternalError" in str(info.value) and "meta/1" in str(info.value)
+    assert s3_faulty.injector.injected["error"] == 3
+    assert elapsed < 15
+
+
+def test_credentials_never_appear(s3_bucket_url: tuple[str, dict[str, Any]], caplog: pytest.LogCaptureFixture) -> None:
+    _, options = s3_bucket_url
+    secret = "TOP-SECRET-VALUE-123"
+    caplog.set_level(logging.DEBUG)
+    env = S3Env("s3://rbk-no-such-bucket-2", storage_options={**options, "secret": secret})
+    with pytest.raises(NotFound) as info:
+        env.write_bytes("x", b"1")
+    for text in (str(info.value), repr(env), env.url, caplog.text):
+        assert secret not in text
+
+
+def test_object_replaced_while_reading_is_an_error(s3_bucket_url: tuple[str, dict[str, Any]]) -> None:
+    url, options = s3_bucket_url
+    env = S3Env(url, storage_options={**options, "read_block_size": MiB})
+    env.write_bytes("f", b"a" * 3 * MiB)
+    with env.open_read("f") as f:
+        assert f.read(10) == b"a" * 10
+        env.write_bytes("f", b"b" * 3 * MiB)
+        with pytest.raises(StorageError) as info:
+            f.read()
+    assert f"{url}/f" in str(info.value)
+
+
+def test_survives_random_faults_byte_identically(s3_faulty: FaultyS3) -> None:
+    """20% of requests fail in every way the injector knows; every byte still comes back."""
+    env = S3Env(f"{s3_faulty.url}/db",
+                storage_options={**s3_faulty.storage_options, **SMALL_PARTS, "read_block_size": MiB})
+    sizes = [0, 1, 100_000, 5 * MiB, 12 * MiB + 3, 6 * MiB, 11 * MiB] + [4096 * i for i in range(1, 20)]
+    files = {f"shared_checksum/{i:06d}.sst": _pattern(size, seed=i) for i, size in enumerate(sizes)}
+    s3_faulty.injector.chaos(0.2)
+    for name, data in files.items():
+        with env.open_write(name) as w:
+            view = memoryview(data)
+            for off in range(0, len(data), MiB):
+                w.write(view[off : off + MiB])
+    env.create_exclusive("meta/1", b"meta file")
+    listed = {info.path: info.size for info in env.list()}
+    assert listed == {**{n: len(d) for n, d in files.items()}, "meta/1": 9}
+    buf = bytearray(MiB)
+    for name, data in files.items():
+        digest, total = hashlib.sha256(), 0
+        with env.open_read(name) as f:
+            while n := f.readinto(buf):
+                digest.update(memoryview(buf)[:n])
+                total += n
+        assert total == len(data) and digest.digest() == hashlib.sha256(data).digest(), name
+    injected = s3_faulty.injector.injected
+    assert sum(injected.values()) >= 10 and len(injected) == 5, (injected, s3_faulty.injector.requests)
