@@ -1,5 +1,6 @@
 """Storage envs: the BackupEnv contract and the envs that ship with the core."""
 from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, check_path
+from .fsspec_env import FsspecEnv
 from .local import LocalEnv
 from .memory import MemoryEnv
 from .wrappers import CountingEnv, FaultInjectionEnv, InjectedFault, ReadOnlyEnv, WrapperEnv, fail_nth
@@ -10,6 +11,7 @@ __all__ = [
     "Capabilities",
     "FileInfo",
     "check_path",
+    "FsspecEnv",
     "LocalEnv",
     "MemoryEnv",
     "CountingEnv",
