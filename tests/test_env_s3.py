@@ -15,7 +15,8 @@ import pytest
 import rbackup_s3.env
 from rbackup.env.registry import open_env
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StorageError
-from rbackup.testing.env_contract import BackupEnvContract, _pattern
+from rbackup.testing import BackendConformance
+from rbackup.testing.env_contract import _pattern
 from rbackup_s3 import S3Env, S3Settings, parse_s3_url, part_size
 from rbackup_s3.upload import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from tests.s3_fixtures import Fault, FaultyS3
@@ -32,7 +33,7 @@ def _bucket(url: str) -> str:
     return parse_s3_url(url)[1]
 
 
-class TestS3Contract(BackupEnvContract):
+class TestS3Contract(BackendConformance):
     large_file_size = 12 * MiB  # with 5 MiB parts: a three-part upload
 
     @pytest.fixture(autouse=True)
