@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from . import sstprops
 from .env.base import BackupEnv
-from .errors import BackupError, Corruption, NotSupported
+from .errors import BackupError, Corruption, NotFound, NotSupported
 from .meta import BackupMeta, MetaFileEntry, serialize_meta
 from .naming import META_DIR, SHARED_CHECKSUM_DIR, SHARED_DIR, PRIVATE_DIR, FileKind, meta_path, private_dir
 from .options import BackupableDBOptions, ProgressCallback
@@ -59,6 +59,7 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
     written: list[str] = []
     written_lock = threading.Lock()
     started = time.monotonic()
+    committing = False
     try:
         env.makedirs(private_dir(backup_id))
         timestamp = int(time.time())
@@ -108,10 +109,21 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
             meta = BackupMeta(timestamp, snap.sequence_number, entries, req.app_metadata,
                               schema_version=str(options.schema_version))
         data = serialize_meta(meta, options.schema_version)
+        committing = True
         env.create_exclusive(meta_path(backup_id), data, sync=options.sync)
-    except BaseException:
-        _cleanup(env, backup_id, written, log)
-        raise
+    except BaseException as exc:
+        # A failed commit may still have happened (a lost S3 response, an fsync error after
+        # the link): deleting the files then would corrupt a committed backup.
+        outcome = _commit_outcome(env, backup_id, data) if committing else False
+        if outcome is False:
+            _cleanup(env, backup_id, written, log)
+        if outcome is not True or not isinstance(exc, Exception):
+            if outcome is None:
+                log.warning("backup %d: cannot tell whether the commit happened (%s); leaving the files "
+                            "to garbage collection", backup_id, exc)
+            raise
+        log.warning("backup %d: the commit reported %s: %s, but %s holds this backup: it is committed",
+                    backup_id, type(exc).__name__, exc, env.describe(meta_path(backup_id)))
     # Committed: from here on a failure must not remove anything.
     if options.sync:
         shared_dirs = [SHARED_CHECKSUM_DIR if options.share_files_with_checksum else SHARED_DIR]
@@ -121,6 +133,17 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
     log.info("backup %d: %d files (%d copied, %d bytes) in %.2fs", backup_id, len(entries), len(copies),
              copied_bytes, time.monotonic() - started)
     return LoadedBackup(backup_id, meta, None, sizes)
+
+
+def _commit_outcome(env: BackupEnv, backup_id: int, data: bytes) -> bool | None:
+    """After the meta commit raised: True if meta/<id> holds exactly `data` (committed after
+    all), False if there is no meta/<id>, None if that cannot be told or it holds something else."""
+    try:
+        return env.read_bytes(meta_path(backup_id), len(data)) == data or None
+    except NotFound:
+        return False
+    except (BackupError, OSError):
+        return None
 
 
 def _cleanup(env: BackupEnv, backup_id: int, written: list[str], log: logging.Logger) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from typing import Iterator
 
@@ -25,6 +26,9 @@ from .restore import restore_backup, verify_backup
 from .state import BackupState, LoadedBackup, MetaCache, load_state
 
 MAX_BACKUP_ID = 2**32 - 1
+_META_TEMP = re.compile(r"\.[1-9][0-9]{0,9}(\.[0-9a-f]+)?\.tmp")
+"""Temp names of a meta commit: RocksDB's `.<id>.tmp`, LocalEnv's `.<id>.<hex>.tmp`.
+Other non-canonical names in meta/ are left alone, as RocksDB leaves them."""
 
 
 class BackupEngine:
@@ -148,6 +152,8 @@ class BackupEngine:
                 if is_temp_name(child) or (child_id is not None and child_id not in valid_ids):
                     doomed.append(path)
                     private_dirs.add(f"{PRIVATE_DIR}/{child}")
+            elif top == META_DIR and _META_TEMP.fullmatch(rest):
+                doomed.append(path)  # a meta commit killed between its temp file and the link/rename
         if doomed:
             self._log.info("garbage collection: deleting %d files from %s", len(doomed), self.env.describe())
             self.env.delete(doomed)

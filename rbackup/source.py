@@ -54,6 +54,9 @@ class Snapshot:
     """Files rocksdict needs but RocksDB does not know (rocksdict-config.json)."""
 
 
+_CHECKPOINT_PREFIX = ".rbackup-checkpoint-"
+
+
 def _checkpoint_dir_for(db_path: str) -> str:
     """A not-yet-existing directory on the DB's filesystem (hard links need that)."""
     db_dev = os.stat(db_path).st_dev
@@ -61,11 +64,31 @@ def _checkpoint_dir_for(db_path: str) -> str:
     for candidate in (parent, tempfile.gettempdir()):
         try:
             if os.stat(candidate).st_dev == db_dev and os.access(candidate, os.W_OK):
-                return os.path.join(candidate, f".rbackup-checkpoint-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+                _remove_dead_checkpoints(candidate)
+                return os.path.join(candidate, f"{_CHECKPOINT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
         except OSError:
             continue
     raise NotSupported(f"no writable directory on the filesystem of {db_path} to hold a checkpoint "
                        f"(tried {parent} and {tempfile.gettempdir()})")
+
+
+def _remove_dead_checkpoints(directory: str) -> None:
+    """Remove checkpoints left by backups whose process was killed: their hard links
+    would keep the space of SSTs the DB has deleted since.  A pid that is alive (or
+    reused) keeps its directory; it goes once that process is gone."""
+    for name in os.listdir(directory):
+        pid = name[len(_CHECKPOINT_PREFIX):].split("-", 1)[0]
+        if not name.startswith(_CHECKPOINT_PREFIX) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or not ours to signal): maybe mid-backup
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        log.info("removing the checkpoint %s left by a backup that was killed", os.path.join(directory, name))
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
 def _scan(directory: str, *, backup_log_files: bool, extra_wal_dir: str | None = None) -> tuple[

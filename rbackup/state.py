@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from .env.base import BackupEnv
-from .errors import BackupError, Corruption, NotFound, NotSupported
+from .errors import BackupError, Corruption, InvalidArgument, NotFound, NotSupported
 from .meta import MAX_META_FILE_SIZE, BackupMeta, parse_meta
 from .naming import META_DIR, meta_path, parse_backup_id
 
@@ -78,11 +78,15 @@ after another writer's commit re-reads only meta files it has not seen."""
 def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8,
                logger: logging.Logger | None = None, cache: MetaCache | None = None) -> BackupState:
     log = logger or logging.getLogger("rbackup")
+    # meta/ on its own, first: a backup whose meta file shows here was committed, files and
+    # all, before the full listing starts, so a commit racing that (non-atomic) listing is
+    # missed whole rather than seen without its files, i.e. as a corrupt backup.
+    committed = {fi.path for fi in env.list(META_DIR)}
     listing = {fi.path: fi.size for fi in env.list("")}
     ids: dict[int, int] = {}
     for path, size in listing.items():
         directory, _, name = path.partition("/")
-        if directory == META_DIR and "/" not in name:
+        if directory == META_DIR and "/" not in name and path in committed:
             backup_id = parse_backup_id(name)
             if backup_id is not None:
                 ids[backup_id] = size
@@ -93,10 +97,15 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
         hit = cache.get(backup_id)
         if hit is not None and hit[0] == ids[backup_id]:
             return backup_id, hit[1]
+        too_big = Corruption(f"backup {backup_id}: meta file larger than {MAX_META_FILE_SIZE} bytes")
+        if ids[backup_id] > MAX_META_FILE_SIZE:  # this backup's damage, not the whole directory's
+            return backup_id, too_big
         try:
             data = env.read_bytes(meta_path(backup_id), MAX_META_FILE_SIZE)
         except NotFound:
             return backup_id, None  # deleted between listing and reading
+        except InvalidArgument:  # it grew after the listing
+            return backup_id, too_big
         try:
             parsed: BackupMeta | BackupError = parse_meta(data, backup_id)
         except (Corruption, NotSupported) as exc:
