@@ -13,9 +13,11 @@ way RocksDB's own env does it:
   half-written meta file or lock, and no crash leaves one under the name.
 * reads never follow a symlink out of the backup directory: a tampered
   directory must not make a restore copy arbitrary local files (for example
-  `/etc/shadow`) into a database directory.  Writes and deletes are not
-  guarded that way: whoever can plant symlinks in the backup directory can
-  already destroy it.
+  `/etc/shadow`) into a database directory.  Writes and deletes refuse a
+  directory that resolves outside it too, and a planted symlink at a
+  temp name is never written through, so a tampered directory cannot steer
+  rbackup into modifying files elsewhere (a symlinked file inside is itself
+  replaced or unlinked, never followed).
 """
 from __future__ import annotations
 
@@ -188,9 +190,23 @@ class LocalEnv(BackupEnv):
             self._makedirs(os.path.dirname(ospath), sync=sync)
             return os.open(ospath, flags, 0o644)
 
-    def _escape(self, path: str) -> Corruption:
-        logger.warning("refused to read %s: symlink leaves the backup directory", self.describe(path))
+    def _escape(self, path: str, action: str = "read") -> Corruption:
+        logger.warning("refused to %s %s: symlink leaves the backup directory", action, self.describe(path))
         return Corruption(f"{self.describe(path)}: symlink leaves the backup directory {self.root}")
+
+    def _inside(self, ospath: str, path: str, action: str) -> str:
+        """`ospath` if it resolves inside the root (symlinks followed), else Corruption."""
+        real = os.path.realpath(ospath)
+        if os.path.commonpath([self._real_root, real]) != self._real_root:
+            raise self._escape(path, action)
+        return ospath
+
+    def _full_for_write(self, path: str, action: str) -> str:
+        """OS path of a file to create, replace or delete: its directory must resolve inside
+        the root (the file itself may be a symlink: it is replaced or unlinked, not followed)."""
+        full = self._full(path)
+        self._inside(os.path.dirname(full), path, action)
+        return full
 
     # -- the contract -----------------------------------------------------------
     def open_read(self, path: str) -> BinaryIO:
@@ -217,16 +233,18 @@ class LocalEnv(BackupEnv):
             raise
 
     def open_write(self, path: str, *, sync: bool = True) -> AtomicWriter:
-        full = self._full(path)
+        full = self._full_for_write(path, "write")
         tmp = temp_path(full)
         try:
-            fd = self._open_new(tmp, os.O_TRUNC, sync=sync)
+            fd = self._open_new(tmp, os.O_TRUNC | _O_NOFOLLOW, sync=sync)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink planted at the temp name
+                raise self._escape(path, "write") from None
             raise self._error(exc, path) from None
         return _LocalWriter(self, path, full, tmp, fd, sync)
 
     def create_exclusive(self, path: str, data: bytes, *, sync: bool = True) -> None:
-        full = self._full(path)
+        full = self._full_for_write(path, "create")
         try:
             if self._hardlinks and self._create_excl_linked(full, data, sync):
                 return
@@ -301,6 +319,11 @@ class LocalEnv(BackupEnv):
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append((entry.path, child))
+                        elif entry.is_symlink() and entry.is_dir():
+                            # rbackup never makes one; skipping it would make backups look
+                            # corrupt and let garbage collection delete their files
+                            raise Corruption(f"{self.describe(child)} is a symlink to a directory; "
+                                             "refusing to list a tampered backup directory")
                         elif entry.is_file():
                             out.append(FileInfo(child, entry.stat().st_size))
                     except FileNotFoundError:
@@ -322,7 +345,7 @@ class LocalEnv(BackupEnv):
 
     def delete(self, paths: Iterable[str]) -> None:
         # Validate everything first: a hostile name must not cause a partial delete.
-        targets = [(p, self._full(p)) for p in paths]
+        targets = [(p, self._full_for_write(p, "delete")) for p in paths]
         first_error: BackupError | None = None
         failures = 0
         for path, full in targets:
@@ -340,14 +363,14 @@ class LocalEnv(BackupEnv):
             raise first_error
 
     def makedirs(self, path: str = "") -> None:
-        full = self._dir(path)
+        full = self._inside(self._dir(path), path, "create directory") if path else self.root
         try:
             self._makedirs(full, sync=True)
         except OSError as exc:
             raise self._error(exc, path) from None
 
     def remove_dir(self, path: str) -> None:
-        full = self._dir(path)
+        full = self._inside(self._dir(path), path, "remove directory") if path else self.root
         try:
             os.rmdir(full)
         except OSError as exc:
