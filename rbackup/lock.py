@@ -6,17 +6,43 @@ collection delete the other's fresh files.  rbackup takes a lock around every
 mutating operation (create, delete, purge, garbage collection); readers never
 take it, since a backup only becomes visible through its atomic meta commit.
 
-- Stores that are a local directory (`env.local_path`): a real `flock` on
-  `<backup_dir>/rbackup.lock`, released by the kernel when its holder dies,
-  so a killed writer can never leave a lock behind.  The file also records
-  the holder so the next writer can say who holds it.
-- Every other store: a lease object `rbackup.lock` created with
-  `create_exclusive` (S3's If-None-Match), renewed by a heartbeat thread and
-  expiring `lock_ttl` seconds after its holder stops renewing.  A lease from a
-  dead process on this host is recognised at once (its pid is gone).
+Local directory (`env.local_path` is not None)
+    A real `flock` on `<backup_dir>/rbackup.lock`.  The kernel releases it
+    when its holder dies, however it dies, so a killed writer never leaves a
+    lock behind.  The file also records the holder (host, pid, since when,
+    operation) so that the next writer can say who holds it.  The file is
+    never deleted: deleting a flock file lets two processes lock two
+    different inodes.
 
-The lock file lives at the root of the backup directory, where RocksDB's own
-tools and garbage collection never look.
+Every other store: a lease taken by *generations*
+    Leases are small JSON objects `rbackup.lock.d/<n>` (n zero-padded).  The
+    lease in force is the one with the highest n; its holder owns the
+    directory until it writes a "released" tombstone into it, or until it
+    goes stale: it expired (`lock_ttl` seconds after its holder's last
+    heartbeat, renewed every ttl/3), or it belongs to a process of this very
+    machine that no longer exists.  To take the lock a writer lists the
+    leases, checks that the highest, n, is released or stale, and creates
+    n+1 with `create_exclusive` (S3: a PUT with If-None-Match): of several
+    writers that found the same stale lease exactly one creates n+1.  The
+    winner then lists again and backs off if a higher lease exists (a slow
+    writer re-creating a number already cleaned up), and finally deletes the
+    leases below its own.  The highest lease is never deleted, only
+    superseded, which is what makes the takeover race-free: there is no
+    "delete the stale lease, then create mine" window in which a second
+    taker could delete the first one's fresh lease (the flaw of a single
+    lock object).
+
+Guarantee.  Given an atomic create-if-absent and a listing that shows every
+completed create (S3 has both since 2020), two writers hold the lock at the
+same time only if one of them was judged stale while still alive: it stalled
+for longer than `lock_ttl` (no heartbeat got through), or the clocks of the
+two hosts differ by more than about 2/3 of `lock_ttl` (expiry compares the
+holder's clock with the taker's).  A holder that lost its lease this way
+notices at its next heartbeat (`Lease.lost` is set and an error is logged),
+stops renewing and does not release the successor's lease.  Even then two
+backups can never get the same id: the meta commit is itself a
+create-if-absent.  On stores without atomic create-if-absent
+(`capabilities.conditional_create` False) the lease is best effort.
 """
 from __future__ import annotations
 
@@ -33,43 +59,123 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
-from .env.base import BackupEnv
+from .env.base import BackupEnv, translate_os_error
 from .errors import AlreadyExists, BackupError, LockError, NotFound
 
 LOCK_NAME = "rbackup.lock"
+"""The flock file at the root of a local backup directory."""
+LEASE_DIR = "rbackup.lock.d"
+"""Where the leases of object stores live: `rbackup.lock.d/<20-digit generation>`."""
+_LEASE_DIGITS = 20
+_MAX_LOCK_FILE = 64 << 10
 
 log = logging.getLogger("rbackup")
 
 
+def is_lock_file(path: str) -> bool:
+    """Whether a backup-directory path is part of the writer lock (not backup data)."""
+    return path == LOCK_NAME or path.startswith(LEASE_DIR + "/")
+
+
+def lease_path(generation: int) -> str:
+    return f"{LEASE_DIR}/{generation:0{_LEASE_DIGITS}d}"
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return fh.read(256).strip()
+    except OSError:
+        return ""
+
+
+def _boot_id() -> str:
+    """Tells two boots (and two machines sharing a host name) apart."""
+    return _read_text("/proc/sys/kernel/random/boot_id")
+
+
+def _pid_namespace() -> str:
+    """Tells two containers on one kernel apart: their pids are not comparable."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When `pid` started (clock ticks after boot), so a reused pid is not taken for its
+    predecessor; None where /proc is unavailable."""
+    stat = _read_text(f"/proc/{pid}/stat") if pid > 0 else ""
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat.rpartition(")")[2].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
 @dataclass
 class Holder:
+    """Who holds (or last held) the lock, as recorded in the lock file or lease."""
+
     host: str
     pid: int
     since: float
     expires: float
     token: str
     operation: str
+    boot_id: str = ""
+    pid_ns: str = ""
+    start_ticks: int | None = None
+    released: bool = False
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         return f"host {self.host}, pid {self.pid}, since {since} ({self.operation})"
 
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
     @classmethod
     def parse(cls, data: bytes) -> "Holder | None":
         try:
             raw = json.loads(data.decode("utf-8"))
+            ticks = raw.get("start_ticks")
             return cls(str(raw["host"]), int(raw["pid"]), float(raw["since"]), float(raw["expires"]),
-                       str(raw["token"]), str(raw.get("operation", "")))
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                       str(raw["token"]), str(raw.get("operation", "")), str(raw.get("boot_id", "")),
+                       str(raw.get("pid_ns", "")), int(ticks) if ticks is not None else None,
+                       bool(raw.get("released", False)))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             return None
+
+    def same_machine(self) -> bool:
+        """Whether this holder's pid can be checked from here: same host name, same boot
+        and same pid namespace (where those are known on both sides)."""
+        if self.host != socket.gethostname():
+            return False
+        for recorded, here in ((self.boot_id, _boot_id()), (self.pid_ns, _pid_namespace())):
+            if recorded and here and recorded != here:
+                return False
+        return True
+
+    def process_gone(self) -> bool:
+        """Whether the recorded process no longer exists (only meaningful on the same machine)."""
+        if not _pid_alive(self.pid):
+            return True
+        ticks = _start_ticks(self.pid)
+        return self.start_ticks is not None and ticks is not None and ticks != self.start_ticks
 
 
 def _new_holder(operation: str, ttl: float) -> Holder:
     now = time.time()
-    return Holder(socket.gethostname(), os.getpid(), now, now + ttl, uuid.uuid4().hex, operation)
+    pid = os.getpid()
+    return Holder(socket.gethostname(), pid, now, now + ttl, uuid.uuid4().hex, operation,
+                  _boot_id(), _pid_namespace(), _start_ticks(pid))
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -79,23 +185,52 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_stale(holder: Holder | None, now: float) -> bool:
+def stale_reason(holder: Holder | None, now: float) -> str | None:
+    """Why a lease no longer binds anyone, or None while its holder is in force."""
     if holder is None:
-        return True  # unreadable lease: a crash mid-write of the lease itself
+        return "unreadable lease"  # not written by rbackup's atomic create: no holder to protect
+    if holder.released:
+        return "released"
     if holder.expires < now:
-        return True
-    return holder.host == socket.gethostname() and not _pid_alive(holder.pid)
+        return f"expired {now - holder.expires:.0f}s ago"
+    if holder.same_machine():
+        if holder.process_gone():
+            return f"process {holder.pid} on this machine is gone"
+        if holder.pid == os.getpid() and not _is_active(holder.token):
+            return "left behind by this process (its release failed)"
+    return None
+
+
+_active_lock = threading.Lock()
+_active_tokens: set[str] = set()
+"""Tokens of the leases this process holds right now: a lease of ours that is not among
+them was left behind (say, its release failed) and binds no one."""
+
+
+def _is_active(token: str) -> bool:
+    with _active_lock:
+        return token in _active_tokens
+
+
+def _set_active(token: str, active: bool) -> None:
+    with _active_lock:
+        (_active_tokens.add if active else _active_tokens.discard)(token)
 
 
 @contextlib.contextmanager
 def writer_lock(env: BackupEnv, operation: str, *, timeout: float = 0.0, ttl: float = 300.0) -> Iterator[Holder]:
+    """Hold the backup directory's writer lock for the duration of the block.
+
+    Raises LockError naming the holder if another writer keeps it for longer
+    than `timeout` seconds (0: fail at once).
+    """
     local = env.local_path("")
     if local is not None:
         with _flock(local, operation, timeout, ttl) as holder:
             yield holder
     else:
-        with _lease(env, operation, timeout, ttl) as holder:
-            yield holder
+        with Lease(env, operation, timeout, ttl) as lease:
+            yield lease.holder
 
 
 def _busy(where: str, holder: Holder | None) -> LockError:
@@ -104,10 +239,23 @@ def _busy(where: str, holder: Holder | None) -> LockError:
                      asdict(holder) if holder else None)
 
 
+def _read_flock_holder(fd: int) -> Holder | None:
+    # The holder rewrites the file right after locking: retry a torn read briefly.
+    for _ in range(5):
+        holder = Holder.parse(os.pread(fd, _MAX_LOCK_FILE, 0))
+        if holder is not None:
+            return holder
+        time.sleep(0.01)
+    return None
+
+
 @contextlib.contextmanager
 def _flock(root: str, operation: str, timeout: float, ttl: float) -> Iterator[Holder]:
     path = os.path.join(root, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise translate_os_error(exc, f"cannot open the writer lock {path}") from None
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -116,63 +264,159 @@ def _flock(root: str, operation: str, timeout: float, ttl: float) -> Iterator[Ho
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
+                    raise translate_os_error(exc, f"cannot lock {path}") from None
                 if time.monotonic() >= deadline:
-                    raise _busy(root, Holder.parse(os.pread(fd, 4096, 0))) from None
-                time.sleep(0.05)
+                    raise _busy(root, _read_flock_holder(fd)) from None
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         holder = _new_holder(operation, ttl)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(asdict(holder)).encode(), 0)
+        data = holder.encode()
+        try:
+            # Write, then cut: a reader never finds the file empty in between.
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        except OSError as exc:  # informational only: the flock is what excludes
+            log.warning("could not record the lock holder in %s: %s", path, exc)
         try:
             yield holder
         finally:
-            os.ftruncate(fd, 0)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 
 
-@contextlib.contextmanager
-def _lease(env: BackupEnv, operation: str, timeout: float, ttl: float) -> Iterator[Holder]:
-    deadline = time.monotonic() + timeout
-    holder = _new_holder(operation, ttl)
-    while True:
-        try:
-            env.create_exclusive(LOCK_NAME, json.dumps(asdict(holder)).encode(), sync=True)
-            break
-        except AlreadyExists:
+class Lease:
+    """The generation lease of an object store (see the module docstring)."""
+
+    def __init__(self, env: BackupEnv, operation: str, timeout: float, ttl: float) -> None:
+        self.env = env
+        self.operation = operation
+        self.timeout = timeout
+        self.ttl = ttl
+        self.holder = _new_holder(operation, ttl)
+        self.generation: int | None = None
+        self.lost = threading.Event()
+        """Set when a heartbeat finds that another writer took the lease over."""
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        self._io = threading.Lock()
+
+    # -- helpers -----------------------------------------------------------------
+    def _generations(self) -> list[int]:
+        found = []
+        for info in self.env.list(LEASE_DIR):
+            name = info.path.rpartition("/")[2]
+            if name.isdigit() and len(name) == _LEASE_DIGITS:
+                found.append(int(name))
+        return sorted(found)
+
+    def _read(self, generation: int) -> Holder | None:
+        return Holder.parse(self.env.read_bytes(lease_path(generation), _MAX_LOCK_FILE))
+
+    # -- taking and giving back ------------------------------------------------------
+    def acquire(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            generations = self._generations()
+            if generations:
+                top = generations[-1]
+                try:
+                    current = self._read(top)
+                except NotFound:
+                    continue  # a loser cleaning up its own attempt: look again
+                reason = stale_reason(current, time.time())
+                if reason is None:
+                    if time.monotonic() >= deadline:
+                        raise _busy(self.env.describe(), current)
+                    time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+                    continue
+                if reason != "released":
+                    log.warning("taking over the lock of %s: %s (%s)", self.env.describe(),
+                                current.describe() if current else "?", reason)
+                candidate = top + 1
+            else:
+                candidate = 1
+            self.holder.expires = time.time() + self.ttl
+            _set_active(self.holder.token, True)  # before it can be seen: ours is never "left behind"
             try:
-                current = Holder.parse(env.read_bytes(LOCK_NAME, 64 << 10))
-            except NotFound:
-                continue  # released between our attempt and the read: try again at once
-            if _is_stale(current, time.time()):
-                log.warning("taking over a stale lock on %s (%s)", env.describe(LOCK_NAME),
-                            current.describe() if current else "unreadable")
-                env.delete([LOCK_NAME])
+                self.env.create_exclusive(lease_path(candidate), self.holder.encode(), sync=True)
+            except AlreadyExists:
+                _set_active(self.holder.token, False)
+                continue  # another writer got this generation: see who, and whether it is alive
+            except BaseException:
+                _set_active(self.holder.token, False)
+                raise
+            try:
+                newer = [g for g in self._generations() if g > candidate]
+                if newer:
+                    # We re-created a generation that had been superseded and cleaned up.
+                    self.env.delete([lease_path(candidate)])
+            except BaseException:
+                _set_active(self.holder.token, False)
+                raise
+            if newer:
+                _set_active(self.holder.token, False)
                 continue
-            if time.monotonic() >= deadline:
-                raise _busy(env.describe(), current) from None
-            time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
-    stop = threading.Event()
+            self.generation = candidate
+            older = [lease_path(g) for g in generations if g < candidate]
+            if older:
+                try:
+                    self.env.delete(older)
+                except BackupError as exc:
+                    log.info("could not remove superseded leases of %s: %s", self.env.describe(), exc)
+            break
+        self._beat = threading.Thread(target=self._heartbeat, name="rbackup-lock-heartbeat", daemon=True)
+        self._beat.start()
 
-    def heartbeat() -> None:
-        while not stop.wait(ttl / 3):
-            holder.expires = time.time() + ttl
+    def _superseded(self) -> bool:
+        assert self.generation is not None
+        return self.env.exists(lease_path(self.generation + 1))
+
+    def _heartbeat(self) -> None:
+        assert self.generation is not None
+        while not self._stop.wait(self.ttl / 3):
             try:
-                env.write_bytes(LOCK_NAME, json.dumps(asdict(holder)).encode())
+                with self._io:
+                    if self._stop.is_set():
+                        return
+                    if self._superseded():
+                        self.lost.set()
+                        log.error("the lock of %s was taken over by another writer while %s (pid %d) "
+                                  "still held it: it stalled for longer than lock_ttl=%ss",
+                                  self.env.describe(), self.operation, os.getpid(), self.ttl)
+                        return
+                    self.holder.expires = time.time() + self.ttl
+                    self.env.write_bytes(lease_path(self.generation), self.holder.encode())
             except BackupError as exc:
-                log.warning("could not renew the lock on %s: %s", env.describe(LOCK_NAME), exc)
+                log.warning("could not renew the lock of %s: %s", self.env.describe(), exc)
 
-    beat = threading.Thread(target=heartbeat, name="rbackup-lock-heartbeat", daemon=True)
-    beat.start()
-    try:
-        yield holder
-    finally:
-        stop.set()
-        beat.join()
-        try:
-            current = Holder.parse(env.read_bytes(LOCK_NAME, 64 << 10))
-            if current is not None and current.token == holder.token:
-                env.delete([LOCK_NAME])
-        except BackupError as exc:
-            log.warning("could not release the lock on %s: %s", env.describe(LOCK_NAME), exc)
+    def release(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        _set_active(self.holder.token, False)
+        if self.generation is None or self.lost.is_set():
+            return
+        with self._io:
+            try:
+                if self._superseded():
+                    self.lost.set()
+                    return
+                self.holder.released = True
+                self.env.write_bytes(lease_path(self.generation), self.holder.encode())
+            except BackupError as exc:
+                # The lease then expires after lock_ttl (or at once for writers on this machine
+                # once this process has exited).
+                log.warning("could not release the lock of %s: %s", self.env.describe(), exc)
+
+    def __enter__(self) -> "Lease":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+__all__ = ["Holder", "LEASE_DIR", "LOCK_NAME", "Lease", "is_lock_file", "lease_path", "stale_reason",
+           "writer_lock"]
