@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import threading
+import time
 
 import pytest
 import rocksdict
@@ -330,9 +331,10 @@ def test_garbage_collect_removes_leftovers_only(live_db, backup_dir):
     eng = engine(backup_dir)
     eng.create_new_backup(live_db.db)
     eng.close()
+    # meta/.7.tmp is a meta commit killed before its rename: RocksDB leaves it, rbackup collects it
     junk = ["shared_checksum/.000123_sX_1.sst.tmp", "shared_checksum/000999_s00000000000000000000_4.sst",
-            "private/2/MANIFEST-000001", "private/5.tmp/x"]
-    keep = ["meta/.7.tmp", "meta/01", "private/notanumber/x", "LATEST_BACKUP"]
+            "private/2/MANIFEST-000001", "private/5.tmp/x", "meta/.7.tmp"]
+    keep = ["meta/01", "meta/notes.txt", "private/notanumber/x", "LATEST_BACKUP"]
     for rel in junk + keep:
         os.makedirs(os.path.dirname(os.path.join(backup_dir, rel)) or backup_dir, exist_ok=True)
         with open(os.path.join(backup_dir, rel), "wb") as fh:
@@ -405,8 +407,6 @@ def test_rate_limit_is_honoured(live_db, backup_dir):
     """RateLimiting: 256 KiB/s over >= 0.5 MiB cannot finish in under ~1.5 s."""
     live_db.add(4000, prefix="rl", seed=3)
     eng = engine(backup_dir, backup_rate_limit=256 << 10, io_buffer_size=64 << 10)
-    import time
-
     t = time.monotonic()
     eng.create_new_backup(live_db.db)
     elapsed = time.monotonic() - t
@@ -555,4 +555,75 @@ def test_restore_refuses_targets_inside_the_backup_dir_and_open_dbs(live_db, bac
     finally:
         holder.kill()
         holder.wait()
+    eng.close()
+
+
+def test_files_are_copied_max_background_operations_at_a_time(tmp_path, backup_dir):
+    """Several files in flight, never more than asked for."""
+    from rbackup.env.wrappers import WrapperEnv
+
+    class PeakEnv(WrapperEnv):
+        def __init__(self, inner):
+            super().__init__(inner)
+            self.lock = threading.Lock()
+            self.open = 0
+            self.peak = 0
+
+        def open_write(self, path, *, sync=True):
+            writer = self.inner.open_write(path, sync=sync)
+            env = self
+            with self.lock:
+                self.open += 1
+                self.peak = max(self.peak, self.open)
+
+            real_commit, real_abort = writer.commit, writer.abort
+
+            def done(fn):
+                def wrapped():
+                    try:
+                        fn()
+                    finally:
+                        with env.lock:
+                            env.open -= 1
+                return wrapped
+
+            real_write = writer.write
+
+            def slow_write(data):  # make overlap observable on a fast disk
+                time.sleep(0.01)
+                return real_write(data)
+
+            writer.write, writer.commit, writer.abort = slow_write, done(real_commit), done(real_abort)
+            return writer
+
+    db = rocksdict.Rdict(str(tmp_path / "db"))
+    for i in range(6):
+        fill(db, 300, prefix=f"f{i}-", seed=i)
+        db.flush()  # one SST each
+    env = PeakEnv(LocalEnv(backup_dir))
+    eng = BackupEngine.open(BackupableDBOptions(backup_dir, backup_env=env, max_background_operations=3))
+    eng.create_new_backup(db)
+    assert 2 <= env.peak <= 3
+    eng.close()
+    db.close()
+
+
+def test_ni_fields_make_a_backup_corrupt_and_unknown_fields_are_ignored(live_db, backup_dir):
+    """MetaSchemaVersion2_NotSupported / _Restore, at the engine level."""
+    eng = engine(backup_dir, schema_version=2)
+    eng.create_new_backup(live_db.db)
+    eng.create_new_backup(live_db.db)
+    eng.close()
+    for backup_id, extra in ((1, "ni::future_field yes"), (2, "some_new_field 42")):
+        path = os.path.join(backup_dir, "meta", str(backup_id))
+        lines = open(path, "rb").read().decode().split("\n")
+        lines.insert(3, extra)  # a header field after schema_version, timestamp and sequence
+        with open(path, "w") as fh:
+            fh.write("\n".join(lines))
+    eng = engine(backup_dir)
+    assert eng.get_corrupted_backups() == [1]
+    with pytest.raises(NotSupported, match="backup 1"):
+        eng.verify_backup(1)
+    assert [b.backup_id for b in eng.get_backup_info()] == [2]
+    eng.verify_backup(2, verify_with_checksum=True)
     eng.close()
