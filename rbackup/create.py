@@ -18,6 +18,7 @@ from .errors import BackupError, Corruption, NotFound, NotSupported
 from .meta import BackupMeta, MetaFileEntry, serialize_meta
 from .naming import META_DIR, SHARED_CHECKSUM_DIR, SHARED_DIR, PRIVATE_DIR, FileKind, meta_path, private_dir
 from .options import BackupableDBOptions, ProgressCallback
+from .osutil import advise_sequential
 from .plan import NamingFacts, PlannedFile, needs_crc_for_name, needs_naming_facts, plan_backup
 from .ratelimit import make_limiter
 from .source import SourceFile, snapshot
@@ -81,6 +82,7 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
 
             def copy_one(item: PlannedFile) -> tuple[str, int, int]:
                 with open(item.source.path, "rb", buffering=0) as src:
+                    advise_sequential(src.fileno())
                     writer = env.open_write(item.dest, sync=options.sync)
                     with written_lock:
                         written.append(item.dest)

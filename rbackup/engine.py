@@ -88,8 +88,11 @@ class BackupEngine:
 
     def _load(self) -> BackupState:
         max_valid = self.options.max_valid_backups_to_open if self.read_only else None
-        return load_state(self.env, max_valid=max_valid, workers=max(8, self.env.capabilities.concurrency),
-                          logger=self._log, cache=self._meta_cache)
+        # Meta files are a round trip each on a remote store: fetch them concurrently
+        # there.  On local disk parsing holds the GIL and one thread is 30% faster.
+        workers = 1 if self.env.local_path("") is not None else max(8, self.env.capabilities.concurrency)
+        return load_state(self.env, max_valid=max_valid, workers=workers, logger=self._log,
+                          cache=self._meta_cache)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -30,6 +30,7 @@ import stat as stat_mod
 from typing import BinaryIO, Iterable
 
 from ..errors import BackupError, Corruption, InvalidArgument, NotFound
+from ..osutil import advise_sequential
 from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, check_path, translate_os_error
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ class LocalEnv(BackupEnv):
             st = os.fstat(fd)
             if not stat_mod.S_ISREG(st.st_mode):
                 raise NotFound(f"{self.describe(path)}: not a regular file")
+            advise_sequential(fd)
             return open(fd, "rb", closefd=True)
         except BaseException:
             os.close(fd)
