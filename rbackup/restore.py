@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 
 from .env.base import BackupEnv
-from .errors import BackupError, Corruption, InvalidArgument, NotFound, StorageError
+from .errors import Corruption, InvalidArgument, NotFound, StorageError
 from .naming import SIDE_FILES, FileKind, classify, db_filename_from_backup_name, private_dir
 from .options import BackupableDBOptions, ProgressCallback, RestoreOptions
 from .ratelimit import make_limiter

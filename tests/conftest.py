@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.db_fixtures", "tests.s3_fixtures"]
+pytest_plugins = ["tests.db_fixtures", "tests.s3_fixtures", "tests.crash_worker"]

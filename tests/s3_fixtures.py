@@ -290,3 +290,13 @@ def s3_faulty(moto_server: str, s3_faulty_server: tuple[str, FaultInjector]) -> 
     finally:
         injector.reset()
         _drop_bucket(moto_server, name)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_http_log() -> Iterator[None]:
+    """moto's werkzeug logs every request at INFO: thousands of lines per sweep."""
+    logger = logging.getLogger("werkzeug")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    yield
+    logger.setLevel(level)

@@ -9,7 +9,6 @@ a barrier.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import socket
@@ -19,7 +18,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -28,24 +27,13 @@ from rbackup.env.base import BackupEnv
 from rbackup.env.wrappers import FaultInjectionEnv, WrapperEnv
 from rbackup.lock import LEASE_DIR, Holder, Lease, lease_path, writer_lock
 
-from .crash_worker import (  # noqa: F401 - world and scratch are fixtures
+from .crash_worker import (
     ROOT,
     World,
     check_backup_dir,
     engine_options,
     make_env,
-    scratch,
-    world,
 )
-
-
-@pytest.fixture(autouse=True)
-def _quiet_http_log() -> Iterator[None]:
-    logger = logging.getLogger("werkzeug")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    yield
-    logger.setLevel(level)
 
 
 Store = tuple[str, Any]  # (url, storage_options)

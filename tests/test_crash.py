@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import random
 import shutil
@@ -43,7 +42,7 @@ from rbackup.env.wrappers import FaultInjectionEnv, InjectedFault, _FaultWriter
 from rbackup.lock import is_lock_file
 from rbackup.restore import IN_PROGRESS_MARKER
 
-from .crash_worker import (  # noqa: F401 - world and scratch are fixtures
+from .crash_worker import (
     ROOT,
     World,
     backup_files,
@@ -52,8 +51,6 @@ from .crash_worker import (  # noqa: F401 - world and scratch are fixtures
     fingerprint,
     make_env,
     read_db,
-    scratch,
-    world,
 )
 
 COUNTS: dict[str, int] = {}
@@ -68,16 +65,6 @@ def _report_counts() -> Iterator[None]:
         target = os.environ.get("RBACKUP_CRASH_COUNTS")
         if target:
             Path(target).write_text(json.dumps(COUNTS, indent=1))
-
-
-@pytest.fixture(autouse=True)
-def _quiet_http_log() -> Iterator[None]:
-    """moto's werkzeug logs every request at INFO: thousands of lines per sweep."""
-    logger = logging.getLogger("werkzeug")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    yield
-    logger.setLevel(level)
 
 
 def count(name: str, n: int) -> None:

@@ -11,7 +11,6 @@ backup directory is checked as a new process would see it
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
 import shutil
@@ -28,7 +27,7 @@ from rbackup.env.local import LocalEnv
 from rbackup.env.wrappers import FaultInjectionEnv
 from tests.s3_fixtures import Fault, FaultyS3
 
-from .crash_worker import (  # noqa: F401 - world and scratch are fixtures
+from .crash_worker import (
     World,
     backup_files,
     check_backup_dir,
@@ -37,18 +36,7 @@ from .crash_worker import (  # noqa: F401 - world and scratch are fixtures
     make_env,
     orphans,
     read_db,
-    scratch,
-    world,
 )
-
-
-@pytest.fixture(autouse=True)
-def _quiet_http_log() -> Iterator[None]:
-    logger = logging.getLogger("werkzeug")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    yield
-    logger.setLevel(level)
 
 
 def restore_and_compare(eng: BackupEngine, backup_id: int, expected: dict[str, bytes], scratch: Path) -> None:

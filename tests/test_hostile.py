@@ -28,13 +28,11 @@ from rbackup.checksum import crc32c
 
 from rbackup.env.local import LocalEnv
 
-from .crash_worker import (  # noqa: F401 - world and scratch are fixtures
+from .crash_worker import (
     World,
     engine_options,
     orphans,
     read_db,
-    scratch,
-    world,
 )
 
 CANARY = b"CANARY-3f9c1e-must-never-be-read-" * 1200  # ~40 KB, recognisable anywhere
