@@ -12,7 +12,9 @@ from typing import Any
 import boto3
 import pytest
 
+import rbackup_s3.download
 import rbackup_s3.env
+import rbackup_s3.upload
 from rbackup.env.registry import open_env
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StorageError
 from rbackup.testing import BackendConformance
@@ -308,16 +310,119 @@ def test_credentials_never_appear(s3_bucket_url: tuple[str, dict[str, Any]], cap
         assert secret not in text
 
 
-def test_object_replaced_while_reading_is_an_error(s3_bucket_url: tuple[str, dict[str, Any]]) -> None:
-    url, options = s3_bucket_url
-    env = S3Env(url, storage_options={**options, "read_block_size": MiB})
+def test_object_replaced_while_reading_is_an_error(s3_faulty: FaultyS3) -> None:
+    """One GET serves one version; a read that must resume after the object was
+    replaced fails (If-Match) instead of splicing two versions together."""
+    env = S3Env(s3_faulty.url, storage_options=s3_faulty.storage_options)
+    clean = S3Env(s3_faulty.url, storage_options=s3_faulty.clean_storage_options)
     env.write_bytes("f", b"a" * 3 * MiB)
+    # Without a cut the whole GET is of the version it started on.
     with env.open_read("f") as f:
         assert f.read(10) == b"a" * 10
-        env.write_bytes("f", b"b" * 3 * MiB)
+        clean.write_bytes("f", b"b" * 3 * MiB)
+        assert f.read() == b"a" * (3 * MiB - 10)
+    # The body is cut half-way, after the object was replaced: the resume must fail.
+    s3_faulty.injector.add(Fault("truncate", method="GET", path="/f$", times=1))
+    with env.open_read("f") as f:
+        assert f.read(10) == b"b" * 10
+        clean.write_bytes("f", b"c" * 3 * MiB)
         with pytest.raises(StorageError) as info:
             f.read()
-    assert f"{url}/f" in str(info.value)
+    assert f"{s3_faulty.url}/f" in str(info.value) and "replaced" in str(info.value)
+    assert s3_faulty.injector.injected == {"truncate": 1}
+
+
+def test_cut_bodies_are_resumed_byte_identically(s3_faulty: FaultyS3) -> None:
+    env = S3Env(s3_faulty.url, storage_options={**s3_faulty.storage_options, **SMALL_PARTS})
+    data = _pattern(13 * MiB + 5, seed=11)
+    env.write_bytes("shared/r.sst", data)
+    s3_faulty.injector.add(Fault("truncate", method="GET", path="r.sst$", times=3))
+    buf = bytearray(4 * MiB)
+    got = bytearray()
+    with env.open_read("shared/r.sst") as f:
+        while n := f.readinto(buf):
+            got += buf[:n]
+        assert f._raw.resumes == 3
+    assert got == data
+    assert s3_faulty.injector.injected == {"truncate": 3}
+    # read() of everything, and a small file, resume too
+    s3_faulty.injector.add(Fault("truncate", method="GET", path="r.sst$", times=2))
+    with env.open_read("shared/r.sst") as f:
+        assert f.read(7) == data[:7]
+        assert f.read() == data[7:]
+        assert f.read() == b""
+
+
+def test_resumes_are_bounded(s3_faulty: FaultyS3) -> None:
+    env = S3Env(s3_faulty.url, storage_options={**s3_faulty.storage_options, "max_attempts": 1})
+    env.write_bytes("f", b"z" * MiB)
+    s3_faulty.injector.add(Fault("truncate", method="GET", path="/f$"))
+    started = time.monotonic()
+    with pytest.raises(StorageError) as info:
+        with env.open_read("f") as f:
+            f.read()
+    assert f"{s3_faulty.url}/f" in str(info.value)
+    assert rbackup_s3.download.MAX_TOTAL_RESUMES <= s3_faulty.injector.injected["truncate"] <= 2 * (
+        rbackup_s3.download.MAX_TOTAL_RESUMES + 1)
+    assert time.monotonic() - started < 60
+
+
+def test_part_buffers_in_flight_are_capped(s3_bucket_url: tuple[str, dict[str, Any]]) -> None:
+    """16 writers at once: large files share `parts_in_flight` part buffers, small ones need none."""
+    url, options = s3_bucket_url
+    env = S3Env(url, storage_options={**options, **SMALL_PARTS, "parts_in_flight": 3})
+    files = {f"big{i}": _pattern(11 * MiB + i, seed=i) for i in range(8)}
+    files.update({f"small{i}": _pattern(100_000 + i, seed=100 + i) for i in range(8)})
+    barrier = threading.Barrier(len(files))
+    errors: list[BaseException] = []
+
+    def write(name: str) -> None:
+        try:
+            with env.open_write(name) as w:
+                barrier.wait()
+                data = memoryview(files[name])
+                for off in range(0, len(data), MiB):
+                    w.write(data[off : off + MiB])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    budget = env.part_budget
+    assert budget.held == 0 and 0 < budget.peak <= 3 * 5 * MiB
+    for name, data in files.items():
+        assert env.read_bytes(name, len(data)) == data
+    # small files alone never touch the budget
+    small = S3Env(url, storage_options={**options, **SMALL_PARTS, "parts_in_flight": 1})
+    for i in range(4):
+        small.write_bytes(f"s{i}", b"s" * MiB)
+    assert small.part_budget.peak == 0
+
+
+def test_part_bodies_are_not_copied(s3_bucket_url: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts go out as read-only views of the writer's one buffer."""
+    url, options = s3_bucket_url
+    env = S3Env(url, storage_options={**options, **SMALL_PARTS})
+    bodies: list[Any] = []
+    real_call = env._call
+
+    def spy(method: str, **kwargs: Any) -> Any:
+        if "Body" in kwargs:
+            bodies.append(kwargs["Body"])
+        return real_call(method, **kwargs)
+
+    monkeypatch.setattr(env, "_call", spy)
+    data = _pattern(11 * MiB, seed=2)
+    env.write_bytes("p", data)
+    assert len(bodies) == 3
+    assert all(isinstance(b, rbackup_s3.upload.PartBody) for b in bodies)
+    from aiohttp.payload import PAYLOAD_REGISTRY  # sent from the buffer, not through a thread pool
+    assert type(PAYLOAD_REGISTRY.get(rbackup_s3.upload.PartBody(memoryview(b"x")))).__name__ == "PartPayload"
+    assert env.read_bytes("p", len(data)) == data
 
 
 def test_survives_random_faults_byte_identically(s3_faulty: FaultyS3) -> None:

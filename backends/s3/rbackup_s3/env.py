@@ -2,15 +2,18 @@
 
 What S3 needs beyond the generic fsspec env, and why:
 - publish without rename: `S3Writer` (one PUT, or a multipart upload
-  completed only when every part is in, aborted otherwise);
+  completed only when every part is in, aborted otherwise), its part
+  buffers capped across writers by a `PartBudget`;
+- streaming reads: `S3Reader`, one GET per file, resumed with Range and
+  If-Match when a body is cut off;
 - commit without rename: a conditional PUT (`If-None-Match: *`), the only
   atomic create-if-absent S3 has; a lost response makes the retry see 412
   for our own object, so the object is read back before giving up;
 - freshness: s3fs caches listings, which would hide another client's
   meta file; the cache is off and every env has its own s3fs instance;
 - bounded retries: botocore in "standard" mode retries 5xx, SlowDown and
-  dropped connections with jittered backoff, s3fs retries truncated bodies
-  on top, and permanent errors (AccessDenied, NoSuchBucket) are not retried.
+  dropped connections with jittered backoff, `S3Reader` resumes cut bodies
+  (a bounded number of times), and permanent errors (AccessDenied, NoSuchBucket) are not retried.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from rbackup.env.base import AtomicWriter, Capabilities, FileInfo, check_path
 from rbackup.env.fsspec_env import FsspecEnv, error_code, redact_url
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StorageError
 
-from .upload import MAX_PART_SIZE, MIN_PART_SIZE, S3Writer
+from .download import S3Reader
+from .upload import MAX_PART_SIZE, MIN_PART_SIZE, PartBudget, S3Writer
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,7 @@ MiB = 2**20
 DELETE_BATCH = 1000
 """DeleteObjects takes at most 1,000 keys per request."""
 S3FS_RETRIES = 3
-"""s3fs's own retry loop, around botocore's: it is what retries a truncated body."""
+"""s3fs's own retry loop, around botocore's."""
 CONFLICT_RETRIES = 4
 """Retries of a conditional PUT that S3 refused with 409 ConditionalRequestConflict."""
 
@@ -48,16 +52,18 @@ class S3Settings:
     part_size: int = 8 * MiB
     """First multipart part size; also the largest file sent as a single PUT."""
     read_block_size: int = 8 * MiB
-    """Bytes fetched per ranged GET while streaming a file."""
+    """Ignored since reads became one streaming GET per file; still accepted."""
     concurrency: int = 16
     """Transfers the engine should run at once (and HTTP connections kept)."""
     max_attempts: int = 5
     """Attempts per request in botocore's standard retry mode (1 means no retry)."""
+    parts_in_flight: int = 8
+    """Part buffers (of `part_size`) all writers of the env hold at once; files up to 1 MiB need none."""
 
     def __post_init__(self) -> None:
         if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
             raise InvalidArgument(f"part_size must be between 5 MiB and 5 GiB, got {self.part_size}")
-        for name in ("read_block_size", "concurrency", "max_attempts"):
+        for name in ("read_block_size", "concurrency", "max_attempts", "parts_in_flight"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -127,6 +133,7 @@ class S3Env(FsspecEnv):
         )
         self.bucket = bucket
         self.settings = settings
+        self.part_budget = PartBudget(settings.parts_in_flight * settings.part_size)
         log.debug(
             "S3Env %s: endpoint %s, conditional writes %s, part size %d",
             self.url,
@@ -148,13 +155,11 @@ class S3Env(FsspecEnv):
         return self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
 
     def _open_for_read(self, full: str) -> Any:
-        # The HEAD behind open() also pins the ETag: a replaced object fails
-        # the read (If-Match) instead of splicing two versions together.
-        f = self.fs.open(full, "rb", block_size=self.settings.read_block_size, cache_type="readahead")
-        if f.details.get("type") != "file":  # s3fs reports a bare prefix as a directory
-            f.close()
-            raise FileNotFoundError(full)
-        return f
+        # One streaming GET; its ETag pins the version any resume may read
+        # (If-Match), so a replaced object fails instead of splicing two versions.
+        # A bare prefix has no object: NoSuchKey, i.e. not found.
+        key = full.partition("/")[2]
+        return S3Reader(self.fs, self.bucket, key, f"read {self.describe(full[len(self._prefix):])}")
 
     def _create_conditional(self, path: str, data: bytes) -> None:
         delay = 0.1
@@ -193,7 +198,7 @@ class S3Env(FsspecEnv):
 
     # -- the contract ------------------------------------------------------------
     def open_write(self, path: str, *, sync: bool = True) -> AtomicWriter:
-        return S3Writer(self, check_path(path), self.settings.part_size)
+        return S3Writer(self, check_path(path), self.settings.part_size, self.part_budget)
 
     def stat(self, path: str) -> FileInfo:
         path = check_path(path)

@@ -3,12 +3,21 @@
 An S3 object appears only when a PUT or a CompleteMultipartUpload succeeds,
 so publishing needs no rename: small files go up in one PUT, larger ones as a
 multipart upload that is completed only once every part is in, and aborted
-(never completed) on any failure.  Memory per writer is one part.
+(never completed) on any failure.
+
+Memory: a writer fills one part buffer, reused from part to part and sent as
+a read-only view (botocore checksums it in place, aiohttp streams it with
+backpressure: no copy of the part is made).  Files up to `UNBUDGETED_BYTES`
+use a small private buffer; a larger file first takes a part's worth of the
+env's `PartBudget`, so at most `parts_in_flight` part buffers exist at once
+whatever the number of files in flight.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 from rbackup.env.base import AtomicWriter
@@ -27,6 +36,8 @@ MAX_PART_SIZE = 5 * 2**30
 MAX_PARTS = 10_000
 """S3's limit on parts per upload."""
 PARTS_PER_DOUBLING = 500
+UNBUDGETED_BYTES = 2**20
+"""Files up to this size are buffered without taking from the part budget."""
 
 _CHECKSUM_FIELDS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1", "ChecksumSHA256")
 
@@ -59,6 +70,166 @@ def multipart_etag(parts: list[dict[str, Any]]) -> str | None:
     return f'"{digest.hexdigest()}-{len(parts)}"'
 
 
+class PartBudget:
+    """Bytes of part buffers the writers of one env may hold at once.
+
+    A writer reserves a whole part before it buffers more than
+    `UNBUDGETED_BYTES`, and gives it back on commit or abort, so small files
+    still go up as wide as the engine runs them while large ones queue.
+    A reservation larger than the whole budget waits for all of it.
+    A thread that already holds a reservation (two writers open in one
+    thread) is not made to wait: that could never be served.
+
+    The budget also keeps the part buffers themselves: a released buffer is
+    handed to the next writer instead of being freed and allocated again,
+    which would leave the allocator's arenas holding far more than the
+    budget (measured: 250 MB peak RSS instead of ~190 MB for 16 writers).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.peak = 0
+        """The most bytes held at once (for tests and tuning)."""
+        self._cond = threading.Condition()
+        self._by_thread: dict[int, int] = {}
+        self._free: list[bytearray] = []
+
+    def buffer(self, size: int) -> bytearray:
+        """A buffer of `size` bytes, reused if one was given back (call while holding a reservation)."""
+        with self._cond:
+            for i, buf in enumerate(self._free):
+                if len(buf) == size:
+                    return self._free.pop(i)
+        return bytearray(size)
+
+    def give_back(self, buf: bytearray) -> None:
+        """Keep `buf` for the next writer, as long as the kept buffers fit in the budget."""
+        with self._cond:
+            if len(buf) and sum(map(len, self._free)) + len(buf) <= self.limit:
+                self._free.append(buf)
+
+    def acquire(self, size: int) -> tuple[int, int]:
+        """Wait for `size` bytes (at most the whole budget); returns the token for `release`."""
+        size = min(size, self.limit)
+        owner = threading.get_ident()
+        with self._cond:
+            if not self._by_thread.get(owner):
+                while self.held + size > self.limit:
+                    self._cond.wait()
+            self.held += size
+            self.peak = max(self.peak, self.held)
+            self._by_thread[owner] = self._by_thread.get(owner, 0) + size
+        return size, owner
+
+    def release(self, token: tuple[int, int]) -> None:
+        size, owner = token
+        with self._cond:
+            self.held -= size
+            left = self._by_thread.pop(owner, 0) - size
+            if left > 0:
+                self._by_thread[owner] = left
+            self._cond.notify_all()
+
+
+class PartBody(io.RawIOBase):
+    """A seekable, read-only stream over a part buffer: the request body without a copy.
+
+    botocore reads it to checksum it and seeks back (and again on a retry);
+    aiohttp sends it in small chunks with backpressure.
+    """
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view.toreadonly()
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = (0, self._pos, len(self._view))[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def readinto(self, buffer: Any) -> int:
+        end = min(len(self._view), self._pos + len(buffer))
+        n = end - self._pos
+        memoryview(buffer).cast("B")[:n] = self._view[self._pos : end]
+        self._pos = end
+        return n
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
+        out = bytes(self._view[self._pos : end])
+        self._pos = max(self._pos, end)
+        return out
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def remaining(self) -> memoryview:
+        """The bytes from the current position on, without a copy."""
+        return self._view[self._pos :]
+
+
+SEND_CHUNK = 256 * 2**10
+"""Bytes of a part handed to the HTTP transport at a time (each awaits the socket's drain)."""
+
+
+def _register_part_payload() -> None:
+    """Teach aiohttp to send a `PartBody` straight from its buffer.
+
+    Left to itself, aiohttp reads a file-like body 64 KiB at a time through
+    the default thread pool (a thread hop and a copy per chunk: about 10%
+    slower backups against moto).  This payload writes slices of the
+    read-only view instead, each awaiting the transport's drain, so no copy
+    of the part is made and backpressure holds.  Without a compatible
+    aiohttp the generic file-object path is used: slower, still correct.
+    """
+    try:
+        from aiohttp import payload as aiohttp_payload
+
+        class PartPayload(aiohttp_payload.Payload):
+            _autoclose = True
+
+            def __init__(self, value: PartBody, *args: Any, **kwargs: Any) -> None:
+                kwargs.setdefault("content_type", "application/octet-stream")
+                super().__init__(value, *args, **kwargs)
+                self._view = value.remaining()
+                self._size = len(self._view)
+
+            def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+                return bytes(self._view).decode(encoding, errors)
+
+            async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+                return bytes(self._view)
+
+            async def write(self, writer: Any) -> None:
+                await self.write_with_length(writer, None)
+
+            async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+                view = self._view if content_length is None else self._view[:content_length]
+                for offset in range(0, len(view), SEND_CHUNK):
+                    await writer.write(view[offset : offset + SEND_CHUNK])
+
+        aiohttp_payload.register_payload(PartPayload, PartBody, order=aiohttp_payload.Order.try_first)
+    except Exception as exc:  # pragma: no cover - depends on the installed aiohttp
+        log.debug("aiohttp payload for part bodies not registered (%s); using the generic path", exc)
+
+
+_register_part_payload()
+
+
 class S3Writer(AtomicWriter):
     """Publish one S3 object from a stream: a single PUT, or a completed multipart upload.
 
@@ -68,12 +239,17 @@ class S3Writer(AtomicWriter):
     aborts it, so no object and no pending upload remain.
     """
 
-    def __init__(self, env: S3Env, path: str, base_part_size: int) -> None:
+    def __init__(self, env: S3Env, path: str, base_part_size: int, budget: PartBudget | None = None) -> None:
         self._env = env
         self._path = path
         self._key = env._key(path)
         self._base = base_part_size
+        self._budget = budget
+        self._reserved: tuple[int, int] | None = None
+        """What this writer holds of `budget` (None while the file is small)."""
         self._buffer = bytearray()
+        """The part being filled: its first `_fill` bytes; reused for every part."""
+        self._fill = 0
         self._parts: list[dict[str, Any]] = []
         self._upload_id: str | None = None
         self._state = "open"
@@ -84,20 +260,55 @@ class S3Writer(AtomicWriter):
         view = memoryview(data).cast("B")
         total = len(view)
         while view:
-            room = part_size(len(self._parts) + 1, self._base) - len(self._buffer)
+            size = part_size(len(self._parts) + 1, self._base)
+            room = size - self._fill
             if room == 0:
                 self._upload_part()
                 continue
-            self._buffer += view[:room]
-            view = view[room:]
+            if len(self._buffer) < size and self._fill + len(view) > len(self._buffer):
+                self._grow(size, self._fill + len(view))
+            n = min(room, len(view))
+            self._buffer[self._fill : self._fill + n] = view[:n]
+            self._fill += n
+            view = view[n:]
         return total
+
+    def _grow(self, size: int, wanted: int) -> None:
+        """Make room in the buffer: privately up to UNBUDGETED_BYTES, else a whole budgeted part."""
+        if wanted <= UNBUDGETED_BYTES and not self._reserved:
+            self._buffer.extend(bytes(min(wanted, UNBUDGETED_BYTES) - len(self._buffer)))
+            return
+        if self._budget is not None:
+            # Taken in one go (never a hold-and-wait that could deadlock two writers);
+            # a doubled part size gives back the old reservation first (the buffer is empty then).
+            if self._reserved and self._fill == 0:
+                self._budget.release(self._reserved)
+                self._reserved = None
+            if not self._reserved:
+                self._reserved = self._budget.acquire(size)
+        grown = self._budget.buffer(size) if self._budget is not None else bytearray(size)
+        grown[: self._fill] = self._buffer[: self._fill]
+        if self._reserved and len(self._buffer) > UNBUDGETED_BYTES:
+            self._budget.give_back(self._buffer)  # type: ignore[union-attr]
+        self._buffer = grown
+
+    def _body(self) -> PartBody:
+        return PartBody(memoryview(self._buffer)[: self._fill])
+
+    def _release(self) -> None:
+        buf, self._buffer = self._buffer, bytearray()
+        self._fill = 0
+        if self._budget is not None and self._reserved:
+            self._budget.give_back(buf)
+            self._budget.release(self._reserved)
+        self._reserved = None
 
     def commit(self) -> None:
         if self._state != "open":
             raise StorageError(f"write {self._env.describe(self._path)}: writer already {self._state}")
         try:
             if self._upload_id is None:
-                self._env._call("put_object", Key=self._key, Body=self._buffer)
+                self._env._call("put_object", Key=self._key, Body=self._body())
             else:
                 self._upload_part()
                 self._complete()
@@ -105,13 +316,13 @@ class S3Writer(AtomicWriter):
             self.abort()
             raise self._env._error(exc, self._path, "write") from exc
         self._state = "committed"
-        self._buffer = bytearray()
+        self._release()
 
     def abort(self) -> None:
         if self._state != "open":
             return
         self._state = "aborted"
-        self._buffer = bytearray()
+        self._release()
         if self._upload_id is None:
             return
         try:
@@ -126,6 +337,12 @@ class S3Writer(AtomicWriter):
                     exc,
                 )
 
+    def __del__(self) -> None:
+        # A writer dropped without commit or abort must not keep its share of the budget.
+        if getattr(self, "_reserved", None) and self._budget is not None:
+            self._budget.release(self._reserved)
+            self._reserved = None
+
     def _upload_part(self) -> None:
         try:
             if self._upload_id is None:
@@ -136,14 +353,14 @@ class S3Writer(AtomicWriter):
                 Key=self._key,
                 UploadId=self._upload_id,
                 PartNumber=number,
-                Body=self._buffer,
+                Body=self._body(),
             )
         except Exception as exc:
             raise self._env._error(exc, self._path, "write") from exc
         part = {"PartNumber": number, "ETag": out["ETag"]}
         part.update({k: out[k] for k in _CHECKSUM_FIELDS if out.get(k)})
         self._parts.append(part)
-        self._buffer = bytearray()
+        self._fill = 0
         log.debug("%s: part %d uploaded", self._env.describe(self._path), number)
 
     def _complete(self) -> None:
