@@ -23,7 +23,7 @@ from .plan import NamingFacts, PlannedFile, needs_crc_for_name, needs_naming_fac
 from .ratelimit import make_limiter
 from .source import SourceFile, snapshot
 from .state import BackupState, LoadedBackup
-from .transfer import DEFAULT_BUFFER_SIZE, Buffers, ProgressTracker, file_crc32c, run_parallel, stream_copy
+from .transfer import Buffers, ProgressTracker, file_crc32c, run_parallel, stream_copy
 
 
 @dataclass
@@ -56,7 +56,7 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
                   stop: threading.Event, workers: int) -> LoadedBackup:
     log = options.logger
     backup_id = req.backup_id
-    buffers = Buffers(options.io_buffer_size or DEFAULT_BUFFER_SIZE)
+    buffers = Buffers.for_store(options.io_buffer_size, env.capabilities)
     written: list[str] = []
     written_lock = threading.Lock()
     started = time.monotonic()

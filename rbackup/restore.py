@@ -22,7 +22,7 @@ from .options import BackupableDBOptions, ProgressCallback, RestoreOptions
 from .ratelimit import make_limiter
 from .source import db_lock
 from .state import LoadedBackup
-from .transfer import DEFAULT_BUFFER_SIZE, Buffers, ProgressTracker, run_parallel, stream_copy
+from .transfer import Buffers, ProgressTracker, run_parallel, stream_copy
 
 IN_PROGRESS_MARKER = b"rbackup: restore in progress; this DB is incomplete"
 """No trailing newline: RocksDB reports Corruption instead of opening."""
@@ -153,7 +153,7 @@ def _copy_and_commit(env: BackupEnv, backup_id: int, items: list[_RestoreItem], 
                      db_dir: str, wal_dir: str, options: BackupableDBOptions,
                      progress_callback: ProgressCallback | None, stop: threading.Event, workers: int,
                      log: logging.Logger) -> None:
-    buffers = Buffers(options.io_buffer_size or DEFAULT_BUFFER_SIZE)
+    buffers = Buffers.for_store(options.io_buffer_size, env.capabilities)
     all_items = items + [current]
     tracker = ProgressTracker("restore", backup_id, sum(i.size for i in all_items), len(all_items),
                               progress_callback, options.callback_trigger_interval_size, stop)
@@ -223,7 +223,7 @@ def verify_backup(env: BackupEnv, backup: LoadedBackup, verify_with_checksum: bo
                              f"expected {backup.sizes[e.path]}")
     if not verify_with_checksum:
         return
-    buffers = Buffers(options.io_buffer_size or DEFAULT_BUFFER_SIZE)
+    buffers = Buffers.for_store(options.io_buffer_size, env.capabilities)
     checked = [e for e in entries if e.crc32c is not None]
     tracker = ProgressTracker("verify", backup_id, sum(now[e.path] for e in checked), len(checked),
                               progress_callback, options.callback_trigger_interval_size, stop)
