@@ -16,7 +16,7 @@ from . import sstprops
 from .env.base import BackupEnv
 from .errors import BackupError, Corruption, NotFound, NotSupported
 from .meta import BackupMeta, MetaFileEntry, serialize_meta
-from .naming import META_DIR, SHARED_CHECKSUM_DIR, SHARED_DIR, PRIVATE_DIR, FileKind, meta_path, private_dir
+from .naming import META_DIR, PRIVATE_DIR, FileKind, meta_path, private_dir
 from .options import BackupableDBOptions, ProgressCallback
 from .osutil import advise_sequential
 from .plan import NamingFacts, PlannedFile, needs_crc_for_name, needs_naming_facts, plan_backup
@@ -37,17 +37,17 @@ class BackupRequest:
 
 def _naming_facts(f: SourceFile, buffers: Buffers, log: logging.Logger) -> NamingFacts:
     session_id = None
-    if f.kind is FileKind.TABLE:
-        with open(f.path, "rb") as fh:
+    crc = None
+    with open(f.path, "rb") as fh:
+        if f.kind is FileKind.TABLE:
             try:
                 session_id = sstprops.read_session_id(fh, f.size)
             except NotSupported as exc:
                 # e.g. a properties block compressed with a codec we do not decode:
                 # a legacy name is as valid (RocksDB 7 falls back the same way).
                 log.info("%s: %s; using a legacy shared_checksum name", f.name, exc)
-    crc = None
-    if needs_crc_for_name(f, session_id):
-        with open(f.path, "rb") as fh:
+        if needs_crc_for_name(f, session_id):
+            fh.seek(0)
             crc = file_crc32c(fh, buffers.get()).crc32c
     return NamingFacts(session_id, crc)
 
@@ -128,9 +128,9 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
                     backup_id, type(exc).__name__, exc, env.describe(meta_path(backup_id)))
     # Committed: from here on a failure must not remove anything.
     if options.sync:
-        shared_dirs = [SHARED_CHECKSUM_DIR if options.share_files_with_checksum else SHARED_DIR]
-        for d in [private_dir(backup_id), PRIVATE_DIR, META_DIR] + (shared_dirs if options.share_table_files else []) + [""]:
-            env.sync_dir(d)
+        for d in (private_dir(backup_id), PRIVATE_DIR, META_DIR, options.shared_dir, ""):
+            if d is not None:
+                env.sync_dir(d)
     copied_bytes = sum(s for s, _ in copied.values())
     log.info("backup %d: %d files (%d copied, %d bytes) in %.2fs", backup_id, len(entries), len(copies),
              copied_bytes, time.monotonic() - started)

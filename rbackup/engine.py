@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import threading
 from typing import Iterator
 
@@ -20,15 +19,21 @@ from .env.wrappers import ReadOnlyEnv
 from .errors import BackupError, Incomplete, InvalidArgument, NotFound, NotSupported
 from .lock import writer_lock
 from .meta import MAX_APP_METADATA
-from .naming import META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, SHARED_DIR, is_temp_name, meta_path, parse_backup_id
+from .naming import (
+    MAX_BACKUP_ID,
+    META_DIR,
+    PRIVATE_DIR,
+    SHARED_CHECKSUM_DIR,
+    SHARED_DIR,
+    is_meta_temp_name,
+    is_temp_name,
+    meta_path,
+    parse_backup_id,
+)
 from .options import BackupableDBOptions, BackupFileInfo, BackupInfo, ProgressCallback, RestoreOptions
 from .restore import restore_backup, verify_backup
 from .state import BackupState, LoadedBackup, MetaCache, load_state
 
-MAX_BACKUP_ID = 2**32 - 1
-_META_TEMP = re.compile(r"\.[1-9][0-9]{0,9}(\.[0-9a-f]+)?\.tmp")
-"""Temp names of a meta commit: RocksDB's `.<id>.tmp`, LocalEnv's `.<id>.<hex>.tmp`.
-Other non-canonical names in meta/ are left alone, as RocksDB leaves them."""
 
 
 class BackupEngine:
@@ -52,10 +57,10 @@ class BackupEngine:
         if self.read_only and options.destroy_old_data:
             raise InvalidArgument("destroy_old_data cannot be used with a read-only engine")
         if not self.read_only:
-            shared = SHARED_CHECKSUM_DIR if options.share_files_with_checksum else SHARED_DIR
             # RocksDB's order: root, shared dir, private/, meta/
-            for directory in [""] + ([shared] if options.share_table_files else []) + [PRIVATE_DIR, META_DIR]:
-                self.env.makedirs(directory)
+            for directory in ["", options.shared_dir, PRIVATE_DIR, META_DIR]:
+                if directory is not None:
+                    self.env.makedirs(directory)
         self._cached_state = self._load()  # a broken backup directory fails the open, as in RocksDB
         if options.destroy_old_data:
             with self._writing("destroy_old_data"):
@@ -155,7 +160,7 @@ class BackupEngine:
                 if is_temp_name(child) or (child_id is not None and child_id not in valid_ids):
                     doomed.append(path)
                     private_dirs.add(f"{PRIVATE_DIR}/{child}")
-            elif top == META_DIR and _META_TEMP.fullmatch(rest):
+            elif top == META_DIR and is_meta_temp_name(rest):
                 doomed.append(path)  # a meta commit killed between its temp file and the link/rename
         if doomed:
             self._log.info("garbage collection: deleting %d files from %s", len(doomed), self.env.describe())

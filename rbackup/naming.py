@@ -22,6 +22,7 @@ __all__ = [
     "meta_path",
     "private_dir",
     "temp_path",
+    "is_meta_temp_name",
     "is_temp_name",
     "parse_backup_id",
     "classify",
@@ -86,6 +87,15 @@ def temp_path(path: str) -> str:
     """`<dir>/.<name>.tmp`: RocksDB's temp name, which its GC knows to delete (BE:517-528, 573-576)."""
     head, sep, name = path.rpartition("/")
     return f"{head}{sep}.{_check_name(name)}.tmp"
+
+
+_META_TEMP = re.compile(r"\.[1-9][0-9]{0,9}(\.[0-9a-f]+)?\.tmp")
+
+
+def is_meta_temp_name(name: str) -> bool:
+    """A meta commit's temp file: RocksDB's `.<id>.tmp`, LocalEnv's `.<id>.<hex>.tmp`.
+    Other non-canonical names in meta/ are left alone, as RocksDB leaves them."""
+    return _META_TEMP.fullmatch(name) is not None
 
 
 def is_temp_name(name: str) -> bool:

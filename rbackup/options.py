@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import InvalidArgument, NotSupported
+from .naming import SHARED_CHECKSUM_DIR, SHARED_DIR
 
 if TYPE_CHECKING:
     from .env.base import BackupEnv
@@ -113,6 +114,13 @@ class BackupableDBOptions:
             raise NotSupported(f"schema_version {self.schema_version} is not supported (1 or 2)")
         if self.lock_timeout < 0 or self.lock_ttl <= 0:
             raise InvalidArgument("lock_timeout must be >= 0 and lock_ttl > 0")
+
+    @property
+    def shared_dir(self) -> str | None:
+        """Where these options put shared SST/blob files; None when nothing is shared."""
+        if not self.share_table_files:
+            return None
+        return SHARED_CHECKSUM_DIR if self.share_files_with_checksum else SHARED_DIR
 
     @property
     def logger(self) -> logging.Logger:
