@@ -20,12 +20,10 @@ import errno
 import fcntl
 import logging
 import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from .checkpointdir import checkpoint_dir
 from .errors import InvalidArgument, LockError, NotFound, NotSupported, StorageError
 from .naming import SIDE_FILES, FileKind, classify, file_number
 
@@ -52,43 +50,6 @@ class Snapshot:
     """In RocksDB's live-file order: SSTs, blobs, MANIFEST, CURRENT, OPTIONS, WALs."""
     side_files: list[SourceFile] = field(default_factory=list)
     """Files rocksdict needs but RocksDB does not know (rocksdict-config.json)."""
-
-
-_CHECKPOINT_PREFIX = ".rbackup-checkpoint-"
-
-
-def _checkpoint_dir_for(db_path: str) -> str:
-    """A not-yet-existing directory on the DB's filesystem (hard links need that)."""
-    db_dev = os.stat(db_path).st_dev
-    parent = os.path.dirname(os.path.abspath(db_path))
-    for candidate in (parent, tempfile.gettempdir()):
-        try:
-            if os.stat(candidate).st_dev == db_dev and os.access(candidate, os.W_OK):
-                _remove_dead_checkpoints(candidate)
-                return os.path.join(candidate, f"{_CHECKPOINT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
-        except OSError:
-            continue
-    raise NotSupported(f"no writable directory on the filesystem of {db_path} to hold a checkpoint "
-                       f"(tried {parent} and {tempfile.gettempdir()})")
-
-
-def _remove_dead_checkpoints(directory: str) -> None:
-    """Remove checkpoints left by backups whose process was killed: their hard links
-    would keep the space of SSTs the DB has deleted since.  A pid that is alive (or
-    reused) keeps its directory; it goes once that process is gone."""
-    for name in os.listdir(directory):
-        pid = name[len(_CHECKPOINT_PREFIX):].split("-", 1)[0]
-        if not name.startswith(_CHECKPOINT_PREFIX) or not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # alive (or not ours to signal): maybe mid-backup
-        except ProcessLookupError:
-            pass
-        except OSError:
-            continue
-        log.info("removing the checkpoint %s left by a backup that was killed", os.path.join(directory, name))
-        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
 def _scan(directory: str, *, backup_log_files: bool, extra_wal_dir: str | None = None) -> tuple[
@@ -203,6 +164,7 @@ def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = F
         db_path = path_of()
     except Exception as exc:
         raise InvalidArgument(f"the DB is not open: {exc}") from exc
+    _refuse_partial_views(db, db_path)
     if flush_before_backup:
         try:
             db.flush()
@@ -212,12 +174,36 @@ def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = F
         yield snap
 
 
+_PARTIAL_MODES = {"read only mode": "read-only (AccessType.read_only())",
+                  "secondary mode": "as a secondary (AccessType.secondary(...))"}
+
+
+def _refuse_partial_views(db, db_path: str) -> None:
+    """A read-only or secondary Rdict sees writes its checkpoint cannot hold: its
+    memtable, replayed from WALs it neither flushes nor copies (and a secondary's
+    checkpoint lacks OPTIONS).  Backing it up would silently restore a subset of
+    what it shows, so refuse, naming the mode.  The probe, flush(wait=False), only
+    schedules on a read-write DB the flush that its checkpoint does anyway."""
+    try:
+        db.flush(False)
+    except Exception as exc:
+        text = str(exc).lower()
+        for marker, mode in _PARTIAL_MODES.items():
+            if marker in text:
+                raise NotSupported(
+                    f"cannot back up the DB at {db_path} through an Rdict opened {mode}: its checkpoint would "
+                    "hold only the flushed writes, not all the handle sees. Back up the read-write Rdict, or "
+                    "the DB's path once no process has it open for writing") from exc
+        if "closed" in text or type(exc).__name__ == "DbClosedError":
+            raise InvalidArgument(f"the DB at {db_path} is not open: {exc}") from exc
+        raise StorageError(f"cannot back up the DB at {db_path}: its flush failed: {exc}") from exc
+
+
 @contextlib.contextmanager
 def _checkpoint(handle, db_path: str, backup_log_files: bool, wal_dir: str | None) -> Iterator[Snapshot]:
     import rocksdict
 
-    ckpt = _checkpoint_dir_for(db_path)
-    try:
+    with checkpoint_dir(db_path) as ckpt:
         try:
             seq = handle.latest_sequence_number()
             rocksdict.Checkpoint(handle).create_checkpoint(ckpt)
@@ -227,5 +213,3 @@ def _checkpoint(handle, db_path: str, backup_log_files: bool, wal_dir: str | Non
             raise StorageError(f"checkpoint of {db_path} failed: {exc}") from exc
         files, side = _scan(ckpt, backup_log_files=backup_log_files, extra_wal_dir=wal_dir)
         yield Snapshot(seq, files, side)
-    finally:
-        shutil.rmtree(ckpt, ignore_errors=True)
