@@ -307,6 +307,14 @@ def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str
                 f"in {time.monotonic() - started:.1f}s", err=True)
 
 
+def _require_local_dir(engine: BackupEngineReadOnly) -> None:
+    """A local backup directory that is missing or a file is a mistake (a typo), not an
+    empty list: say so, as verify and restore do.  Object stores have no such test."""
+    root = engine.env.local_path("")
+    if root is not None and not os.path.isdir(root):
+        raise NotFound(f"backup directory {root} {'is not a directory' if os.path.exists(root) else 'does not exist'}")
+
+
 @cli.command(name="list", help=f"""List the backups: id, time (local), size, files and metadata.
 
     Corrupt backups are listed as CORRUPT with the reason. Metadata is shown as
@@ -329,6 +337,7 @@ def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str
 @_report_failures
 def list_(backup_dir: str, storage_options: dict[str, Any] | None, as_json: bool, files: bool) -> None:
     with BackupEngineReadOnly(_options(backup_dir, storage_options)) as engine:
+        _require_local_dir(engine)
         backups = engine.get_backup_info(include_file_details=files)
         corrupt = engine.corruption_reasons()
         location = engine.env.describe()
