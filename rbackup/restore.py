@@ -45,13 +45,13 @@ class _RestoreItem:
     crc32c: int | None
 
 
-def _prepare_dir(path: str, what: str) -> None:
+def _prepare_dir(path: str, what: str, backup_id: int) -> None:
     if os.path.exists(path) and not os.path.isdir(path):
-        raise InvalidArgument(f"restore target {what} {path} exists and is not a directory")
+        raise InvalidArgument(f"restore of backup {backup_id}: target {what} {path} exists and is not a directory")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
-        raise StorageError(f"cannot create restore target {what} {path}: {exc}") from exc
+        raise StorageError(f"restore of backup {backup_id}: cannot create target {what} {path}: {exc}") from exc
 
 
 def _delete_old_files(db_dir: str, wal_dir: str, keep_log_files: bool, log: logging.Logger) -> None:
@@ -116,8 +116,8 @@ def restore_backup(env: BackupEnv, backup: LoadedBackup, listing: dict[str, int]
     for target in (db_dir, wal_dir):
         if backup_root is not None and _inside(os.path.realpath(target), os.path.realpath(backup_root)):
             raise InvalidArgument(f"restore target {target} is inside the backup directory {backup_root}")
-    _prepare_dir(db_dir, "db_dir")
-    _prepare_dir(wal_dir, "wal_dir")
+    _prepare_dir(db_dir, "db_dir", backup_id)
+    _prepare_dir(wal_dir, "wal_dir", backup_id)
 
     items: list[_RestoreItem] = []
     current: _RestoreItem | None = None
