@@ -147,12 +147,8 @@ def restore_backup(env: BackupEnv, backup: LoadedBackup, listing: dict[str, int]
         # an interrupted deletion cannot leave an old DB that opens with files missing.
         _mark_in_progress(db_dir, backup_id, options.sync)
         _delete_old_files(db_dir, wal_dir, restore_options.keep_log_files, log)
-        try:
-            _copy_and_commit(env, backup_id, items, current, db_dir, wal_dir, options, progress_callback, stop,
-                             workers, log)
-        except BaseException:
-            _remove_restored(items + [current], log)
-            raise
+        _copy_and_commit(env, backup_id, items, current, db_dir, wal_dir, options, progress_callback, stop,
+                         workers, log)
 
 
 @contextlib.contextmanager
@@ -195,12 +191,13 @@ def _mark_in_progress(db_dir: str, backup_id: int, sync: bool) -> None:
                            f"marker: {exc}") from exc
 
 
-def _remove_restored(items: list[_RestoreItem], log: logging.Logger) -> None:
-    """After a failed restore: remove what it wrote, so a full disk gets its space
-    back; CURRENT stays the marker, so the target still does not open."""
-    for item in items:
-        if os.path.isfile(item.dest):
-            _unlink(item.dest, log)
+def _remove_restored(created: list[str], log: logging.Logger) -> None:
+    """After a failed restore: remove the files it created (only those: kept WALs
+    stay), so a full disk gets its space back; CURRENT stays the marker, so the
+    target still does not open."""
+    for path in created:
+        if os.path.isfile(path):
+            _unlink(path, log)
 
 
 def _retarget_options(items: list[_RestoreItem], db_dir: str, wal_dir: str, backup_id: int, sync: bool) -> None:
@@ -235,6 +232,7 @@ def _copy_and_commit(env: BackupEnv, backup_id: int, items: list[_RestoreItem], 
     tracker = ProgressTracker("restore", backup_id, sum(i.size for i in all_items), len(all_items),
                               progress_callback, options.callback_trigger_interval_size, stop)
     limiter = make_limiter(options.restore_rate_limit)
+    created: list[str] = []  # the files this restore created: removed again if it fails
 
     def copy_one(item: _RestoreItem) -> None:
         try:
@@ -243,6 +241,7 @@ def _copy_and_commit(env: BackupEnv, backup_id: int, items: list[_RestoreItem], 
             raise NotFound(f"backup {backup_id}: {item.src} is missing from the backup directory") from exc
         try:
             with src, _open_target(item.dest, backup_id, item.src) as out:
+                created.append(item.dest)
                 result = stream_copy(src, out.write, buf=buffers.get(), stop=stop, limiter=limiter,
                                      tracker=tracker, limit=item.size + 1)
                 if result.size != item.size:
@@ -262,18 +261,25 @@ def _copy_and_commit(env: BackupEnv, backup_id: int, items: list[_RestoreItem], 
             raise
         tracker.file_done()
 
-    run_parallel(all_items, copy_one, workers, stop)
-    _retarget_options(items, db_dir, wal_dir, backup_id, options.sync)
     try:
+        run_parallel(all_items, copy_one, workers, stop)
+        _retarget_options(items, db_dir, wal_dir, backup_id, options.sync)
         if options.sync:
             for d in {db_dir, wal_dir}:
                 _fsync_dir(d)
         os.replace(current.dest, os.path.join(db_dir, "CURRENT"))
-        if options.sync:
-            _fsync_dir(db_dir)
     except OSError as exc:
+        _remove_restored(created, log)
         raise StorageError(f"restore of backup {backup_id}: cannot commit {os.path.join(db_dir, 'CURRENT')}: "
                            f"{exc}") from exc
+    except BaseException:
+        _remove_restored(created, log)
+        raise
+    if options.sync:
+        try:
+            _fsync_dir(db_dir)
+        except OSError as exc:
+            raise StorageError(f"restore of backup {backup_id}: cannot sync {db_dir}: {exc}") from exc
     log.info("restored backup %d into %s (%d files, %d bytes)", backup_id, db_dir, len(all_items),
              tracker.bytes_done)
 
