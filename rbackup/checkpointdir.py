@@ -10,9 +10,12 @@ A killed backup leaves its checkpoint behind, and its hard links keep the space
 of SSTs the DB deleted since; the next backup removes it.  Which ones are dead
 cannot be told by pid: a backup in another pid namespace (a container) or on
 another host sharing the filesystem has a pid that means nothing here.  So each
-checkpoint has a lock file, `<checkpoint>.lock`, on which its backup holds a
-`flock` for as long as the checkpoint exists; the kernel (or the NFS lock
-manager) releases it when that process dies, however it dies.  A checkpoint is
+checkpoint has a lock file, `<checkpoint>.lock`, on which its backup holds an
+open-file-description (OFD) lock for as long as the checkpoint exists; the
+kernel (or the NFS lock manager) releases it when that process dies, however it
+dies.  OFD rather than `flock`: NFS turns `flock` into a POSIX lock, which
+belongs to the process, so another thread's running backup would look dead to
+the cleanup of this one; OFD locks belong to the open file, here and over NFS.  A checkpoint is
 dead exactly when its lock can be taken; one without a lock file (an older
 rbackup made it, or its lock file was lost) is not provably dead and stays,
 with a warning naming it.
@@ -25,6 +28,7 @@ import fcntl
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -82,14 +86,25 @@ def _locked_name(parent: str) -> tuple[str, int]:
         except OSError as exc:
             raise StorageError(f"cannot create the checkpoint lock {lock_path}: {exc}") from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # A cleaner may have taken the lock in the instant before ours and
             # removed the file: then this inode guards nothing, start again.
-            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+            if _try_lock(fd) and os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
                 return path, fd
-        except OSError:
-            pass
+        except OSError as exc:
+            os.close(fd)
+            raise StorageError(f"cannot lock the checkpoint lock {lock_path}: {exc}") from exc
         os.close(fd)
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive OFD lock on the whole file without waiting; False if anyone holds one."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
 
 
 def remove_dead_checkpoints(directory: str) -> None:
@@ -120,11 +135,11 @@ def _remove_if_dead(path: str) -> None:
         return  # gone meanwhile, or not ours to judge
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _try_lock(fd):
+                return  # held: its backup is running
         except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                log.warning("cannot test the lock of the checkpoint %s: %s", path, exc)
-            return  # held: its backup is running
+            log.warning("cannot test the lock of the checkpoint %s: %s", path, exc)
+            return
         log.info("removing the checkpoint %s left by a backup that died", path)
         for leftover in (path, path + _RDB_TMP_SUFFIX):
             shutil.rmtree(leftover, ignore_errors=True)

@@ -96,9 +96,9 @@ def test_dead_checkpoint_is_removed_live_and_unprovable_ones_stay(tmp_path):
     legacy = tmp_path / f"{PREFIX}3-nolock"  # an older rbackup's: no lock file
     legacy.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        import fcntl, sys
+        import fcntl, os, struct, sys
         fh = open(sys.argv[1], "r+")
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        fcntl.fcntl(fh, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
         print("held", flush=True)
         sys.stdin.readline()
         """), str(live) + LOCK_SUFFIX], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -110,6 +110,22 @@ def test_dead_checkpoint_is_removed_live_and_unprovable_ones_stay(tmp_path):
         holder.communicate("\n", timeout=30)
     remove_dead_checkpoints(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == [legacy.name]
+
+
+def test_checkpoint_of_another_thread_of_this_process_is_alive(tmp_path):
+    """A lock of this very process still counts as held (OFD locks belong to the open
+    file, not the process), and the cleanup drops no lock of ours."""
+    from rbackup.checkpointdir import checkpoint_dir
+
+    db = tmp_path / "db"
+    db.mkdir()
+    with checkpoint_dir(str(db)) as path:
+        os.mkdir(path)
+        remove_dead_checkpoints(str(tmp_path))
+        assert os.path.isdir(path)
+        remove_dead_checkpoints(str(tmp_path))  # the first cleanup closed its descriptor: still held
+        assert os.path.isdir(path)
+    assert sorted(os.listdir(tmp_path)) == ["db"]
 
 
 _NAMESPACED_BACKUP = """
