@@ -131,11 +131,13 @@ def test_checkpoint_of_another_thread_of_this_process_is_alive(tmp_path):
 _NAMESPACED_BACKUP = """
 import os, subprocess, sys
 want = int(sys.argv[1])
-while True:  # pids are handed out in order in a fresh namespace: use them up to want - 1
-    p = subprocess.Popen(["true"])
-    p.wait()
-    if p.pid >= want - 1:
-        break
+try:  # the next pid handed out in this fresh namespace (root in it may set the counter)
+    with open("/proc/sys/kernel/ns_last_pid", "w") as fh:
+        fh.write(str(want - 1))
+except OSError:  # else use pids up, one short-lived child at a time
+    child = subprocess.Popen(["true"])
+    while child.wait() is not None and child.pid < want - 1:
+        child = subprocess.Popen(["true"])
 worker = subprocess.run([sys.executable, "-c", sys.argv[2]] + sys.argv[3:])
 sys.exit(worker.returncode)
 """
@@ -148,7 +150,7 @@ from rbackup import BackupableDBOptions, BackupEngine
 from tests.db_fixtures import fill
 print("pid", os.getpid(), flush=True)
 db = rocksdict.Rdict(sys.argv[2])
-fill(db, 2000, value_size=1000)
+fill(db, 300, value_size=1000)
 told = []
 def wait_once(progress):
     if not told:
@@ -162,14 +164,25 @@ print("done", flush=True)
 """
 
 
+def _unused_pid_not_handed_out_soon() -> int:
+    """A pid no process has here, below the last one handed out: the kernel gives out
+    pids upwards, so it stays unused until the counter wraps around."""
+    with open("/proc/sys/kernel/ns_last_pid") as fh:
+        last = int(fh.read())
+    for pid in range(last - 200, 299, -1):
+        if not os.path.exists(f"/proc/{pid}"):
+            return pid
+    pytest.skip("no unused pid below the pid counter")
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="a pid namespace needs root and unshare(1)")
 def test_running_backup_in_another_pid_namespace_keeps_its_checkpoint(tmp_path):
     """Before: its pid, meaningless here, was judged dead and the running backup's
     checkpoint deleted under it (it then failed with a raw FileNotFoundError)."""
-    free = next(p for p in range(300, 30000) if not os.path.exists(f"/proc/{p}"))
-    proc = subprocess.Popen(["unshare", "--pid", "--fork", sys.executable, "-c", _NAMESPACED_BACKUP, str(free),
-                             _WORKER, ROOT, str(tmp_path / "theirs"), str(tmp_path / "their-backups")],
+    free = _unused_pid_not_handed_out_soon()
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _NAMESPACED_BACKUP,
+                             str(free), _WORKER, ROOT, str(tmp_path / "theirs"), str(tmp_path / "their-backups")],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = proc.stdout.readline()
