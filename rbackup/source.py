@@ -20,8 +20,8 @@ import errno
 import fcntl
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from .checkpointdir import checkpoint_dir
 from .errors import InvalidArgument, LockError, NotFound, NotSupported, StorageError

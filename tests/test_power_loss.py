@@ -16,7 +16,7 @@ listed backup verifies with checksums and restores exactly its data, the newest
 backup whose create had returned before the clone began is listed, and garbage
 collection and a new create work on it.
 
-Needs root, loop devices, mkfs.xfs (Debian's xfsprogs, installed by .ci/run) and
+Needs root, loop devices, mkfs.xfs (Debian's xfsprogs, installed by the README's set-up 2) and
 e2fsprogs; skipped with the reason elsewhere.
 """
 from __future__ import annotations
@@ -48,7 +48,8 @@ sys.path.insert(0, sys.argv[1])
 import rocksdict
 from rbackup import BackupableDBOptions, BackupEngine
 from tests.db_fixtures import fill
-db_path, backup_dir, restore_root, steps, keys = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+db_path, backup_dir, restore_root = sys.argv[2:5]
+steps, keys = int(sys.argv[5]), int(sys.argv[6])
 db = rocksdict.Rdict(db_path)
 with BackupEngine.open(BackupableDBOptions(backup_dir)) as eng:
     for k in range(1, steps + 1):

@@ -116,7 +116,7 @@ def tiny_tmpfs(tmp_path, size: str):
 
 
 def assert_does_not_open(target: str) -> None:
-    with pytest.raises(Exception, match="(?i)corrupt|directory|CURRENT"):
+    with pytest.raises(Exception, match=r"(?i)corrupt|directory|CURRENT"):
         rocksdict.Rdict(target, rocksdict.Options(raw_mode=True))
     assert not os.path.exists(os.path.join(target, "000001.log"))  # and opening created nothing new
 
@@ -195,7 +195,7 @@ def test_restore_into_a_db_open_in_this_process_is_refused_and_keeps_its_lock(tm
         with engine(backup_dir) as eng:
             eng.create_new_backup(src)
             before = tree_hashes(live_path)
-            with pytest.raises(LockError, match="open in this process.*close it"):
+            with pytest.raises(LockError, match=r"open in this process.*close it"):
                 eng.restore_db_from_latest_backup(live_path)
         assert tree_hashes(live_path) == before
         other = subprocess.run([sys.executable, "-c", _OPEN_FOR_WRITING, live_path],
