@@ -8,10 +8,11 @@ can read at leisure while the live DB moves on.
 
 Two ways in:
 - an open `rocksdict.Rdict` (the normal case): checkpoint it;
-- a DB directory no process holds open (the CLI): take RocksDB's own LOCK so
-  nobody opens it for writing meanwhile, open it read-only (nothing in the DB
-  changes), checkpoint, and add its WAL files, which a read-only checkpoint
-  leaves out but which may hold the newest writes.
+- a DB directory no process holds open (the CLI): hold RocksDB's own LOCK
+  (`dblock`) so no RocksDB opens it meanwhile, and read which files are live
+  from CURRENT, the MANIFEST and OPTIONS (`dbdir`) without opening the DB: any
+  RocksDB version's DB works, and nothing in the DB or WAL directory is created
+  or changed.  The files are copied from where they are, while the lock holds.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from .dbdir import read_closed_db
+from .dblock import hold_db_lock
 from .errors import InvalidArgument, LockError, NotFound, NotSupported, StorageError
 from .naming import SIDE_FILES, FileKind, classify, file_number
 
@@ -160,21 +163,6 @@ def db_lock(db_path: str, purpose: str = "back it up") -> Iterator[None]:
         os.close(fd)
 
 
-def _open_read_only(db_path: str):
-    import rocksdict
-
-    config = os.path.join(db_path, "rocksdict-config.json")
-    access = rocksdict.AccessType.read_only()
-    if os.path.exists(config):
-        return rocksdict.Rdict(db_path, access_type=access)
-    # A DB written by RocksDB's own tools: raw bytes, bytewise comparator,
-    # column families from the DB itself.
-    names = rocksdict.Rdict.list_cf(db_path)
-    cfs = {name: rocksdict.Options(raw_mode=True) for name in names if name != "default"}
-    return rocksdict.Rdict(db_path, rocksdict.Options(raw_mode=True), column_families=cfs or None,
-                           access_type=access)
-
-
 @contextlib.contextmanager
 def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = False) -> Iterator[Snapshot]:
     """Yield a consistent Snapshot of `db` (an open Rdict, or a closed DB's path);
@@ -185,16 +173,8 @@ def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = F
             raise NotFound(f"DB directory {db_path} does not exist")
         if not os.path.exists(os.path.join(db_path, "CURRENT")):
             raise InvalidArgument(f"{db_path} is not a RocksDB directory (no CURRENT file)")
-        with db_lock(db_path):
-            try:
-                handle = _open_read_only(db_path)
-            except Exception as exc:
-                raise StorageError(f"cannot open the DB at {db_path} read-only: {exc}") from exc
-            try:
-                with _checkpoint(handle, db_path, backup_log_files, wal_dir=db_path) as snap:
-                    yield snap
-            finally:
-                handle.close()
+        with hold_db_lock(db_path, exclusive=False):
+            yield _closed_db_snapshot(db_path, backup_log_files)
         return
     path_of = getattr(db, "path", None)
     if path_of is None:
@@ -210,6 +190,20 @@ def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = F
             raise InvalidArgument(f"the DB is not open: {exc}") from exc
     with _checkpoint(db, db_path, backup_log_files, wal_dir=None) as snap:
         yield snap
+
+
+def _closed_db_snapshot(db_path: str, backup_log_files: bool) -> Snapshot:
+    """The live files of a closed DB, read in place (the caller holds its LOCK)."""
+    db = read_closed_db(db_path, with_wals=backup_log_files)
+    kinds = [(db.tables, FileKind.TABLE), (db.blobs, FileKind.BLOB), ([db.manifest], FileKind.MANIFEST),
+             ([db.current], FileKind.CURRENT), ([db.options] if db.options else [], FileKind.OPTIONS),
+             (db.wals, FileKind.WAL)]
+    files = [SourceFile(f.name, f.path, f.size, kind) for group, kind in kinds for f in group]
+    side = [SourceFile(name, os.path.join(db_path, name), os.path.getsize(os.path.join(db_path, name)),
+                       classify(name)) for name in SIDE_FILES if os.path.isfile(os.path.join(db_path, name))]
+    log.info("backing up the closed DB at %s from %s: %d SSTs, %d blob files, %d WALs (from %s), sequence %d",
+             db_path, db.manifest.name, len(db.tables), len(db.blobs), len(db.wals), db.wal_dir, db.sequence_number)
+    return Snapshot(db.sequence_number, files, side)
 
 
 @contextlib.contextmanager
