@@ -26,8 +26,9 @@ compression other than none) raises `NotSupported`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from .checksum import crc32c
 from .errors import Corruption, NotSupported

@@ -26,8 +26,9 @@ field this reader does not know and may not ignore (a future RocksDB) or an SST 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 from .errors import Corruption, NotSupported
 from .logformat import read_records
@@ -201,7 +202,7 @@ def decode_edit(record: bytes, what: str) -> VersionEdit:
     return edit
 
 
-def _decode_field(c: _Cursor, tag: int, e: VersionEdit) -> None:  # noqa: C901 - one branch per tag, as RocksDB
+def _decode_field(c: _Cursor, tag: int, e: VersionEdit) -> None:  # one branch per tag, as RocksDB's
     if tag == COMPARATOR:
         e.comparator = c.slice().decode("utf-8", "replace")
     elif tag == LOG_NUMBER:

@@ -84,7 +84,8 @@ def engine(backup_dir: str, **kw) -> BackupEngine:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([RBACKUP, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    return subprocess.run([RBACKUP, *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+                          check=False)
 
 
 @pytest.mark.parametrize("how", ["api", "cli"])
@@ -120,7 +121,7 @@ def test_a_db_open_in_this_process_is_refused_and_keeps_its_lock(tmp_path):
             with pytest.raises(LockError, match=f"{path} is open in this process.*pass the open Rdict"):
                 eng.create_new_backup(path)
             opener = subprocess.run([sys.executable, "-c", "import rocksdict, sys; rocksdict.Rdict(sys.argv[1])",
-                                     path], capture_output=True, text=True)
+                                     path], capture_output=True, text=True, check=False)
             assert opener.returncode != 0 and "lock" in opener.stderr.lower()
             assert eng.create_new_backup(db) == 1
     finally:
@@ -145,7 +146,7 @@ def test_backing_up_creates_nothing_even_a_log(tmp_path):
 
 
 def _damage_manifest(db_dir: str) -> None:
-    name = open(os.path.join(db_dir, "CURRENT")).read().strip()
+    name = Path(db_dir, "CURRENT").read_text().strip()
     with open(os.path.join(db_dir, name), "r+b") as fh:
         fh.seek(12)
         byte = fh.read(1)
@@ -164,7 +165,7 @@ def _truncated_current(db_dir: str) -> None:
 
 
 def _missing_sst(db_dir: str) -> None:
-    os.unlink(os.path.join(db_dir, sorted(n for n in os.listdir(db_dir) if n.endswith(".sst"))[0]))
+    os.unlink(os.path.join(db_dir, min(n for n in os.listdir(db_dir) if n.endswith(".sst"))))
 
 
 @pytest.mark.parametrize("damage,error,names", [
@@ -194,15 +195,13 @@ def test_failures_elsewhere_leave_the_source_as_it_was(tmp_path):
     def stop(*_args) -> None:
         raise KeyboardInterrupt
 
-    with engine(str(tmp_path / "bk")) as eng:
-        with pytest.raises((BackupError, KeyboardInterrupt)):
-            eng.create_new_backup(db_dir, progress_callback=stop)
+    with engine(str(tmp_path / "bk")) as eng, pytest.raises((BackupError, KeyboardInterrupt)):
+        eng.create_new_backup(db_dir, progress_callback=stop)
     assert fingerprint(db_dir, wal_dir) == before
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
-    with pytest.raises(BackupError):
-        with engine(str(blocker / "bk")) as eng:
-            eng.create_new_backup(db_dir)
+    with pytest.raises(BackupError), engine(str(blocker / "bk")) as eng:
+        eng.create_new_backup(db_dir)
     assert fingerprint(db_dir, wal_dir) == before
 
 
@@ -214,9 +213,8 @@ def test_a_db_whose_sst_is_in_another_db_path_is_refused(tmp_path):
     fill(db, 200)
     db.flush()
     db.close()
-    with engine(str(tmp_path / "bk")) as eng:
-        with pytest.raises((NotSupported, Corruption), match="db_paths"):
-            eng.create_new_backup(db_dir)
+    with engine(str(tmp_path / "bk")) as eng, pytest.raises((NotSupported, Corruption), match="db_paths"):
+        eng.create_new_backup(db_dir)
 
 
 # --- DBs that rocksdict's RocksDB 9.8.4 cannot open -------------------------------------------------------------

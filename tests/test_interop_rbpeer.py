@@ -17,7 +17,7 @@ import rocksdict
 
 from rbackup import BackupableDBOptions, BackupEngine
 
-from .db_fixtures import fill, files_under, ldb_compatible_options
+from .db_fixtures import files_under, fill, ldb_compatible_options
 from .rbpeer import needs_rbpeer, peer, peer_dump
 
 pytestmark = [needs_rbpeer, pytest.mark.slow]
