@@ -16,7 +16,7 @@ _OPEN_FOR_WRITING = "import rocksdict, sys; rocksdict.Rdict(sys.argv[1]).close()
 
 def other_process_can_open(db_dir: str) -> bool:
     """Whether a second process can open the DB for writing right now."""
-    return subprocess.run([sys.executable, "-c", _OPEN_FOR_WRITING, db_dir], capture_output=True, check=False).returncode == 0
+    return subprocess.run([sys.executable, "-c", _OPEN_FOR_WRITING, db_dir], capture_output=True).returncode == 0
 
 
 @pytest.fixture
@@ -43,8 +43,9 @@ def test_db_open_in_this_process_is_refused_and_rocksdb_keeps_its_lock(tmp_path)
     path = str(tmp_path / "db")
     db = rocksdict.Rdict(path)
     try:
-        with pytest.raises(LockError, match="open in this process.*pass the open Rdict"), dblock.hold_db_lock(path):
-            pass
+        with pytest.raises(LockError, match="open in this process.*pass the open Rdict"):
+            with dblock.hold_db_lock(path):
+                pass
         assert [h.pid for h in dblock.holders(os.path.join(path, "LOCK"))] == [os.getpid()]
         assert not other_process_can_open(path)
     finally:
@@ -57,8 +58,9 @@ def test_safety_net_when_proc_locks_misses_our_lock(tmp_path, monkeypatch):
     db = rocksdict.Rdict(path)
     try:
         monkeypatch.setattr(dblock, "_read_proc_locks", lambda: "")
-        with pytest.raises(LockError, match="open in this process"), dblock.hold_db_lock(path):
-            pass
+        with pytest.raises(LockError, match="open in this process"):
+            with dblock.hold_db_lock(path):
+                pass
         assert not other_process_can_open(path)
     finally:
         db.close()
@@ -76,14 +78,15 @@ def test_held_lock_keeps_rocksdb_out_in_this_process_and_others(closed_db):
 
 
 def test_db_open_in_another_process_is_refused_naming_it(closed_db):
-    holder = ("import rocksdict, sys; db = rocksdict.Rdict(sys.argv[1]); print('up', flush=True); "
-              "sys.stdin.read(); db.close()")
-    child = subprocess.Popen([sys.executable, "-c", holder, closed_db],
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import rocksdict, sys; db = rocksdict.Rdict(sys.argv[1]); print('up', flush=True); "
+                              "sys.stdin.read(); db.close()", closed_db],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "up"
-        with pytest.raises(LockError, match=f"another process \\(pid {child.pid} "), dblock.hold_db_lock(closed_db):
-            pass
+        with pytest.raises(LockError, match=f"another process \\(pid {child.pid} "):
+            with dblock.hold_db_lock(closed_db):
+                pass
     finally:
         child.stdin.close()
         child.wait()
@@ -93,8 +96,9 @@ def test_shared_holders_coexist_and_exclude_an_exclusive_one(closed_db):
     with dblock.hold_db_lock(closed_db, exclusive=False):
         with dblock.hold_db_lock(closed_db, exclusive=False):
             assert not other_process_can_open(closed_db)
-        with pytest.raises(LockError, match="OFD lock"), dblock.hold_db_lock(closed_db, purpose="restore into it"):
-            pass
+        with pytest.raises(LockError, match="OFD lock"):
+            with dblock.hold_db_lock(closed_db, purpose="restore into it"):
+                pass
 
 
 def test_missing_lock_file_is_not_created(closed_db):
@@ -107,5 +111,6 @@ def test_missing_lock_file_is_not_created(closed_db):
 
 def test_missing_lock_file_that_appears_meanwhile_is_reported(closed_db):
     os.unlink(os.path.join(closed_db, "LOCK"))
-    with pytest.raises(LockError, match="was opened by RocksDB"), dblock.hold_db_lock(closed_db):
-        rocksdict.Rdict(closed_db).close()
+    with pytest.raises(LockError, match="was opened by RocksDB"):
+        with dblock.hold_db_lock(closed_db):
+            rocksdict.Rdict(closed_db).close()
