@@ -175,10 +175,11 @@ class DbVersion:
         return sorted((b for cf in self.column_families.values() for b in cf.live_blobs()), key=lambda b: b.number)
 
     def min_wal_number(self) -> int:
-        """WALs numbered below this hold nothing recovery needs: it skips them (and deletes them)."""
+        """WALs numbered below this hold nothing recovery needs: it skips them (and deletes them).
+        With two-phase commit, WALs from `min_log_number_to_keep` on may hold prepared transactions;
+        without it RocksDB skips those that only hold flushed data, so counting them in is harmless."""
         numbers = [cf.log_number for cf in self.column_families.values()]
-        if self.prev_log_number:
-            numbers.append(self.prev_log_number)
+        numbers += [n for n in (self.prev_log_number, self.min_log_number_to_keep) if n]
         return min(numbers)
 
 

@@ -111,6 +111,9 @@ def test_replay_files_column_families_and_logs():
     assert [(t.number, t.level, t.size) for t in v.tables()] == [(11, 0, 1100), (12, 1, 1200), (13, 6, 1300)]
     assert {cf.name: cf.log_number for cf in v.column_families.values()} == {"default": 12, "side": 9}
     assert v.min_wal_number() == 9 and v.last_sequence == 99 and v.next_file_number == 20
+    two_phase = replay_log(header_edit() + varint(manifest.LOG_NUMBER) + varint(12),
+                           varint(manifest.MIN_LOG_NUMBER_TO_KEEP) + varint(7))
+    assert two_phase.min_wal_number() == 7
 
 
 def test_a_dropped_column_family_takes_its_files_with_it():
