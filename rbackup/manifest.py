@@ -67,8 +67,11 @@ class _Cursor:
         return self.pos >= len(self.data)
 
     def varint(self, bits: int = 64) -> int:
-        result = shift = 0
         data = self.data
+        if self.pos < len(data) and data[self.pos] < 0x80:  # most fields are one byte: the fast path
+            self.pos += 1
+            return data[self.pos - 1]
+        result = shift = 0
         while self.pos < len(data) and shift < bits:
             byte = data[self.pos]
             self.pos += 1
