@@ -236,3 +236,38 @@ def test_a_format_version_7_db_with_a_rocksdict_config_is_backed_up_untouched(tm
     assert fingerprint(db_dir) == before
     peer("restore", backup_dir, "1", str(tmp_path / "by-peer"))
     assert peer_dump(str(tmp_path / "by-peer"), tmp_path / "a.txt") == peer_dump(db_dir, tmp_path / "b.txt")
+
+
+_RECYCLING_WRITER = """
+import os, sys, rocksdict
+opts = rocksdict.Options(raw_mode=True)
+opts.create_if_missing(True)
+opts.set_recycle_log_file_num(4)
+db = rocksdict.Rdict(sys.argv[1], opts)
+for r in range(4):
+    for i in range(300):
+        db[b"%s-%d-%04d" % (sys.argv[2].encode(), r, i)] = b"v" * 200
+    db.flush()
+for i in range(100):
+    db[b"%s-wal-%04d" % (sys.argv[2].encode(), i)] = b"w" * 50
+db.flush_wal(True)
+os._exit(0)
+"""
+
+
+@pytest.mark.slow
+def test_recycled_wals_of_killed_writers(tmp_path):
+    """recycle_log_file_num: WAL files are reused, their records carry the log number, old ones linger."""
+    db_dir, backup_dir = str(tmp_path / "db"), str(tmp_path / "bk")
+    for run in ("a", "b"):
+        subprocess.run([sys.executable, "-c", _RECYCLING_WRITER, db_dir, run], check=True)
+    with engine(backup_dir) as eng:
+        eng.create_new_backup(db_dir)
+        assert eng.get_backup_info()[0].size > 0
+        eng.restore_db_from_latest_backup(str(tmp_path / "r"))
+    db = rocksdict.Rdict(str(tmp_path / "r"), rocksdict.Options(raw_mode=True))
+    try:
+        keys = set(db.keys())
+    finally:
+        db.close()
+    assert len(keys) == 2 * (4 * 300 + 100) and b"b-wal-0099" in keys
