@@ -58,18 +58,13 @@ def read_closed_db(db_path: str, *, with_wals: bool = True) -> ClosedDb:
     manifest = _live(db_path, manifest_name, f"the MANIFEST that {current.path} names")
     with open(manifest.path, "rb") as fh:
         version = read_manifest(fh, manifest.path)
-    options = _newest_options(db_path)
-    settings = None
-    if options is not None:
-        with open(options.path, "rb") as fh:
-            settings = optionsfile.parse(fh.read(), options.path)
-        _refuse_other_paths(db_path, options.path, settings)
-    wal_dir = _wal_dir(db_path, options.path if options else "", settings)
+    options = newest_options(db_path)
+    wal_dir = wal_dir_of(db_path, options, read_options(options))
     tables = [_table(db_path, t) for t in version.tables()]
     blobs = [_live(db_path, f"{b.number:06d}.blob", f"blob file #{b.number} that {manifest.path} lists")
              for b in version.blobs()]
-    wals = _live_wals(wal_dir, version) if with_wals else []
-    sequence = max([version.last_sequence] + [_last_sequence_in(w) for w in wals])
+    wals = live_wals(wal_dir, version) if with_wals else []
+    sequence = max([version.last_sequence] + [last_sequence_in(w) for w in wals])
     return ClosedDb(version, tables, blobs, manifest, current, options, wals, wal_dir, sequence)
 
 
@@ -98,11 +93,21 @@ def _table(db_path: str, table: TableFile) -> LiveFile:
                      f"(or the DB keeps it in a db_paths directory, which a backup by path cannot take)")
 
 
-def _newest_options(db_path: str) -> LiveFile | None:
+def newest_options(db_path: str) -> LiveFile | None:
     numbered = [(int(m.group(1)), name) for name in os.listdir(db_path) if (m := _OPTIONS_NAME.fullmatch(name))]
     if not numbered:
         return None  # RocksDB < 4.x wrote none; nothing else to read then
     return _live(db_path, max(numbered)[1], "the OPTIONS file")
+
+
+def read_options(options: LiveFile | None) -> optionsfile.OptionsFile | None:
+    """The parsed OPTIONS file (None without one); refuses DBs that keep data files elsewhere."""
+    if options is None:
+        return None
+    with open(options.path, "rb") as fh:
+        settings = optionsfile.parse(fh.read(), options.path)
+    _refuse_other_paths(os.path.dirname(options.path), options.path, settings)
+    return settings
 
 
 def _refuse_other_paths(db_path: str, source: str, settings: optionsfile.OptionsFile) -> None:
@@ -115,7 +120,9 @@ def _refuse_other_paths(db_path: str, source: str, settings: optionsfile.Options
                            f"{', '.join(f'{t}: {v}' for t, v in named)}): a backup by path cannot take those")
 
 
-def _wal_dir(db_path: str, source: str, settings: optionsfile.OptionsFile | None) -> str:
+def wal_dir_of(db_path: str, options: LiveFile | None, settings: optionsfile.OptionsFile | None) -> str:
+    """Where the DB's WALs are: the OPTIONS' wal_dir, else the DB directory."""
+    source = options.path if options else "OPTIONS"
     configured = settings.db_options.get("wal_dir", "") if settings else ""
     if not configured or os.path.realpath(configured) == os.path.realpath(db_path):
         return db_path
@@ -128,7 +135,7 @@ def _wal_dir(db_path: str, source: str, settings: optionsfile.OptionsFile | None
     return configured
 
 
-def _live_wals(wal_dir: str, version: DbVersion) -> list[LiveFile]:
+def live_wals(wal_dir: str, version: DbVersion) -> list[LiveFile]:
     """WALs recovery would replay (number >= the MANIFEST's minimum), plus any it tracks; empty ones
     hold nothing and RocksDB does not list them unless its MANIFEST tracks them."""
     oldest = version.min_wal_number()
@@ -148,7 +155,7 @@ def _live_wals(wal_dir: str, version: DbVersion) -> list[LiveFile]:
     return wals
 
 
-def _last_sequence_in(wal: LiveFile) -> int:
+def last_sequence_in(wal: LiveFile) -> int:
     """The sequence number of the last write in a WAL (0 if it has none or cannot be read)."""
     last = 0
     try:

@@ -27,10 +27,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .dbdir import read_closed_db
+from .dbdir import ClosedDb, read_closed_db
 from .dblock import hold_db_lock
 from .errors import InvalidArgument, LockError, NotFound, NotSupported, StorageError
 from .naming import SIDE_FILES, FileKind, classify, file_number
+from .sidecar import LiveDbPath, live_db_files
 
 log = logging.getLogger("rbackup")
 
@@ -167,6 +168,12 @@ def db_lock(db_path: str, purpose: str = "back it up") -> Iterator[None]:
 def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = False) -> Iterator[Snapshot]:
     """Yield a consistent Snapshot of `db` (an open Rdict, or a closed DB's path);
     the checkpoint is removed afterwards whatever happens."""
+    if isinstance(db, LiveDbPath):
+        if not os.path.exists(os.path.join(db.path, "CURRENT")):
+            raise InvalidArgument(f"{db.path} is not a RocksDB directory (no CURRENT file)")
+        with live_db_files(db.path, with_wals=backup_log_files) as found:
+            yield _snapshot_of(db.path, found)
+        return
     if isinstance(db, (str, os.PathLike)):
         db_path = os.fspath(db)
         if not os.path.isdir(db_path):
@@ -174,7 +181,7 @@ def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = F
         if not os.path.exists(os.path.join(db_path, "CURRENT")):
             raise InvalidArgument(f"{db_path} is not a RocksDB directory (no CURRENT file)")
         with hold_db_lock(db_path, exclusive=False):
-            yield _closed_db_snapshot(db_path, backup_log_files)
+            yield _snapshot_of(db_path, read_closed_db(db_path, with_wals=backup_log_files))
         return
     path_of = getattr(db, "path", None)
     if path_of is None:
@@ -192,16 +199,15 @@ def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = F
         yield snap
 
 
-def _closed_db_snapshot(db_path: str, backup_log_files: bool) -> Snapshot:
-    """The live files of a closed DB, read in place (the caller holds its LOCK)."""
-    db = read_closed_db(db_path, with_wals=backup_log_files)
+def _snapshot_of(db_path: str, db: ClosedDb) -> Snapshot:
+    """A Snapshot of the live files found without opening the DB (closed, or live beside its owner)."""
     kinds = [(db.tables, FileKind.TABLE), (db.blobs, FileKind.BLOB), ([db.manifest], FileKind.MANIFEST),
              ([db.current], FileKind.CURRENT), ([db.options] if db.options else [], FileKind.OPTIONS),
              (db.wals, FileKind.WAL)]
     files = [SourceFile(f.name, f.path, f.size, kind) for group, kind in kinds for f in group]
     side = [SourceFile(name, os.path.join(db_path, name), os.path.getsize(os.path.join(db_path, name)),
                        classify(name)) for name in SIDE_FILES if os.path.isfile(os.path.join(db_path, name))]
-    log.info("backing up the closed DB at %s from %s: %d SSTs, %d blob files, %d WALs (from %s), sequence %d",
+    log.info("backing up the DB at %s from %s: %d SSTs, %d blob files, %d WALs (from %s), sequence %d",
              db_path, db.manifest.name, len(db.tables), len(db.blobs), len(db.wals), db.wal_dir, db.sequence_number)
     return Snapshot(db.sequence_number, files, side)
 
