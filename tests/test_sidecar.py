@@ -42,7 +42,7 @@ def committed_state(db_dir: str) -> tuple[int, set[int]]:
     db = rocksdict.Rdict(db_dir, rocksdict.Options(raw_mode=True))
     try:
         counter = int(db[b"counter"])
-        keys = {int(k[1:]) for k in db.keys() if k.startswith(b"k")}
+        keys = {int(k[1:]) for k in db if k.startswith(b"k")}
     finally:
         db.close()
     return counter, keys
