@@ -42,7 +42,8 @@ def committed_state(db_dir: str) -> tuple[int, set[int]]:
     db = rocksdict.Rdict(db_dir, rocksdict.Options(raw_mode=True))
     try:
         counter = int(db[b"counter"])
-        keys = {int(k[1:]) for k in db if k.startswith(b"k")}
+        names = db.keys()  # iterating an Rdict itself is not raw-mode safe
+        keys = {int(k[1:]) for k in names if k.startswith(b"k")}
     finally:
         db.close()
     return counter, keys
