@@ -70,6 +70,7 @@ class _Attempt:
     version: DbVersion
     fds: dict[str, int]
     """DB file name -> open descriptor (SSTs, blob files, WALs, OPTIONS)."""
+    wal_dir: str
 
 
 def _read_current(db_path: str) -> bytes:
@@ -112,7 +113,7 @@ def _try_once(db_path: str, with_wals: bool) -> _Attempt | None:
             raise _Retry()
         if _read_current(db_path) != current or os.fstat(mfd).st_size != size:
             raise _Retry()
-        return _Attempt(current, LiveFile(name, os.path.join(db_path, name), size), mfd, version, fds)
+        return _Attempt(current, LiveFile(name, os.path.join(db_path, name), size), mfd, version, fds, wal_dir)
     except (_Retry, FileNotFoundError):  # FileNotFoundError: an OPTIONS file replaced meanwhile
         _close(fds)
         return None
@@ -185,4 +186,4 @@ def _staged(db_path: str, found: _Attempt, stage: str) -> ClosedDb:
     options = next((staged(n, None) for n in found.fds if n.startswith("OPTIONS-")), None)
     wals = [staged(n, None) for n in sorted(found.fds) if n.endswith(".log")]
     sequence = max([version.last_sequence] + [last_sequence_in(w) for w in wals])
-    return ClosedDb(version, tables, blobs, manifest, current, options, wals, "", sequence)
+    return ClosedDb(version, tables, blobs, manifest, current, options, wals, found.wal_dir, sequence)

@@ -166,8 +166,8 @@ def db_lock(db_path: str, purpose: str = "back it up") -> Iterator[None]:
 
 @contextlib.contextmanager
 def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = False) -> Iterator[Snapshot]:
-    """Yield a consistent Snapshot of `db` (an open Rdict, or a closed DB's path);
-    the checkpoint is removed afterwards whatever happens."""
+    """Yield a consistent Snapshot of `db` (an open Rdict, a closed DB's path, or a
+    `LiveDbPath` of a DB open elsewhere); what was staged is removed afterwards whatever happens."""
     if isinstance(db, LiveDbPath):
         if not os.path.exists(os.path.join(db.path, "CURRENT")):
             raise InvalidArgument(f"{db.path} is not a RocksDB directory (no CURRENT file)")
