@@ -27,8 +27,8 @@ import fcntl
 import logging
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from .errors import LockError, NotSupported, StorageError
 

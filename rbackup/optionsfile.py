@@ -174,7 +174,7 @@ def retarget(data: bytes, db_dir: str, wal_dir: str, source: str = "OPTIONS") ->
     db = opts.section(DB_OPTIONS)
     if db is None:
         raise Corruption(f"{source} has no [DBOptions] section")
-    for name in ("db_log_dir",) + _DB_DIR_OPTIONS:
+    for name in ("db_log_dir", *_DB_DIR_OPTIONS):
         _replace(opts, db, name, None)
     for section in opts.sections:
         if section.title == CF_OPTIONS:

@@ -175,7 +175,7 @@ def _staged(db_path: str, found: _Attempt, stage: str) -> ClosedDb:
 
     version = found.version
     tables = [by_fd(f"{t.number:06d}.sst") for t in version.tables()]
-    for table, meta in zip(tables, version.tables()):
+    for table, meta in zip(tables, version.tables(), strict=True):
         if table.size != meta.size:
             raise Corruption(f"{db_path}/{table.name} has {table.size} bytes, its MANIFEST entry says {meta.size}")
     blobs = [by_fd(f"{b.number:06d}.blob") for b in version.blobs()]

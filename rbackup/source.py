@@ -24,8 +24,8 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from .dbdir import ClosedDb, read_closed_db
 from .dblock import hold_db_lock

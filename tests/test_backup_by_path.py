@@ -227,7 +227,7 @@ def test_a_format_version_7_db_with_a_rocksdict_config_is_backed_up_untouched(tm
     peer("makedb", db_dir, "3000", "3", "200", "--compression", "zstd", "--format-version", "7")
     with open(os.path.join(db_dir, "rocksdict-config.json"), "w") as fh:
         json.dump({"raw_mode": True, "prefix_extractors": {}}, fh)
-    with pytest.raises(Exception, match="format_version|option"):
+    with pytest.raises(Exception, match=r"format_version|option"):
         rocksdict.Rdict(db_dir, rocksdict.Options(raw_mode=True), access_type=rocksdict.AccessType.read_only())
     before = fingerprint(db_dir)
     with engine(backup_dir) as eng:

@@ -43,7 +43,7 @@ def test_db_open_in_this_process_is_refused_and_rocksdb_keeps_its_lock(tmp_path)
     path = str(tmp_path / "db")
     db = rocksdict.Rdict(path)
     try:
-        with pytest.raises(LockError, match="open in this process.*pass the open Rdict"):
+        with pytest.raises(LockError, match=r"open in this process.*pass the open Rdict"):
             with dblock.hold_db_lock(path):
                 pass
         assert [h.pid for h in dblock.holders(os.path.join(path, "LOCK"))] == [os.getpid()]

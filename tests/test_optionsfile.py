@@ -166,5 +166,6 @@ def test_ldb_opens_the_retargeted_copy_with_its_options(tmp_path):
                           check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     scanned = {line.split(" : ")[0]: line.split(" : ")[1] for line in proc.stdout.splitlines()}
-    assert scanned == {"0x" + k.encode().hex().upper(): "0x" + v.hex().upper() for k, v in written.items()}  # the WAL-only half came from copy_wal
+    # the WAL-only half came from copy_wal
+    assert scanned == {"0x" + k.encode().hex().upper(): "0x" + v.hex().upper() for k, v in written.items()}
     assert not os.path.exists(src_wal)
