@@ -8,24 +8,26 @@ can read at leisure while the live DB moves on.
 
 Two ways in:
 - an open `rocksdict.Rdict` (the normal case): checkpoint it;
-- a DB directory no process holds open (the CLI): take RocksDB's own LOCK so
-  nobody opens it for writing meanwhile, open it read-only (nothing in the DB
-  changes), checkpoint, and add its WAL files, which a read-only checkpoint
-  leaves out but which may hold the newest writes.
+- a DB directory no process holds open (the CLI): hold RocksDB's own LOCK
+  (`dblock`) so no RocksDB opens it meanwhile, and read which files are live
+  from CURRENT, the MANIFEST and OPTIONS (`dbdir`) without opening the DB: any
+  RocksDB version's DB works, and nothing in the DB or WAL directory is created
+  or changed.  The files are copied from where they are, while the lock holds.
 """
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .checkpointdir import checkpoint_dir
-from .errors import InvalidArgument, LockError, NotFound, NotSupported, StorageError
+from .dbdir import ClosedDb, read_closed_db
+from .dblock import hold_db_lock
+from .errors import InvalidArgument, NotFound, NotSupported, StorageError
 from .naming import SIDE_FILES, FileKind, classify, file_number
+from .sidecar import LiveDbPath, live_db_files
 
 log = logging.getLogger("rbackup")
 
@@ -100,62 +102,23 @@ def _scan(directory: str, *, backup_log_files: bool, extra_wal_dir: str | None =
 
 
 @contextlib.contextmanager
-def db_lock(db_path: str, purpose: str = "back it up") -> Iterator[None]:
-    """Hold RocksDB's own LOCK (a POSIX record lock, as RocksDB takes it) so no
-    process opens the DB for writing while we copy its files or restore into it."""
-    lock_path = os.path.join(db_path, "LOCK")
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StorageError(f"cannot open {lock_path}: {exc}") from exc
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EAGAIN):
-                raise LockError(f"the DB at {db_path} is open in another process (its LOCK is held): "
-                                f"cannot {purpose}") from exc
-            raise StorageError(f"cannot lock {lock_path}: {exc}") from exc
-        yield
-    finally:
-        os.close(fd)
-
-
-def _open_read_only(db_path: str):
-    import rocksdict
-
-    config = os.path.join(db_path, "rocksdict-config.json")
-    access = rocksdict.AccessType.read_only()
-    if os.path.exists(config):
-        return rocksdict.Rdict(db_path, access_type=access)
-    # A DB written by RocksDB's own tools: raw bytes, bytewise comparator,
-    # column families from the DB itself.
-    names = rocksdict.Rdict.list_cf(db_path)
-    cfs = {name: rocksdict.Options(raw_mode=True) for name in names if name != "default"}
-    return rocksdict.Rdict(db_path, rocksdict.Options(raw_mode=True), column_families=cfs or None,
-                           access_type=access)
-
-
-@contextlib.contextmanager
 def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = False) -> Iterator[Snapshot]:
-    """Yield a consistent Snapshot of `db` (an open Rdict, or a closed DB's path);
-    the checkpoint is removed afterwards whatever happens."""
+    """Yield a consistent Snapshot of `db` (an open Rdict, a closed DB's path, or a
+    `LiveDbPath` of a DB open elsewhere); what was staged is removed afterwards whatever happens."""
+    if isinstance(db, LiveDbPath):
+        if not os.path.exists(os.path.join(db.path, "CURRENT")):
+            raise InvalidArgument(f"{db.path} is not a RocksDB directory (no CURRENT file)")
+        with live_db_files(db.path, with_wals=backup_log_files) as found:
+            yield _snapshot_of(db.path, found)
+        return
     if isinstance(db, (str, os.PathLike)):
         db_path = os.fspath(db)
         if not os.path.isdir(db_path):
             raise NotFound(f"DB directory {db_path} does not exist")
         if not os.path.exists(os.path.join(db_path, "CURRENT")):
             raise InvalidArgument(f"{db_path} is not a RocksDB directory (no CURRENT file)")
-        with db_lock(db_path):
-            try:
-                handle = _open_read_only(db_path)
-            except Exception as exc:
-                raise StorageError(f"cannot open the DB at {db_path} read-only: {exc}") from exc
-            try:
-                with _checkpoint(handle, db_path, backup_log_files, wal_dir=db_path) as snap:
-                    yield snap
-            finally:
-                handle.close()
+        with hold_db_lock(db_path, exclusive=False):
+            yield _snapshot_of(db_path, read_closed_db(db_path, with_wals=backup_log_files))
         return
     path_of = getattr(db, "path", None)
     if path_of is None:
@@ -197,6 +160,19 @@ def _refuse_partial_views(db, db_path: str) -> None:
         if "closed" in text or type(exc).__name__ == "DbClosedError":
             raise InvalidArgument(f"the DB at {db_path} is not open: {exc}") from exc
         raise StorageError(f"cannot back up the DB at {db_path}: its flush failed: {exc}") from exc
+
+
+def _snapshot_of(db_path: str, db: ClosedDb) -> Snapshot:
+    """A Snapshot of the live files found without opening the DB (closed, or live beside its owner)."""
+    kinds = [(db.tables, FileKind.TABLE), (db.blobs, FileKind.BLOB), ([db.manifest], FileKind.MANIFEST),
+             ([db.current], FileKind.CURRENT), ([db.options] if db.options else [], FileKind.OPTIONS),
+             (db.wals, FileKind.WAL)]
+    files = [SourceFile(f.name, f.path, f.size, kind) for group, kind in kinds for f in group]
+    side = [SourceFile(name, os.path.join(db_path, name), os.path.getsize(os.path.join(db_path, name)),
+                       classify(name)) for name in SIDE_FILES if os.path.isfile(os.path.join(db_path, name))]
+    log.info("backing up the DB at %s from %s: %d SSTs, %d blob files, %d WALs (from %s), sequence %d",
+             db_path, db.manifest.name, len(db.tables), len(db.blobs), len(db.wals), db.wal_dir, db.sequence_number)
+    return Snapshot(db.sequence_number, files, side)
 
 
 @contextlib.contextmanager
