@@ -155,6 +155,22 @@ def child(spec: dict) -> None:
     elif op == "list-newest":
         with BackupEngineReadOnly(BackupableDBOptions(root, max_valid_backups_to_open=spec["n"])) as engine:
             result = len(engine.get_backup_info())
+    elif op in ("s3-list", "s3-sequential"):
+        import rbackup_s3  # noqa: F401  (before the clock: the S3 libraries are not the load's)
+
+        from rbackup.env.registry import open_env
+        from rbackup.state import load_state
+
+        cpu0, start = time.process_time(), time.perf_counter()
+        if op == "s3-list":
+            with BackupEngineReadOnly(BackupableDBOptions(root, storage_options=spec["options"])) as engine:
+                result = len(engine.get_backup_info())
+        else:
+            env = open_env(root, storage_options=spec["options"])
+            try:
+                result = len(load_state(env, workers=1).valid)
+            finally:
+                env.close()
     elif op == "verify":
         with BackupEngineReadOnly(BackupableDBOptions(root)) as engine:
             engine.verify_backup(spec["id"])
@@ -277,6 +293,65 @@ def measure_shape(root: str, shape: Shape, peer: Peer, reps: int) -> list[Row]:
     return rows
 
 
+# -- S3 -------------------------------------------------------------------------------------------------------
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_CONFIG_FILE": "/nonexistent/rbackup-bench-aws-config",
+          "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/rbackup-bench-aws-credentials"}
+MOTO_CHILD = """
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+host, port = server.get_host_and_port()
+print(f"http://{host}:{port}", flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+def measure_s3(root: str, shape: Shape, reps: int) -> list[Row]:
+    """The same directory shape in a moto server (SSTs as empty objects: nothing reads them at load;
+    meta and private files as they are): open + list with the engine's concurrent meta reads, beside
+    `load_state` reading them one by one."""
+    import boto3
+
+    from rbackup.lock import is_lock_file
+
+    os.environ.update(S3_ENV)
+    server = subprocess.Popen([sys.executable, "-c", MOTO_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert server.stdout is not None
+        endpoint = server.stdout.readline().strip()
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        client.create_bucket(Bucket="scale")
+        say(f"S3: uploading {shape.name} to moto at {endpoint}")
+        for d, _, names in os.walk(root):
+            for n in names:
+                path = os.path.join(d, n)
+                key = os.path.relpath(path, root)
+                if is_lock_file(key):
+                    continue
+                body = b"" if key.startswith("shared_checksum/") else open(path, "rb").read()
+                client.put_object(Bucket="scale", Key=f"dir/{key}", Body=body)
+        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+        runs: dict[str, list[dict]] = {"s3-list": [], "s3-sequential": []}
+        for rep in range(reps):
+            for op in (list(runs) if rep % 2 == 0 else list(reversed(runs))):
+                r = rb({"op": op, "root": "s3://scale/dir", "options": options})
+                if r["result"] != shape.backups:
+                    raise RuntimeError(f"{op}: {r['result']} valid backups, expected {shape.backups}")
+                runs[op].append(r)
+                say(f"S3 {shape.name} {op}: {r['seconds']:.2f} s (cpu {r['cpu']:.2f} s), {r['peak_mb']:.0f} MB")
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        server.wait(timeout=30)
+    return [Row(f"{shape.name}, S3 (moto)", "read-only open + `get_backup_info()` (meta files fetched "
+                "concurrently, parsed as they arrive)", med(runs["s3-list"]),
+                "reference: `load_state` reading them one by one", med(runs["s3-sequential"]))]
+
+
 # -- the no-change incremental ---------------------------------------------------------------------------------
 def build_real_db(path: str, ssts: int) -> None:
     """A real DB of exactly `ssts` small SSTs, written as external files and ingested (no compaction runs),
@@ -337,7 +412,7 @@ def measure_incremental(work: str, peer: Peer, ssts: int, keep: int, reps: int) 
         build_real_db(db_path, ssts)
     shutil.rmtree(root, ignore_errors=True)
     say(f"making {keep} backups of it")
-    db = rocksdict.Rdict(db_path, db_options(), raw_mode=True)
+    db = rocksdict.Rdict(db_path, db_options())
     try:
         with BackupEngine(BackupableDBOptions(root, sync=False)) as engine:
             for i in range(keep):
@@ -401,6 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--churn", type=float, default=0.01, help="share of SSTs new in each backup")
     ap.add_argument("--incremental-ssts", type=int, default=10000, help="0 to skip the incremental")
     ap.add_argument("--keep", type=int, default=20)
+    ap.add_argument("--s3-shape", default="100x2000", help="BACKUPSxSSTS in moto; empty to skip")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--workdir", help="keep generated data here (reused when present); default: a temp dir")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -427,6 +503,15 @@ def main(argv: list[str] | None = None) -> None:
         if args.profile and not profiles:
             profiles.append(f"### profile: read-only open + list, {shape.name}\n\n```\n{profile_open(root)}```\n")
         rows += measure_shape(root, shape, peer, args.reps)
+    if args.s3_shape:
+        b, s = (int(x) for x in args.s3_shape.split("x"))
+        shape = Shape(b, s, args.churn)
+        root = os.path.join(work, f"dir-{b}x{s}-{args.churn}")
+        if not os.path.exists(os.path.join(root, "meta", str(b))):
+            shutil.rmtree(root, ignore_errors=True)
+            say(f"generating {shape.name} ({shape.distinct_ssts:,} distinct SSTs)")
+            generate(root, shape)
+        rows += measure_s3(root, shape, args.reps)
     if args.incremental_ssts:
         rows += measure_incremental(work, peer, args.incremental_ssts, args.keep, args.reps)
 
