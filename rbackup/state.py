@@ -107,26 +107,36 @@ class BackupState:
         return sorted(i for i, b in self.backups.items() if b.corrupt)
 
     def referenced(self) -> dict[str, tuple[int, int | None]]:
-        """path -> (size, crc32c) for every file a valid backup uses (the oldest one's crc
-        if two disagree).  Each distinct entry is looked at once, however many backups
-        share it: the sets of indices are C work."""
+        """path -> (size, crc32c) for every file a valid backup uses (the oldest
+        backup's crc if two disagree).  Each distinct entry is looked at once,
+        however many backups share it: the union of their indices is C work."""
+        valid = self.valid
+        lists = [b.meta.files for b in valid if b.meta is not None and isinstance(b.meta.files, EntryList)]
+        if len(lists) != len(valid) or len({id(lst.table) for lst in lists}) > 1:
+            return self._referenced_in_order(valid, None)
         refs: dict[str, tuple[int, int | None]] = {}
-        seen: set[int] = set()
+        disputed: set[str] = set()
         listing = self.listing
-        for backup in self.valid:
-            assert backup.meta is not None
-            files = backup.meta.files
-            if isinstance(files, EntryList):
-                fresh = set(files.indices)
-                fresh -= seen
-                seen |= fresh
-                entries = files.table.entries
-                new: Iterable = (entries[i] for i in fresh)
+        entries = lists[0].table.entries if lists else []
+        for i in set().union(*(lst.indices for lst in lists)):
+            entry = entries[i]
+            if entry.excluded:
+                continue
+            if entry.path in refs:
+                disputed.add(entry.path)  # two lines for one path: the oldest backup decides, below
             else:
-                new = files
-            for entry in new:
-                if not entry.excluded and entry.path not in refs:
-                    refs[entry.path] = (listing[entry.path], entry.crc32c)
+                refs[entry.path] = (listing[entry.path], entry.crc32c)
+        if disputed:
+            refs.update(self._referenced_in_order(valid, disputed))
+        return refs
+
+    def _referenced_in_order(self, valid: list[LoadedBackup], only: set[str] | None) -> dict[str, tuple[int, int | None]]:
+        refs: dict[str, tuple[int, int | None]] = {}
+        for backup in valid:
+            assert backup.meta is not None
+            for entry in backup.meta.files:
+                if not entry.excluded and entry.path not in refs and (only is None or entry.path in only):
+                    refs[entry.path] = (backup.sizes[entry.path], entry.crc32c)
         return refs
 
     def latest_valid(self) -> LoadedBackup | None:

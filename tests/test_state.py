@@ -143,3 +143,17 @@ def test_the_meta_cache_forgets_deleted_backups(live_db, backup_dir, monkeypatch
             most = max(most, len(live))
             assert len(cache.table) <= 2 * most
     assert len(cache.table) < len(ever)
+
+
+def test_referenced_takes_the_oldest_backups_line_for_a_disputed_file(live_db, backup_dir):
+    make_backups(live_db, backup_dir, 3)
+    text = meta_bytes(backup_dir, 2).decode()
+    line = next(line for line in text.splitlines() if line.startswith("shared_checksum/"))
+    path, _, crc = line.split(" ")
+    forged = text.replace(line, f"{path} crc32 {(int(crc) + 1) % (1 << 32)}")
+    with open(os.path.join(backup_dir, "meta", "2"), "w") as fh:
+        fh.write(forged)
+    state = load_state(LocalEnv(backup_dir), workers=1)
+    refs = state.referenced()
+    assert refs[path] == (os.path.getsize(os.path.join(backup_dir, path)), int(crc))  # backup 1's line
+    assert refs == state._referenced_in_order(state.valid, None)
