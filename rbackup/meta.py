@@ -26,8 +26,9 @@ import logging
 import operator
 import re
 from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence, overload
+from typing import cast, overload
 
 from .env.base import check_path
 from .errors import BackupError, Corruption, InvalidArgument, NotSupported
@@ -44,12 +45,12 @@ __all__ = [
     "MAX_META_FILE_SIZE",
     "SCHEMA_2_VERSION",
     "TEMPERATURES",
-    "MetaFileEntry",
     "BackupMeta",
-    "EntryTable",
     "EntryList",
-    "serialize_meta",
+    "EntryTable",
+    "MetaFileEntry",
     "parse_meta",
+    "serialize_meta",
 ]
 
 logger = logging.getLogger(__name__)
@@ -357,7 +358,7 @@ class EntryTable:
 class EntryList(Sequence[MetaFileEntry]):
     """One backup's files in meta-file order: indices into an `EntryTable` (4 bytes a file)."""
 
-    __slots__ = ("table", "indices")
+    __slots__ = ("indices", "table")
 
     def __init__(self, table: EntryTable, indices: array) -> None:
         self.table = table
@@ -550,7 +551,7 @@ class _Parser:
                         if entry.path.startswith(_PRIVATE_PREFIX):
                             private.append(line)
                     found[pos] = index
-            indices = array("I", found)
+            indices = array("I", cast("list[int]", found))  # every None was filled in above
         except BackupError:
             self.first_error(first, body, schema2)
             raise
@@ -559,9 +560,9 @@ class _Parser:
                 del known[line]
         # No line twice, and no two entries restoring to one DB file: only entries whose
         # DB file name another entry also has (every backup's CURRENT, say) need a look.
-        clash = table.clashing
+        clash, restore_ids = table.clashing, table.restore_ids
         if len(set(indices)) != len(indices) or (
-                clash and _repeats(map(table.restore_ids.__getitem__, filter(clash.__contains__, indices)))):
+                clash and _repeats([restore_ids[i] for i in filter(clash.__contains__, indices)])):
             self.first_error(first, body, schema2)
         self.lineno = first + end + footer  # past the marker line, if any
         return EntryList(table, indices), footer
@@ -569,8 +570,8 @@ class _Parser:
     def first_error(self, first: int, body: list[str], schema2: bool) -> None:
         """Raise the error of the first bad line in `body`, as a line-by-line parse finds it."""
         unique = _UniquePaths()
-        for self.lineno, line in enumerate(body, first + 1):
-            entry, _ = self.parse_line(self.lineno, line, schema2)
+        for lineno, line in enumerate(body, first + 1):
+            entry, _ = self.parse_line(lineno, line, schema2)  # sets self.lineno for the errors
             try:
                 unique.add(entry.path, self.backup_id)
             except _BadPath as exc:
@@ -645,9 +646,8 @@ class _Parser:
             self.ignore("footer", name)
 
 
-def _repeats(items: Iterator[int]) -> bool:
-    seen = list(items)
-    return len(set(seen)) != len(seen)
+def _repeats(items: list[int]) -> bool:
+    return len(set(items)) != len(items)
 
 
 def _show(text: str, limit: int = 80) -> str:

@@ -14,8 +14,8 @@ import dataclasses
 import logging
 import threading
 from array import array
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping
 
 from .env.base import BackupEnv
 from .errors import BackupError, Corruption, InvalidArgument, NotFound, NotSupported
@@ -57,7 +57,7 @@ class StoreSizes(Mapping[str, int]):
     for the one backup they work on.
     """
 
-    __slots__ = ("_files", "_entry_sizes", "_total", "_count", "_by_path")
+    __slots__ = ("_by_path", "_count", "_entry_sizes", "_files", "_total")
 
     def __init__(self, files: EntryList, entry_sizes: array) -> None:
         self._files = files
@@ -130,7 +130,8 @@ class BackupState:
             refs.update(self._referenced_in_order(valid, disputed))
         return refs
 
-    def _referenced_in_order(self, valid: list[LoadedBackup], only: set[str] | None) -> dict[str, tuple[int, int | None]]:
+    def _referenced_in_order(self, valid: list[LoadedBackup],
+                             only: set[str] | None) -> dict[str, tuple[int, int | None]]:
         refs: dict[str, tuple[int, int | None]] = {}
         for backup in valid:
             assert backup.meta is not None
@@ -168,9 +169,12 @@ class MetaCache:
             self._compact_at = max(self._MIN_COMPACT, 2 * len(self.table))
         if len(self.table) < self._compact_at:
             return
-        parsed = [(i, size, m) for i, (size, m) in self.metas.items() if isinstance(m, BackupMeta)]
-        table, lists = self.table.compacted([m.files for _, _, m in parsed if isinstance(m.files, EntryList)])
-        for (i, size, m), files in zip(parsed, lists):
+        parsed: list[tuple[int, int, BackupMeta, EntryList]] = []
+        for i, (size, m) in self.metas.items():
+            if isinstance(m, BackupMeta) and isinstance(m.files, EntryList):
+                parsed.append((i, size, m, m.files))
+        table, lists = self.table.compacted([files for _, _, _, files in parsed])
+        for (i, size, m, _), files in zip(parsed, lists, strict=True):
             self.metas[i] = (size, dataclasses.replace(m, files=files))
         self.table = table
         self._compact_at = max(self._MIN_COMPACT, 2 * len(table))

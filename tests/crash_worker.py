@@ -24,9 +24,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:  # run as a script from anywhere
@@ -340,7 +341,7 @@ def run(spec: dict[str, Any]) -> None:
     except BackupError as exc:
         print(json.dumps({"error": type(exc).__name__, "message": str(exc),
                           "holder": getattr(exc, "holder", None)}), flush=True)
-        raise SystemExit(3)
+        raise SystemExit(3) from None
     if spec.get("record"):
         with open(spec["record"], "w") as fh:
             json.dump(clock.ticks, fh)

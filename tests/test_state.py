@@ -108,13 +108,13 @@ def test_known_lines_are_still_checked_for_duplicates(live_db, backup_dir):
     parse_meta(data, 1, table=table)
     lines = data.decode().splitlines()
     sst = next(i for i, line in enumerate(lines) if line.startswith("shared_checksum/"))
-    doubled = lines[:3] + [str(int(lines[2]) + 1)] + lines[3:] + [lines[sst]]
+    doubled = [*lines[:3], str(int(lines[2]) + 1), *lines[3:], lines[sst]]
     doubled.pop(2)
     with pytest.raises(Corruption, match=rf"line {len(doubled)}: invalid path .*listed twice"):
         parse_meta(("\n".join(doubled) + "\n").encode(), 1, table=table)
     # a new entry restoring to the DB file of a known one
     name = lines[sst].split(" ")[0].split("/")[1].split("_")[0] + ".sst"
-    clash = lines[:2] + [str(int(lines[2]) + 1)] + lines[3:] + [f"shared/{name} crc32 7"]
+    clash = [*lines[:2], str(int(lines[2]) + 1), *lines[3:], f"shared/{name} crc32 7"]
     with pytest.raises(Corruption, match=f"restores to the same DB file '{name}'"):
         parse_meta(("\n".join(clash) + "\n").encode(), 1, table=table)
 

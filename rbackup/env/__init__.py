@@ -1,5 +1,5 @@
 """Storage envs: the BackupEnv contract and the envs that ship with the core."""
-from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, check_path
+from .base import AtomicWriter, BackendFactory, BackupEnv, Capabilities, FileInfo, ReadStream, check_path
 from .fsspec_env import FsspecEnv
 from .local import LocalEnv
 from .memory import MemoryEnv
@@ -7,17 +7,19 @@ from .wrappers import CountingEnv, FaultInjectionEnv, InjectedFault, ReadOnlyEnv
 
 __all__ = [
     "AtomicWriter",
+    "BackendFactory",
     "BackupEnv",
     "Capabilities",
-    "FileInfo",
-    "check_path",
-    "FsspecEnv",
-    "LocalEnv",
-    "MemoryEnv",
     "CountingEnv",
     "FaultInjectionEnv",
+    "FileInfo",
+    "FsspecEnv",
     "InjectedFault",
+    "LocalEnv",
+    "MemoryEnv",
     "ReadOnlyEnv",
+    "ReadStream",
     "WrapperEnv",
+    "check_path",
     "fail_nth",
 ]

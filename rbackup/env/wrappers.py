@@ -19,10 +19,14 @@ import fnmatch
 import io
 import threading
 from collections import Counter
-from typing import BinaryIO, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from ..errors import NotSupported, StorageError
-from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo
+from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 FaultPredicate = Callable[[str, str], bool]
 """Decides from (operation, path) whether an operation fails."""
@@ -42,18 +46,18 @@ class WrapperEnv(BackupEnv):
     def __init__(self, inner: BackupEnv) -> None:
         self.inner = inner
 
-    @property  # type: ignore[override]
-    def capabilities(self) -> Capabilities:
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
         return self.inner.capabilities
 
-    @property  # type: ignore[override]
-    def url(self) -> str:
+    @property
+    def url(self) -> str:  # type: ignore[override]
         return self.inner.url
 
     def describe(self, path: str = "") -> str:
         return self.inner.describe(path)
 
-    def open_read(self, path: str) -> BinaryIO:
+    def open_read(self, path: str) -> ReadStream:
         return self.inner.open_read(path)
 
     def open_write(self, path: str, *, sync: bool = True) -> AtomicWriter:
@@ -147,11 +151,11 @@ class CountingEnv(WrapperEnv):
             self.writes[path] += n
             self.bytes_written += n
 
-    def open_read(self, path: str) -> BinaryIO:
+    def open_read(self, path: str) -> ReadStream:
         self._op("open_read", path)
         stream = self.inner.open_read(path)
         self._count_read(path, 0)
-        return _CountingReader(self, path, stream)  # type: ignore[return-value]
+        return _CountingReader(self, path, stream)
 
     def open_write(self, path: str, *, sync: bool = True) -> AtomicWriter:
         self._op("open_write", path)
@@ -199,7 +203,7 @@ class CountingEnv(WrapperEnv):
 class _CountingReader(io.RawIOBase):
     """Passes reads straight to the inner stream (no extra buffer, no copy) and counts them."""
 
-    def __init__(self, env: CountingEnv, path: str, inner: BinaryIO) -> None:
+    def __init__(self, env: CountingEnv, path: str, inner: ReadStream) -> None:
         super().__init__()
         self._env = env
         self._path = path
@@ -214,7 +218,7 @@ class _CountingReader(io.RawIOBase):
         self._env._count_read(self._path, len(data))
         return data
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Buffer) -> int | None:
         self._env._op("read", self._path)
         n = self._inner.readinto(buffer)
         self._env._count_read(self._path, n or 0)
