@@ -472,7 +472,7 @@ def profile_open(root: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--shapes", default="100x20000,1000x2000", help="BACKUPSxSSTS, comma separated")
+    ap.add_argument("--shapes", default="100x20000,1000x2000", help="BACKUPSxSSTS, comma separated; empty: none")
     ap.add_argument("--churn", type=float, default=0.01, help="share of SSTs new in each backup")
     ap.add_argument("--incremental-ssts", type=int, default=10000, help="0 to skip the incremental")
     ap.add_argument("--keep", type=int, default=20)
@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> None:
     peer = Peer()
     rows: list[Row] = []
     profiles: list[str] = []
-    for spec in args.shapes.split(","):
+    for spec in filter(None, args.shapes.split(",")):
         b, s = (int(x) for x in spec.split("x"))
         shape = Shape(b, s, args.churn)
         root = os.path.join(work, f"dir-{b}x{s}-{args.churn}")

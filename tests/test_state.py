@@ -157,3 +157,43 @@ def test_referenced_takes_the_oldest_backups_line_for_a_disputed_file(live_db, b
     refs = state.referenced()
     assert refs[path] == (os.path.getsize(os.path.join(backup_dir, path)), int(crc))  # backup 1's line
     assert refs == state._referenced_in_order(state.valid, None)
+
+
+def _many_backups_of_one_db(root: str, backups: int, ssts: int) -> None:
+    """`backups` meta files naming the same `ssts` shared files (empty files; nothing
+    reads them at load), each with its own private CURRENT: RocksDB's format, no DB."""
+    os.makedirs(os.path.join(root, "shared_checksum"))
+    os.makedirs(os.path.join(root, "meta"))
+    shared = []
+    for n in range(ssts):
+        name = f"{n + 10:06d}_s{'A' * 20}_0.sst"
+        open(os.path.join(root, "shared_checksum", name), "wb").close()
+        shared.append(f"shared_checksum/{name} crc32 {n * 7919 % (1 << 32)}\n")
+    for backup_id in range(1, backups + 1):
+        os.makedirs(os.path.join(root, "private", str(backup_id)))
+        with open(os.path.join(root, "private", str(backup_id), "CURRENT"), "wb") as fh:
+            fh.write(b"MANIFEST-000005\n")
+        lines = [*shared, f"private/{backup_id}/CURRENT crc32 1\n"]
+        with open(os.path.join(root, "meta", str(backup_id)), "w") as fh:
+            fh.write(f"{1700000000 + backup_id}\n{backup_id}\n{len(lines)}\n{''.join(lines)}")
+
+
+def test_memory_is_flat_in_the_number_of_backups(tmp_path):
+    """The same 2,000 files in 10 or in 60 backups: each extra backup costs its index
+    array (4 bytes a file) and a few small objects, not a copy of the file list."""
+    import gc
+    import tracemalloc
+
+    held = {}
+    for backups in (10, 60):
+        root = str(tmp_path / f"d{backups}")
+        _many_backups_of_one_db(root, backups, 2000)
+        gc.collect()
+        tracemalloc.start()
+        state = load_state(LocalEnv(root), workers=1)
+        assert len(state.valid) == backups and len(state.valid[0].meta.files.table) == 2000 + backups
+        held[backups] = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        del state
+    per_backup = (held[60] - held[10]) / 50
+    assert per_backup < 4 * 2000 * 2, f"each backup costs {per_backup:.0f} bytes of {held}"
