@@ -1,6 +1,6 @@
 """Scale benchmark: opening a backup directory of many backups x many files, rbackup beside RocksDB's engine.
 
-    python examples/bench_scale.py [--reps 3] [--shapes 100x20000,1000x2000] [--churn 0.01]
+    python examples/bench_scale.py [--reps 3] [--shapes 100x20000,1000x2000] [--churn 0.01] [--s3-shape 100x2000]
                                    [--incremental-ssts 10000] [--keep 20] [--profile] [--workdir DIR]
 
 Two generated directory shapes (issue 15): 100 backups of a DB of 20,000 SSTs of 64 MB (a 1.3 TB DB with
@@ -17,6 +17,10 @@ On each shape, in fresh processes (so peak RSS is the operation's own), interlea
 * read-only open + verify of the newest backup: `verify_backup(N)` vs `rbpeer verify DIR N`;
 * read-write open + `garbage_collect()` vs `rbpeer gc` (nothing to collect: the open is the work);
 * read-only open of the newest 5 only (`max_valid_backups_to_open=5`).
+
+On S3 (a moto server this script starts; `--s3-shape`, SSTs uploaded as empty objects since nothing reads
+them at load): the engine's open + list, whose meta files are fetched concurrently and parsed as they
+arrive, beside `load_state` fetching them one by one.
 
 Then a no-change incremental of a real 10,000-SST DB (rocksdict, block-based format_version 5) with 20
 backups kept: rbackup's engine work (open the engine + `create_new_backup(rdict)`, the Rdict already open)
