@@ -247,16 +247,21 @@ class Row:
     theirs: dict[str, float] | None
 
     def cells(self) -> str:
+        def known(x: float) -> bool:
+            return x == x  # NaN: not measured
+
         def side(m: dict[str, float]) -> str:
-            mb = f"{m['peak_mb']:.0f} MB" if m["peak_mb"] == m["peak_mb"] else "-"
-            return f"{m['seconds']:.2f} s (cpu {m['cpu']:.2f} s) / {mb}"
+            cpu = f" (cpu {m['cpu']:.2f} s)" if known(m["cpu"]) else ""
+            mb = f"{m['peak_mb']:.0f} MB" if known(m["peak_mb"]) else "-"
+            return f"{m['seconds']:.2f} s{cpu} / {mb}"
 
         if self.theirs is None:
             return f"| {self.shape} | {self.what} | {side(self.ours)} | - | - |"
         o, t = self.ours, self.theirs
-        rss = f"{o['peak_mb'] / t['peak_mb']:.2f}x" if o["peak_mb"] == o["peak_mb"] and t["peak_mb"] else "-"
+        cpu = f" (cpu {o['cpu'] / t['cpu']:.2f}x)" if known(o["cpu"]) and known(t["cpu"]) else ""
+        rss = f"{o['peak_mb'] / t['peak_mb']:.2f}x" if known(o["peak_mb"]) and known(t["peak_mb"]) else "-"
         return (f"| {self.shape} | {self.what} | {side(o)} | {self.peer_what}: {side(t)} | "
-                f"{o['seconds'] / t['seconds']:.2f}x (cpu {o['cpu'] / t['cpu']:.2f}x) / {rss} |")
+                f"{o['seconds'] / t['seconds']:.2f}x{cpu} / {rss} |")
 
 
 def med(runs: list[dict]) -> dict[str, float]:
@@ -443,10 +448,10 @@ def measure_incremental(work: str, peer: Peer, ssts: int, keep: int, reps: int) 
             engine.delete_backup(r["backup_id"])
         say(f"no-change incremental, rbpeer: {r['seconds']:.3f} s (+ open {r['open_seconds']:.3f} s)")
     ours, theirs = ours[1:], theirs[1:]  # the first of each warms the page cache
-    # rbpeer reports CreateNewBackup's wall time only: that is its cpu figure too (an upper bound)
+    # rbpeer reports CreateNewBackup's wall time only
     return [Row(f"real DB of {ssts:,} SSTs, {keep} backups kept", "no-change incremental: engine open + "
                 "`create_new_backup(rdict)`", med(ours), "`rbpeer backup DB DIR`, `CreateNewBackup` only",
-                med([{"seconds": r["seconds"], "cpu": r["seconds"]} for r in theirs]))]
+                med([{"seconds": r["seconds"]} for r in theirs]))]
 
 
 # -- profiling --------------------------------------------------------------------------------------------------
