@@ -60,10 +60,11 @@ import rbackup.transfer
 from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly
 from rbackup.env.base import BackupEnv, ReadStream
 from rbackup.env.local import LocalEnv
-from rbackup.env.wrappers import CountingEnv, WrapperEnv
+from rbackup.env.wrappers import WrapperEnv
 from rbackup.meta import parse_meta, serialize_meta
 from rbackup.naming import PRIVATE_DIR, meta_path
 from rbackup.state import load_state
+from rbackup.testing.doubles import CountingEnv
 
 MiB = 1 << 20
 SST_COUNT = 16

@@ -1,4 +1,4 @@
-"""Meta files (`meta/<id>`): RocksDB's writer and reader, byte for byte (spec §2).
+"""Meta files (`meta/<id>`): RocksDB's writer and reader, byte for byte (docs/format.md §2).
 
 A backup exists exactly when its meta file does, and the meta file is all a
 reader knows about the backup, so both directions follow RocksDB precisely:

@@ -40,10 +40,10 @@ from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly, Bac
 from rbackup.checksum import crc32c  # noqa: E402
 from rbackup.env.base import BackupEnv  # noqa: E402
 from rbackup.env.registry import open_env  # noqa: E402
-from rbackup.env.wrappers import FaultInjectionEnv  # noqa: E402
 from rbackup.lock import is_lock_file, writer_lock  # noqa: E402
 from rbackup.naming import META_DIR, PRIVATE_DIR, parse_backup_id  # noqa: E402
 from rbackup.state import load_state  # noqa: E402
+from rbackup.testing.doubles import FaultInjectionEnv  # noqa: E402
 
 IO_BUFFER = 16 << 10
 """Small copy chunks: each SST is several writes, so kill points fall inside files too."""

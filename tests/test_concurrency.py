@@ -24,8 +24,9 @@ import pytest
 
 from rbackup import BackupEngine, BackupEngineReadOnly, LockError
 from rbackup.env.base import BackupEnv
-from rbackup.env.wrappers import FaultInjectionEnv, WrapperEnv
+from rbackup.env.wrappers import WrapperEnv
 from rbackup.lock import LEASE_DIR, Holder, Lease, lease_path, writer_lock
+from rbackup.testing.doubles import FaultInjectionEnv
 
 from .crash_worker import (
     ROOT,

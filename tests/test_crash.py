@@ -39,9 +39,9 @@ import rocksdict
 from rbackup import BackupEngine, BackupError, RestoreOptions
 from rbackup.env.base import AtomicWriter, BackupEnv
 from rbackup.env.local import LocalEnv
-from rbackup.env.wrappers import FaultInjectionEnv, InjectedFault, _FaultWriter
 from rbackup.lock import is_lock_file
 from rbackup.restore import IN_PROGRESS_MARKER
+from rbackup.testing.doubles import FaultInjectionEnv, InjectedFault, _FaultWriter
 
 from .crash_worker import (
     ROOT,

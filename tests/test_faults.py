@@ -25,7 +25,7 @@ import pytest
 
 from rbackup import BackupEngine, BackupEngineReadOnly, BackupError, NotFound, PermissionDenied, StorageError
 from rbackup.env.local import LocalEnv
-from rbackup.env.wrappers import FaultInjectionEnv
+from rbackup.testing.doubles import FaultInjectionEnv
 from tests.s3_fixtures import Fault, FaultyS3
 
 from .crash_worker import (

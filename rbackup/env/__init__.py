@@ -3,23 +3,19 @@ from .base import AtomicWriter, BackendFactory, BackupEnv, Capabilities, FileInf
 from .fsspec_env import FsspecEnv
 from .local import LocalEnv
 from .memory import MemoryEnv
-from .wrappers import CountingEnv, FaultInjectionEnv, InjectedFault, ReadOnlyEnv, WrapperEnv, fail_nth
+from .wrappers import ReadOnlyEnv, WrapperEnv
 
 __all__ = [
     "AtomicWriter",
     "BackendFactory",
     "BackupEnv",
     "Capabilities",
-    "CountingEnv",
-    "FaultInjectionEnv",
     "FileInfo",
     "FsspecEnv",
-    "InjectedFault",
     "LocalEnv",
     "MemoryEnv",
     "ReadOnlyEnv",
     "ReadStream",
     "WrapperEnv",
     "check_path",
-    "fail_nth",
 ]

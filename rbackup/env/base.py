@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import abc
 import errno
-import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
@@ -241,8 +240,3 @@ class BackupEnv(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
-
-
-def join(*parts: str) -> str:
-    """Join relative store paths with '/', ignoring empty parts."""
-    return posixpath.join(*[p for p in parts if p]) if any(parts) else ""

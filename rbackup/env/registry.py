@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
+import fsspec
+
 from ..errors import InvalidArgument, NotSupported
 from .base import BackendFactory, BackupEnv, Capabilities
+from .fsspec_env import FsspecEnv
 
 log = logging.getLogger("rbackup")
 
@@ -77,13 +80,9 @@ def open_env(backup_dir: str | os.PathLike, *, storage_options: dict[str, Any] |
     if protocol in KNOWN_PLUGINS:
         raise NotSupported(f"no backend installed for {protocol}:// URLs: "
                            f"pip install {KNOWN_PLUGINS[protocol]} (or rbackup[{KNOWN_PLUGINS[protocol][8:]}])")
-    import fsspec
-
     if protocol not in fsspec.available_protocols():
         raise NotSupported(f"unknown storage protocol {protocol!r} in {location!r}: no rbackup backend "
                            "and no fsspec implementation is registered for it")
-    from .fsspec_env import FsspecEnv
-
     log.info("backup_dir %s: no rbackup backend for %s://, using generic fsspec with conservative "
              "capabilities", location, protocol)
     try:
