@@ -10,9 +10,9 @@ import pytest
 
 from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly, Corruption
 from rbackup.env.local import LocalEnv
-from rbackup.env.wrappers import CountingEnv
 from rbackup.meta import EntryList, EntryTable, parse_meta
 from rbackup.state import MetaCache, load_state
+from rbackup.testing.doubles import CountingEnv
 
 from .db_fixtures import fill
 
