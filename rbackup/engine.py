@@ -50,7 +50,7 @@ class BackupEngine:
         self.env: BackupEnv = ReadOnlyEnv(env) if self.read_only else env
         self._stop = threading.Event()
         self._mutex = threading.RLock()
-        self._meta_cache: MetaCache = {}
+        self._meta_cache = MetaCache()
         self._cached_state: BackupState | None = None
         self._closed = False
         if self.read_only and options.destroy_old_data:
@@ -209,10 +209,10 @@ class BackupEngine:
 
     def _info(self, backup: LoadedBackup, details: bool) -> BackupInfo:
         assert backup.meta is not None
-        live = [e for e in backup.meta.files if not e.excluded]
-        files = tuple(BackupFileInfo(e.path, backup.sizes[e.path], e.crc32c) for e in live) if details else None
-        return BackupInfo(backup.backup_id, backup.meta.timestamp, sum(backup.sizes[e.path] for e in live),
-                          len(live), backup.meta.app_metadata, files)
+        files = tuple(BackupFileInfo(e.path, backup.sizes[e.path], e.crc32c) for e in backup.meta.files
+                      if not e.excluded) if details else None
+        return BackupInfo(backup.backup_id, backup.meta.timestamp, backup.live_bytes, len(backup.sizes),
+                          backup.meta.app_metadata, files)
 
     def get_corrupted_backups(self) -> list[int]:
         self._check_open()
