@@ -9,6 +9,7 @@ file deleted behind rbackup's back.  Skipped with the reason when no cluster can
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+import hdfs_native
 import pytest
 import rocksdict
 
@@ -296,3 +298,61 @@ def test_file_deleted_behind_our_back(live_db: LiveDB, hdfs_dir: str, tmp_path: 
     engine.restore_db_from_backup(new_id, str(tmp_path / "r2"), str(tmp_path / "r2"))
     assert read_all(str(tmp_path / "r2")) == live_db.written
     engine.close()
+
+
+# -- what the client environment must hold (the README's facts, checked in child processes) ------
+_WRITER = """
+import sys
+import hdfs_native
+from rbackup_hdfs import HdfsEnv
+url = sys.argv[1]
+env = HdfsEnv(url)
+with env.open_write("probe") as f:
+    f.write(b"x" * 1000)
+info = hdfs_native.Client(url.rsplit("/", 2)[0]).get_file_info(env.root + "/probe")
+print("replication", info.replication, "length", info.length, flush=True)
+env.open_read("missing")  # a Java FileNotFoundException inside libhdfs
+"""
+
+
+def _child(url: str, classpath: list[str]) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, CLASSPATH=os.pathsep.join(classpath))
+    return subprocess.run([sys.executable, "-c", _WRITER, url], capture_output=True, text=True, env=env,
+                          timeout=300, stdin=subprocess.DEVNULL)
+
+
+def test_closed_file_is_whole_with_the_client_replication(hdfs_dir: str) -> None:
+    """What a returned commit means on HDFS: another client (hdfs-native, not libhdfs) sees the
+    whole file, completed, with the client configuration's dfs.replication (2 here)."""
+    env = HdfsEnv(hdfs_dir)
+    data = os.urandom(3 << 20)
+    env.write_bytes("meta/1", data, sync=True)
+    client = hdfs_native.Client(hdfs_dir.rsplit("/", 2)[0])
+    info = client.get_file_info(f"{env.root}/meta/1")
+    assert (info.length, info.replication) == (len(data), 2)
+    with client.read(f"{env.root}/meta/1") as f:
+        assert f.read() == data
+
+
+def test_conf_dir_counts_only_on_the_classpath(hdfs_dir: str) -> None:
+    """HADOOP_CONF_DIR set but its directory not on CLASSPATH: libhdfs never reads hdfs-site.xml,
+    so replication=0 does not give the client configuration's 2 (the cluster's is 2 too)."""
+    classpath = os.environ["CLASSPATH"].split(os.pathsep)
+    conf_dir = os.environ["HADOOP_CONF_DIR"]
+    assert classpath[0] == conf_dir
+    with_conf = _child(hdfs_dir + "/a", classpath)
+    without_conf = _child(hdfs_dir + "/b", classpath[1:])
+    assert "replication 2 length 1000" in with_conf.stdout, with_conf.stderr[-2000:]
+    assert "length 1000" in without_conf.stdout, without_conf.stderr[-2000:]
+    assert "replication 2 " not in without_conf.stdout
+    assert "rbackup.errors.NotFound" in with_conf.stderr
+
+
+def test_classpath_without_commons_lang3_kills_the_process(hdfs_dir: str) -> None:
+    """libhdfs formats Java exceptions with the unshaded commons-lang3: without it the JVM takes the
+    whole Python process down at the first exception (the README's warning)."""
+    classpath = [p for p in os.environ["CLASSPATH"].split(os.pathsep) if "commons-lang3" not in p]
+    done = _child(hdfs_dir, classpath)
+    assert "length 1000" in done.stdout, done.stderr[-2000:]
+    assert done.returncode < 0 or done.returncode > 128, (done.returncode, done.stderr[-2000:])
+    assert "rbackup.errors.NotFound" not in done.stderr
