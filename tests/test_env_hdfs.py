@@ -47,6 +47,7 @@ from rbackup.testing import BackendConformance
 from rbackup_hdfs import (
     HdfsEnv,
     HdfsSettings,
+    classpath_problems,
     ensure_hadoop_classpath,
     hadoop_fs_kwargs,
     parse_hdfs_url,
@@ -462,3 +463,17 @@ class TestRealHdfs(BackendConformance):
         env = HdfsEnv(f"{self._base}/{uuid.uuid4().hex}")
         self._made.append(env)
         return env
+
+
+def test_classpath_problems(tmp_path: Path) -> None:
+    """The two CLASSPATH lacks that do not fail cleanly are named before libhdfs starts."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "commons-lang3-3.17.0.jar").write_bytes(b"")
+    conf = str(tmp_path / "conf")
+    good = {"CLASSPATH": f"{conf}:/j/hadoop-client-api.jar:{tmp_path}/lib/*", "HADOOP_CONF_DIR": conf}
+    assert classpath_problems(good) == []
+    no_lang = {"CLASSPATH": f"{conf}:/j/hadoop-client-api.jar", "HADOOP_CONF_DIR": conf}
+    assert ["commons-lang3" in p and "kill" in p for p in classpath_problems(no_lang)] == [True]
+    no_conf = {"CLASSPATH": "/j/commons-lang3-3.17.0.jar", "HADOOP_CONF_DIR": conf}
+    assert ["not on CLASSPATH" in p for p in classpath_problems(no_conf)] == [True]
+    assert classpath_problems({}) == []

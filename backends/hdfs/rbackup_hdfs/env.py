@@ -86,12 +86,41 @@ def ensure_hadoop_classpath(environ: MutableMapping[str, str] = os.environ) -> N
     log.info("CLASSPATH for libhdfs set from `%s classpath --glob`", hadoop)
 
 
+def classpath_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """What the CLASSPATH libhdfs will read visibly lacks, judged by jar file names.
+
+    Two lacks do not fail cleanly: without commons-lang3 the JVM kills the
+    whole process at the first Java exception (libhdfs formats exceptions with
+    the unshaded ExceptionUtils), and without HADOOP_CONF_DIR's directory on the
+    CLASSPATH libhdfs silently ignores that configuration.  A jar that bundles
+    commons-lang3 under another name is not seen, hence warnings, not errors.
+    """
+    entries = [e for e in environ.get("CLASSPATH", "").split(os.pathsep) if e]
+    names: list[str] = []
+    for entry in entries:
+        if entry.endswith("*") and os.path.isdir(entry[:-1] or "."):
+            names.extend(os.listdir(entry[:-1] or "."))
+        else:
+            names.append(os.path.basename(entry))
+    problems = []
+    if entries and not any(n.startswith("commons-lang3") for n in names):
+        problems.append("CLASSPATH has no commons-lang3 jar: the JVM will kill this process at the first "
+                        "Java exception (libhdfs needs the unshaded org.apache.commons.lang3)")
+    conf_dir = environ.get("HADOOP_CONF_DIR")
+    if conf_dir and os.path.realpath(conf_dir) not in {os.path.realpath(e) for e in entries}:
+        problems.append(f"HADOOP_CONF_DIR={conf_dir} is not on CLASSPATH: libhdfs reads its configuration "
+                        "only from the CLASSPATH, so it ignores that directory")
+    return problems
+
+
 def connect_hadoop(location: HdfsLocation, settings: HdfsSettings,
                    factory: Connector | None = None) -> pyarrow.fs.FileSystem:
     """The pyarrow file system for `location`; load and connection failures become rbackup errors."""
     kwargs = hadoop_fs_kwargs(location, settings)
     if factory is None:
         ensure_hadoop_classpath()
+        for problem in classpath_problems():
+            log.warning("%s: %s", location.url, problem)
         factory = pyarrow.fs.HadoopFileSystem
     log.debug("connecting to %s (namenode %r, port %d) as %s", location.url, location.namenode,
               location.port, settings.user or "the login user")
