@@ -25,9 +25,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator, NoReturn
+from typing import IO, NoReturn
 
 import pytest
 
@@ -60,7 +61,7 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None, timeout: float = 12
          env: dict[str, str] | None = None) -> str:
     try:
         done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, env=env)
+                              stdin=subprocess.DEVNULL, env=env, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise HdfsUnavailable(f"{what}: {exc}") from exc
     if done.returncode != 0:

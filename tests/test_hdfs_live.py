@@ -14,16 +14,17 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import hdfs_native
 import pytest
 import rocksdict
+from rbackup_hdfs import HdfsEnv
 
 from rbackup import BackupableDBOptions, BackupEngine
 from rbackup.errors import BackupError, Corruption, NotFound
-from rbackup_hdfs import HdfsEnv
 
 from .db_fixtures import LiveDB, fill, read_all
 from .hdfs_fixtures import RealHdfs
@@ -318,7 +319,7 @@ env.open_read("missing")  # a Java FileNotFoundException inside libhdfs
 def _child(url: str, classpath: list[str]) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, CLASSPATH=os.pathsep.join(classpath))
     return subprocess.run([sys.executable, "-c", _WRITER, url], capture_output=True, text=True, env=env,
-                          timeout=300, stdin=subprocess.DEVNULL)
+                          timeout=300, stdin=subprocess.DEVNULL, check=False)
 
 
 def test_closed_file_is_whole_with_the_client_replication(hdfs_dir: str) -> None:
