@@ -1,12 +1,11 @@
-"""HdfsEnv (backends/hdfs): what can honestly be tested without a NameNode, and the real suite.
+"""HdfsEnv (backends/hdfs): the glue without a NameNode, and the conformance kit on a real one.
 
-No HDFS cluster can run here, so the tests are in three parts:
+The tests are in three parts (tests/test_hdfs_live.py has the rest against the live cluster):
 
 1. The whole conformance kit (storage contract and engine round trip) over
-   `HdfsEnv` built with a connector returning `pyarrow.fs.LocalFileSystem()`:
-   the same ArrowFSWrapper code path HDFS uses, on local disk.  What differs
-   on HDFS (pyarrow's clobbering move, no fsync, NameNode errors) is in the
-   README, not proven here.
+   `HdfsEnv` built with a connector returning `pyarrow.fs.LocalFileSystem()`
+   and a local no-clobber rename: the same ArrowFSWrapper code path, on local
+   disk, fast and without Java.
 2. The glue, unit-tested: URL parsing, option mapping (a test double stands in
    for the connection, never for storage), error translation, the registry,
    and pyarrow's real libhdfs loading failing cleanly (in a subprocess, because
