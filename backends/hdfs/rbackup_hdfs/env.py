@@ -37,7 +37,8 @@ import posixpath
 import secrets
 import shutil
 import subprocess
-from typing import Any, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from typing import Any
 
 import hdfs_native
 import pyarrow.fs
