@@ -94,7 +94,7 @@ class Launcher:
     def client_jars(self) -> list[str]:
         found = [next((jar for jar in self.classpath if Path(jar).name.startswith(prefix)), None)
                  for prefix in CLIENT_JARS]
-        missing = [prefix for prefix, jar in zip(CLIENT_JARS, found) if jar is None]
+        missing = [prefix for prefix, jar in zip(CLIENT_JARS, found, strict=True) if jar is None]
         if missing:
             raise HdfsUnavailable(f"the launcher's classpath lacks {missing}")
         return [jar for jar in found if jar is not None]

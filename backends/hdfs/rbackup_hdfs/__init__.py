@@ -10,8 +10,15 @@ from .env import HdfsEnv, classpath_problems, connect_hadoop, ensure_hadoop_clas
 from .errors import translate_hdfs_error
 
 __all__ = [
-    "HdfsEnv", "HdfsLocation", "HdfsSettings", "classpath_problems", "connect_hadoop", "ensure_hadoop_classpath",
+    "HdfsEnv",
+    "HdfsLocation",
+    "HdfsSettings",
+    "classpath_problems",
+    "connect_hadoop",
+    "ensure_hadoop_classpath",
+    "hadoop_fs_kwargs",
     "native_exclusive_rename",
-    "hadoop_fs_kwargs", "parse_hdfs_url", "translate_hdfs_error",
+    "parse_hdfs_url",
+    "translate_hdfs_error",
 ]
 __version__ = "0.1.0"
