@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.db_fixtures", "tests.s3_fixtures", "tests.crash_worker"]
+pytest_plugins = ["tests.db_fixtures", "tests.s3_fixtures", "tests.hdfs_fixtures", "tests.crash_worker"]
 
 SLOW_MODULES = frozenset({
     "test_crash",        # SIGKILL and in-process fault sweeps
@@ -18,6 +18,7 @@ SLOW_MODULES = frozenset({
 })
 SLOW_FIXTURES = frozenset({
     "moto_server",       # a real S3 server over HTTP
+    "real_hdfs",         # a MiniDFSCluster and libhdfs's JVM
 })
 
 
