@@ -117,6 +117,32 @@ class AtomicWriter(abc.ABC):
             self.abort()
 
 
+class _NewFileWriter(AtomicWriter):
+    """`open_write_new` for stores without an atomic create: look, then publish."""
+
+    def __init__(self, env: "BackupEnv", path: str, inner: AtomicWriter) -> None:
+        self._env = env
+        self._path = path
+        self._inner = inner
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self._inner.write(data)
+
+    def commit(self) -> None:
+        try:
+            taken = self._env.exists(self._path)
+        except BaseException:
+            self._inner.abort()
+            raise
+        if taken:
+            self._inner.abort()
+            raise AlreadyExists(f"write {self._env.describe(self._path)}: already exists")
+        self._inner.commit()
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+
 class BackupEnv(abc.ABC):
     """Abstract store.  Subclasses raise only `rbackup.errors` exceptions."""
 
@@ -135,6 +161,17 @@ class BackupEnv(abc.ABC):
 
         An existing file of that name is replaced on commit.
         """
+
+    def open_write_new(self, path: str, *, sync: bool = True) -> AtomicWriter:
+        """Like `open_write`, but the commit never replaces a file: AlreadyExists instead.
+
+        A backup writes its files this way so that a writer which lost the
+        lock (it stalled past `lock_ttl`) can never overwrite a file another
+        writer made.  Stores with `conditional_create` make the check part of
+        the publish (S3: If-None-Match on the PUT); this default checks just
+        before the commit, which is exact under a flock and best effort elsewhere.
+        """
+        return _NewFileWriter(self, path, self.open_write(path, sync=sync))
 
     @abc.abstractmethod
     def create_exclusive(self, path: str, data: bytes, *, sync: bool = True) -> None:
