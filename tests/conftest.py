@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.db_fixtures", "tests.s3_fixtures", "tests.crash_worker"]
+pytest_plugins = ["tests.db_fixtures", "tests.s3_fixtures", "tests.s3_servers", "tests.crash_worker"]
