@@ -36,7 +36,6 @@ from .source import SourceFile, snapshot
 from .state import BackupState, LoadedBackup
 from .transfer import Buffers, ProgressTracker, file_crc32c, run_parallel, stream_copy
 
-
 RECHECK_READ_LIMIT = 4 << 20
 """Files up to this size are read back after the commit (MANIFEST, OPTIONS, CURRENT, small SSTs)."""
 

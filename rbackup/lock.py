@@ -38,11 +38,14 @@ same time only if one of them was judged stale while still alive: it stalled
 for longer than `lock_ttl` (no heartbeat got through), or the clocks of the
 two hosts differ by more than about 2/3 of `lock_ttl` (expiry compares the
 holder's clock with the taker's).  A holder that lost its lease this way
-notices at its next heartbeat (`Lease.lost` is set and an error is logged),
-stops renewing and does not release the successor's lease.  Even then two
-backups can never get the same id: the meta commit is itself a
-create-if-absent.  On stores without atomic create-if-absent
-(`capabilities.conditional_create` False) the lease is best effort.
+notices at its next heartbeat or at its next `check` (`Lease.lost` is set and
+an error is logged), stops renewing and does not release the successor's
+lease.  `check` (the `WriterLock` protocol) is what writers call before every
+step that could damage a successor's work; `create.py` says what a create
+does besides.  On stores without atomic create-if-absent
+(`capabilities.conditional_create` False) the lease is best effort: a taker
+reads its lease back after `BEST_EFFORT_SETTLE` seconds, and heartbeats and
+checks compare the lease's token with their own.
 """
 from __future__ import annotations
 
