@@ -75,17 +75,36 @@ def build_db(path: str, size_mb: int, big_sst: bool) -> int:
     return sum(f.stat().st_size for f in Path(path).iterdir())
 
 
+def _hwm_mb(pid: int) -> float:
+    """VmHWM of a running process: the peak RSS of its own image (ru_maxrss would include
+    this parent's memory at the fork before exec)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
-    """Wall seconds, CPU seconds (user + system) and peak RSS (MB) of one process."""
+    """Wall seconds, CPU seconds (user + system) and peak RSS (MB, sampled every 20 ms) of one process."""
     started = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak = 0.0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        peak = max(peak, _hwm_mb(proc.pid))
+        time.sleep(0.02)
     wall = time.monotonic() - started
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"{cmd[:3]} failed ({proc.returncode}): {err[-2000:]}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    return wall, usage.ru_utime + usage.ru_stime, peak
 
 
 def main() -> None:

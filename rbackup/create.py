@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from . import sstprops
 from .checksum import crc32c
 from .env.base import BackupEnv
-from .errors import BackupError, Corruption, NotFound, NotSupported
+from .errors import BackupError, Corruption, InvalidArgument, NotFound, NotSupported
 from .lock import WriterLock
 from .meta import BackupMeta, MetaFileEntry, serialize_meta
 from .naming import META_DIR, PRIVATE_DIR, FileKind, meta_path, private_dir
@@ -200,7 +200,7 @@ def _check_committed(env: BackupEnv, backup_id: int, data: bytes, copied: dict[s
 
     problems: list[str] = []
     try:
-        if env.read_bytes(meta_path(backup_id), len(data)) != data:
+        if not _holds(env, meta_path(backup_id), data):
             problems.append(f"{meta_path(backup_id)} holds another writer's commit")
         else:
             for path, problem in zip(to_check, run_parallel(to_check, check, workers, stop)):
@@ -212,13 +212,21 @@ def _check_committed(env: BackupEnv, backup_id: int, data: bytes, copied: dict[s
         return
     withdrawn = ""
     try:
-        if env.read_bytes(meta_path(backup_id), len(data)) == data:
+        if _holds(env, meta_path(backup_id), data):
             env.delete([meta_path(backup_id)])
             withdrawn = "; the commit was withdrawn"
     except BackupError as exc:
         log.warning("backup %d: could not withdraw the damaged commit: %s", backup_id, exc)
     raise Corruption(f"backup {backup_id} in {env.describe()}: another writer changed it right after its commit: "
                      f"{'; '.join(problems[:3])}{withdrawn}")
+
+
+def _holds(env: BackupEnv, path: str, data: bytes) -> bool:
+    """Whether `path` holds exactly `data` (False if it is gone or longer)."""
+    try:
+        return env.read_bytes(path, len(data)) == data
+    except (NotFound, InvalidArgument):
+        return False
 
 
 def _cleanup(env: BackupEnv, lock: WriterLock, backup_id: int, written: list[str], log: logging.Logger) -> None:

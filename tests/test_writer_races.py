@@ -28,6 +28,8 @@ from typing import Any
 import pytest
 
 from rbackup import BackupEngine, BackupEngineReadOnly
+from rbackup.env.wrappers import WrapperEnv
+from rbackup.errors import Corruption
 
 from .crash_worker import ROOT, World, add_ssts, engine_options, read_db
 from .s3_servers import S3Store, make_store
@@ -155,3 +157,33 @@ def test_writer_stalled_past_lock_ttl_cannot_damage_its_successor(arbitrating: S
         eng.verify_backup(1, True)
     env_probe.close()
 
+
+
+class OverwrittenAfterCommit(WrapperEnv):
+    """A local directory seen as an object store (so the lease, not flock, is the lock), where
+    "another writer" replaces the new backup's MANIFEST the moment its meta commit lands, as a
+    racing writer can on a store that cannot arbitrate."""
+
+    def local_path(self, path: str = "") -> str | None:
+        return None
+
+    def create_exclusive(self, path: str, data: bytes, *, sync: bool = True) -> None:
+        self.inner.create_exclusive(path, data, sync=sync)
+        if path.startswith("meta/"):
+            backup_id = path.split("/")[1]
+            manifest = next(f.path for f in self.inner.list(f"private/{backup_id}") if "MANIFEST" in f.path)
+            self.inner.write_bytes(manifest, b"another writer's MANIFEST")
+
+
+def test_commit_damaged_right_after_it_landed_is_withdrawn_and_reported(world: World, scratch: Path) -> None:
+    from rbackup.env.local import LocalEnv
+
+    directory = scratch / "bk"
+    with BackupEngine(engine_options(str(directory), None)) as eng:
+        assert eng.create_new_backup(world.dbs["A"]) == 1
+    env = OverwrittenAfterCommit(LocalEnv(str(directory)))
+    with BackupEngine(engine_options(str(directory), None, env=env)) as eng:
+        with pytest.raises(Corruption, match=r"backup 2 .*MANIFEST.*withdrawn"):
+            eng.create_new_backup(world.dbs["B"])
+        assert [b.backup_id for b in eng.get_backup_info()] == [1] and eng.get_corrupted_backups() == []
+        eng.verify_backup(1, True)
