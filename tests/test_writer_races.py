@@ -115,7 +115,7 @@ def arbitrating(request: pytest.FixtureRequest) -> Iterator[S3Store]:
 @pytest.mark.slow
 def test_writer_stalled_past_lock_ttl_cannot_damage_its_successor(arbitrating: S3Store, world: World,
                                                                   scratch: Path) -> None:
-    """Writer 1 (lock_ttl 3 s, rate-limited) is stopped with SIGSTOP once its first files are up;
+    """Writer 1 (lock_ttl 6 s, rate-limited) is stopped with SIGSTOP once its first files are up;
     writer 2 waits for the lease to expire, takes it over and makes backup 2 of another DB; then
     writer 1 is resumed.  Writer 1 must fail without touching backup 2, which verifies and
     restores to writer 2's DB; the next create works."""
@@ -129,7 +129,7 @@ def test_writer_stalled_past_lock_ttl_cannot_damage_its_successor(arbitrating: S
     def new_backup_files() -> set[str]:
         return {f.path for f in env_probe.env.list() if f.path.startswith(("private/", "shared"))} - before
 
-    stalled = popen({"op": "create", "url": url, "storage_options": so, "db": world.dbs["B"], "lock_ttl": 3,
+    stalled = popen({"op": "create", "url": url, "storage_options": so, "db": world.dbs["B"], "lock_ttl": 6,
                      "rate_limit": 60_000, "hook_os": False})
     try:
         wait_line(stalled, "ready")
