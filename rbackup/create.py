@@ -85,7 +85,7 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
                 f, share_table_files=options.share_table_files,
                 share_files_with_checksum=options.share_files_with_checksum)]
             facts = dict(zip([f.name for f in to_name], run_parallel(
-                to_name, lambda f: _naming_facts(f, buffers, log), workers, stop)))
+                to_name, lambda f: _naming_facts(f, buffers, log), workers, stop), strict=True))
             plan = plan_backup(snap.files, backup_id, share_table_files=options.share_table_files,
                                share_files_with_checksum=options.share_files_with_checksum,
                                facts=facts, referenced=state.referenced())
@@ -203,7 +203,7 @@ def _check_committed(env: BackupEnv, backup_id: int, data: bytes, copied: dict[s
         if not _holds(env, meta_path(backup_id), data):
             problems.append(f"{meta_path(backup_id)} holds another writer's commit")
         else:
-            for path, problem in zip(to_check, run_parallel(to_check, check, workers, stop)):
+            for path, problem in zip(to_check, run_parallel(to_check, check, workers, stop), strict=False):
                 if problem:
                     problems.append(f"{path} {problem}")
     except NotFound as exc:

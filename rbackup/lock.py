@@ -59,8 +59,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from .env.base import BackupEnv, translate_os_error
 from .errors import AlreadyExists, BackupError, LockError, NotFound
@@ -142,7 +143,7 @@ class Holder:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
-    def parse(cls, data: bytes) -> "Holder | None":
+    def parse(cls, data: bytes) -> Holder | None:
         try:
             raw = json.loads(data.decode("utf-8"))
             ticks = raw.get("start_ticks")
@@ -504,7 +505,7 @@ class Lease:
                 # once this process has exited).
                 log.warning("could not release the lock of %s: %s", self.env.describe(), exc)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         self.acquire()
         return self
 
@@ -512,5 +513,15 @@ class Lease:
         self.release()
 
 
-__all__ = ["Holder", "LEASE_DIR", "LOCK_NAME", "Lease", "WriterLock", "hold_writer_lock", "is_lock_file",
-           "lease_path", "stale_reason", "writer_lock"]
+__all__ = [
+    "LEASE_DIR",
+    "LOCK_NAME",
+    "Holder",
+    "Lease",
+    "WriterLock",
+    "hold_writer_lock",
+    "is_lock_file",
+    "lease_path",
+    "stale_reason",
+    "writer_lock",
+]

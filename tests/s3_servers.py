@@ -78,7 +78,7 @@ class S3Store:
         return client_for(self.endpoint, self.storage_options["key"], self.storage_options["secret"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def client_for(endpoint: str, key: str, secret: str) -> Any:
     """One admin client per server for the session."""
     import boto3
