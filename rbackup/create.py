@@ -187,7 +187,7 @@ def _check_committed(env: BackupEnv, backup_id: int, data: bytes, copied: dict[s
     never returned as a backup.
     """
     own = private_dir(backup_id) + "/"
-    arbitrated = env.capabilities.conditional_create
+    arbitrated = env.capabilities.exclusive_publish
     to_check = [p for p in copied if p.startswith(own) or not arbitrated]
 
     def check(path: str) -> str | None:

@@ -42,6 +42,9 @@ class Capabilities:
     """Publish goes through a temp name plus rename (local disk, HDFS)."""
     conditional_create: bool = False
     """`create_exclusive` is atomic against other clients (O_EXCL, If-None-Match)."""
+    exclusive_publish: bool = False
+    """`open_write_new` is atomic against other clients (S3: If-None-Match on the PUT); else it
+    looks just before publishing, which a flock makes exact."""
     durable_sync: bool = False
     """An fsync-like call makes written data survive a power loss."""
     directories: bool = False

@@ -318,8 +318,8 @@ class BackupEnvContract:
         assert self.read_all(env, "shared_checksum/9_1_2.sst") == b"small"
 
     def test_concurrent_open_write_new_one_winner(self, env: BackupEnv) -> None:
-        if not env.capabilities.conditional_create:
-            pytest.skip("store has no atomic create-if-absent")
+        if not env.capabilities.exclusive_publish:
+            pytest.skip("store has no atomic publish-if-absent")
         n = self.concurrent_creators
         start = threading.Barrier(n)
         winners: list[int] = []

@@ -106,7 +106,8 @@ class S3Env(FsspecEnv):
     are the fields of `S3Settings`.  Credentials are never logged.
     """
 
-    capabilities = Capabilities(conditional_create=True, durable_sync=True, concurrency=S3Settings.concurrency)
+    capabilities = Capabilities(conditional_create=True, exclusive_publish=True, durable_sync=True,
+                                concurrency=S3Settings.concurrency)
     """The defaults, for `rbackup backends`; an instance reflects its own settings."""
 
     def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
@@ -133,6 +134,7 @@ class S3Env(FsspecEnv):
             capabilities=Capabilities(
                 atomic_rename=False,
                 conditional_create=settings.conditional_writes,
+                exclusive_publish=settings.conditional_writes,
                 durable_sync=True,
                 directories=False,
                 concurrency=settings.concurrency,
