@@ -39,7 +39,7 @@ from .cli_format import (
 )
 from .engine import BackupEngine, BackupEngineReadOnly
 from .env.registry import list_backends
-from .errors import Aborted, BackupError, InvalidArgument, NotFound
+from .errors import Aborted, BackupError, Corruption, InvalidArgument, NotFound
 from .options import BackupableDBOptions, MiB, Progress, RestoreOptions
 from .sidecar import LiveDbPath
 
@@ -310,8 +310,11 @@ def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str
             committed = [b.backup_id for b in engine.get_backup_info() if b.backup_id not in known]
             raise Interrupted(f"backup {committed[-1]} had already been committed; it is complete" if committed
                               else "no backup was created; the backup directory is unchanged") from exc
-        info = next(b for b in engine.get_backup_info() if b.backup_id == backup_id)
+        info = next((b for b in engine.get_backup_info() if b.backup_id == backup_id), None)
         location = engine.env.describe()
+        if info is None:  # another writer deleted or damaged it right after the commit
+            raise Corruption(f"backup {backup_id} was committed to {location} but no longer lists as valid: "
+                             f"{engine.corruption_reasons().get(backup_id, 'it is gone')}")
     click.echo(json.dumps({"backup_dir": location, **backup_json(info)}) if as_json else str(backup_id))
     _say(quiet, f"created backup {backup_id} in {location}: {info.number_files} files, {human_size(info.size)}, "
                 f"in {time.monotonic() - started:.1f}s", err=True)
