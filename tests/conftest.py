@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.db_fixtures", "tests.s3_fixtures", "tests.s3_servers", "tests.hdfs_fixtures", "tests.crash_worker"]
+pytest_plugins = ["tests.db_fixtures", "tests.s3_fixtures", "tests.s3_servers", "tests.hdfs_fixtures",
+                  "tests.crash_worker"]
 
 SLOW_MODULES = frozenset({
     "test_crash",        # SIGKILL and in-process fault sweeps
