@@ -17,6 +17,8 @@ __version__ = "0.1.0"
 from .api import BackupableDB, RestoreBackupableDB
 from .engine import BackupEngine, BackupEngineReadOnly
 from .env.base import BackupEnv, Capabilities, FileInfo
+from .replicate import CopyReport, copy_backups
+from .retention import RetentionPlan, RetentionPolicy
 from .options import (
     BackupableDBOptions,
     BackupEngineOptions,
@@ -31,4 +33,5 @@ __all__ = [
     "BackupError", "BackupFileInfo", "BackupInfo", "BackupableDB", "BackupableDBOptions", "Capabilities",
     "Corruption", "FileInfo", "Incomplete", "InvalidArgument", "LockError", "NotFound", "NotSupported",
     "PermissionDenied", "Progress", "RestoreBackupableDB", "RestoreOptions", "StorageError",
+    "CopyReport", "copy_backups", "RetentionPlan", "RetentionPolicy",
 ]

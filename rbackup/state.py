@@ -14,9 +14,9 @@ import logging
 from dataclasses import dataclass, field
 
 from .env.base import BackupEnv
-from .errors import BackupError, Corruption, InvalidArgument, NotFound, NotSupported
+from .errors import BackupError, Corruption, InvalidArgument, NotFound, NotSupported, PermissionDenied
 from .meta import MAX_META_FILE_SIZE, BackupMeta, parse_meta
-from .naming import META_DIR, meta_path, parse_backup_id
+from .naming import ENCRYPTION_MARKER, META_DIR, meta_path, parse_backup_id
 
 
 @dataclass
@@ -83,6 +83,9 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
     # missed whole rather than seen without its files, i.e. as a corrupt backup.
     committed = {fi.path for fi in env.list(META_DIR)}
     listing = {fi.path: fi.size for fi in env.list("")}
+    if ENCRYPTION_MARKER in listing:  # an EncryptedEnv hides its marker: this env cannot decrypt
+        raise PermissionDenied(f"{env.describe()} is encrypted ({ENCRYPTION_MARKER} found): open it with its key, "
+                               "e.g. storage_options={'encryption_key_file': ...}")
     ids: dict[int, int] = {}
     for path, size in listing.items():
         directory, _, name = path.partition("/")

@@ -1,5 +1,6 @@
 """Storage envs: the BackupEnv contract and the envs that ship with the core."""
 from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, check_path
+from .encrypted import EncryptedEnv
 from .fsspec_env import FsspecEnv
 from .local import LocalEnv
 from .memory import MemoryEnv
@@ -11,6 +12,7 @@ __all__ = [
     "Capabilities",
     "FileInfo",
     "check_path",
+    "EncryptedEnv",
     "FsspecEnv",
     "LocalEnv",
     "MemoryEnv",
