@@ -250,7 +250,13 @@ class EncryptedEnv(WrapperEnv):
 
 
 class _EncryptingWriter(AtomicWriter):
-    """Holds back one chunk: only at commit is it known which chunk is the final one."""
+    """Holds back one chunk: only at commit is it known which chunk is the final one.
+
+    Whole chunks followed by more data in the same call are sealed straight from
+    the caller's memory; only the held-back chunk is copied.  Sealing goes into
+    one reused buffer (nonce, ciphertext, tag), handed to the inner writer in
+    one call, which consumes it before returning (the AtomicWriter contract).
+    """
 
     def __init__(self, inner: Any, keys: _Keys, path: str) -> None:
         self._inner = inner
@@ -258,7 +264,9 @@ class _EncryptingWriter(AtomicWriter):
         self._chunk = keys.chunk_size
         self._path = path
         self._file_id = os.urandom(FILE_ID_SIZE)
-        self._buf = bytearray()
+        self._held = memoryview(bytearray(self._chunk))
+        self._held_len = 0
+        self._sealed = memoryview(bytearray(self._chunk + CHUNK_OVERHEAD))
         self._index = 0
         self._inner.write(MAGIC + self._file_id)
 
@@ -266,91 +274,119 @@ class _EncryptingWriter(AtomicWriter):
         view = memoryview(data).cast("B")
         total = view.nbytes
         while view.nbytes:
-            if len(self._buf) == self._chunk:
-                self._emit(final=False)
-            take = self._chunk - len(self._buf)
-            self._buf += view[:take]
+            if self._held_len == self._chunk:
+                self._seal(self._held, final=False)
+                self._held_len = 0
+            if self._held_len == 0 and view.nbytes > self._chunk:
+                self._seal(view[:self._chunk], final=False)
+                view = view[self._chunk:]
+                continue
+            take = min(self._chunk - self._held_len, view.nbytes)
+            self._held[self._held_len:self._held_len + take] = view[:take]
+            self._held_len += take
             view = view[take:]
         return total
 
-    def _emit(self, *, final: bool) -> None:
+    def _seal(self, plain: memoryview, *, final: bool) -> None:
         nonce = os.urandom(NONCE_SIZE)
-        sealed = self._aead.encrypt(nonce, self._buf, _aad(self._file_id, self._path, self._index, final))
-        self._inner.write(nonce)
-        self._inner.write(sealed)
+        end = NONCE_SIZE + plain.nbytes + TAG_SIZE
+        self._sealed[:NONCE_SIZE] = nonce
+        self._aead.encrypt_into(nonce, plain, _aad(self._file_id, self._path, self._index, final),
+                                self._sealed[NONCE_SIZE:end])
+        self._inner.write(self._sealed[:end])
         self._index += 1
-        self._buf.clear()
 
     def finish(self) -> None:
-        self._emit(final=True)
+        self._seal(self._held[:self._held_len], final=True)
+        self._held_len = 0
 
     def commit(self) -> None:
         self.finish()
         self._inner.commit()
 
     def abort(self) -> None:
-        self._buf.clear()
+        self._held_len = 0
         self._inner.abort()
 
 
 class _DecryptingReader(io.RawIOBase):
     """Reads one sealed chunk ahead of what it hands out, plus one byte to learn
-    whether that chunk is the last (the final flag is part of its authentication)."""
+    whether that chunk is the last (the final flag is part of its authentication).
+
+    A chunk decrypts straight into the caller's buffer when it fits there,
+    else into one reused buffer that later reads drain.
+    """
 
     def __init__(self, inner: BinaryIO, keys: _Keys, path: str, where: str) -> None:
         super().__init__()
         self._inner = inner
         self._aead = keys.aead
-        self._sealed_size = keys.chunk_size + CHUNK_OVERHEAD
+        self._sealed = memoryview(bytearray(keys.chunk_size + CHUNK_OVERHEAD))
+        self._plain_buf = memoryview(bytearray(keys.chunk_size))
+        self._plain = self._plain_buf[:0]
         self._path = path
         self._where = where
         self._index = 0
-        self._plain = memoryview(b"")
         self._lookahead = b""
         self._done = False
-        header = self._read_exactly(HEADER_SIZE)
+        header = self._inner.read(HEADER_SIZE)
+        while header and len(header) < HEADER_SIZE:
+            more = self._inner.read(HEADER_SIZE - len(header))
+            if not more:
+                break
+            header += more
         if len(header) != HEADER_SIZE or header[:len(MAGIC)] != MAGIC:
             inner.close()
             raise Corruption(f"{where}: not an rbackup-encrypted file (bad or missing header)")
         self._file_id = header[len(MAGIC):]
-        self._lookahead = self._read_exactly(1)
+        self._lookahead = self._inner.read(1)
 
-    def _read_exactly(self, n: int) -> bytes:
-        first = self._inner.read(n)
-        if len(first) == n or not first:
-            return first  # the usual case: no second copy of the chunk
-        parts = [first]
-        n -= len(first)
-        while n > 0:
-            part = self._inner.read(n)
-            if not part:
+    def _fill(self, view: memoryview) -> int:
+        """Read into `view` until it is full or the stream ends."""
+        got = 0
+        readinto = getattr(self._inner, "readinto", None)
+        while got < view.nbytes:
+            if readinto is not None:
+                n = readinto(view[got:])
+            else:
+                part = self._inner.read(view.nbytes - got)
+                n = len(part)
+                view[got:got + n] = part
+            if not n:
                 break
-            parts.append(part)
-            n -= len(part)
-        return b"".join(parts)
+            got += n
+        return got
 
-    def _next_chunk(self) -> None:
+    def _open_next(self, out: memoryview | None) -> int:
+        """Decrypt the next chunk into `out` if it fits there (returns its length),
+        else into the internal buffer (returns 0, `_plain` holds it)."""
         if not self._lookahead:
             if self._index == 0:
                 raise Corruption(f"{self._where}: truncated encrypted file (no chunk)")
             self._done = True
-            return
-        self._plain = memoryview(b"")  # let the previous chunk go before the next one arrives
-        sealed = self._lookahead + self._read_exactly(self._sealed_size - 1)
-        self._lookahead = self._read_exactly(1)
+            return 0
+        self._sealed[0:1] = self._lookahead
+        size = 1 + self._fill(self._sealed[1:])
+        self._lookahead = self._inner.read(1)
         final = not self._lookahead
-        if len(sealed) < CHUNK_OVERHEAD:
+        if size < CHUNK_OVERHEAD:
             raise Corruption(f"{self._where}: truncated encrypted file (chunk {self._index})")
-        nonce, body = sealed[:NONCE_SIZE], memoryview(sealed)[NONCE_SIZE:]
+        plain_len = size - CHUNK_OVERHEAD
+        nonce = bytes(self._sealed[:NONCE_SIZE])
+        direct = out is not None and out.nbytes >= plain_len
+        target = out[:plain_len] if direct and out is not None else self._plain_buf[:plain_len]
         try:
-            plain = self._aead.decrypt(nonce, body, _aad(self._file_id, self._path, self._index, final))
+            self._aead.decrypt_into(nonce, self._sealed[NONCE_SIZE:size],
+                                    _aad(self._file_id, self._path, self._index, final), target)
         except Exception as exc:  # cryptography's InvalidTag: wrong key, tampering, truncation, a swapped chunk
             raise Corruption(f"{self._where}: encrypted chunk {self._index} fails authentication (the file was "
                              "damaged, truncated, reordered or moved, or the key is wrong)") from exc
         self._index += 1
-        self._plain = memoryview(plain)
-        if final:
-            self._done = True
+        self._done = final
+        if direct:
+            return plain_len
+        self._plain = self._plain_buf[:plain_len]
+        return 0
 
     def readable(self) -> bool:
         return True
@@ -359,22 +395,22 @@ class _DecryptingReader(io.RawIOBase):
         out = memoryview(buffer).cast("B")
         written = 0
         while written < out.nbytes:
-            if not self._plain.nbytes:
-                if self._done:
-                    break
-                self._next_chunk()
-                continue
-            n = min(out.nbytes - written, self._plain.nbytes)
-            out[written:written + n] = self._plain[:n]
-            self._plain = self._plain[n:]
-            written += n
+            if self._plain.nbytes:
+                n = min(out.nbytes - written, self._plain.nbytes)
+                out[written:written + n] = self._plain[:n]
+                self._plain = self._plain[n:]
+                written += n
+            elif self._done:
+                break
+            else:
+                written += self._open_next(out[written:])
         return written
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             chunks = []
             while True:
-                piece = self.read(self._sealed_size)
+                piece = self.read(self._sealed.nbytes)
                 if not piece:
                     return b"".join(chunks)
                 chunks.append(piece)
