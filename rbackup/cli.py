@@ -571,10 +571,13 @@ def copy(source: str, destination: str, source_options: dict[str, Any] | None,
         return
     for backup_id, reason in report.skipped_corrupt.items():
         _print_error(f"backup {backup_id} not copied: corrupt in the source ({' '.join(reason.split())})")
-    _say(quiet, f"copied backups {', '.join(map(str, report.copied)) or 'none'} "
-                f"({report.files_copied} files, {human_size(report.bytes_copied)} sent; {report.files_reused} shared "
-                f"files already there, {report.files_resumed} resumed; "
-                f"{len(report.already_present)} backups already there)")
+    present = f"{len(report.already_present)} backups already there"
+    if report.copied:
+        _say(quiet, f"copied backups {', '.join(map(str, report.copied))}: {report.files_copied} files, "
+                    f"{human_size(report.bytes_copied)} sent; {report.files_reused} shared files already there, "
+                    f"{report.files_resumed} resumed from an earlier run; {present}")
+    else:
+        _say(quiet, f"nothing to copy: {present}")
     if report.skipped_corrupt:
         raise click.exceptions.Exit(EXIT_FAILED)
 

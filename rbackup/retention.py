@@ -122,7 +122,8 @@ class RetentionPlan:
 
     def to_json(self) -> dict[str, object]:
         def item(d: RetentionDecision) -> dict[str, object]:
-            out: dict[str, object] = {"id": d.backup_id, "timestamp": d.timestamp}
+            out: dict[str, object] = {"id": d.backup_id, "timestamp": d.timestamp,
+                                      "time": datetime.fromtimestamp(d.timestamp, tz=timezone.utc).isoformat()}
             if d.keep:
                 out["reasons"] = list(d.reasons)
             return out

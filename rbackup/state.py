@@ -85,7 +85,7 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
     listing = {fi.path: fi.size for fi in env.list("")}
     if ENCRYPTION_MARKER in listing:  # an EncryptedEnv hides its marker: this env cannot decrypt
         raise PermissionDenied(f"{env.describe()} is encrypted ({ENCRYPTION_MARKER} found): open it with its key, "
-                               "e.g. storage_options={'encryption_key_file': ...}")
+                               "the storage option encryption_key_file=PATH")
     ids: dict[int, int] = {}
     for path, size in listing.items():
         directory, _, name = path.partition("/")

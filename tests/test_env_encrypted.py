@@ -161,7 +161,7 @@ def test_refuses_directories_it_did_not_encrypt_and_vice_versa(tmp_path: Path, l
     with BackupEngine(BackupableDBOptions(encrypted, backup_env=EncryptedEnv(LocalEnv(encrypted), key=KEY))) as e:
         e.create_new_backup(live_db.db)
     for engine_type in (BackupEngine, BackupEngineReadOnly):
-        with pytest.raises(PermissionDenied, match="is encrypted .*encryption_key_file"):
+        with pytest.raises(PermissionDenied, match="is encrypted .*encryption_key_file=PATH"):
             engine_type(BackupableDBOptions(encrypted))
 
 

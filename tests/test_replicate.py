@@ -171,7 +171,7 @@ def test_cli_copy(tmp_path, live_db) -> None:
     for _ in range(2):
         ok("create", "--db", live_db.path, "--backup-dir", src, "-q")
     out = ok("copy", "--from", src, "--to", dst, "--backup-id", "1")
-    assert out.stdout.startswith("copied backups 1 (")
+    assert out.stdout.startswith("copied backups 1: ")
     doc = json.loads(ok("copy", "--from", src, "--to", f"file://{dst}", "--json").stdout)
     assert doc["copied"] == [2] and doc["already_present"] == [1]
     ok("verify", "--backup-dir", dst, "--checksum")
