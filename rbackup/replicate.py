@@ -25,8 +25,9 @@ import logging
 import os
 import posixpath
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .env.base import BackupEnv
 from .env.registry import open_env
@@ -133,17 +134,16 @@ class _Copier:
         return result.size == item.size and result.crc32c == item.crc32c
 
     def _copy(self, backup_id: int, item: _Item, tracker: ProgressTracker) -> None:
-        with self.src.open_read(item.path) as reader:
-            with self.dst.open_write(item.path, sync=self.sync) as writer:
-                # The check runs before the writer's commit: a bad file is never published.
-                result = stream_copy(reader, writer.write, buf=self.buffers.get(), stop=self.stop,
-                                     tracker=tracker, limit=item.size + 1)
-                if result.size != item.size:
-                    raise Corruption(f"backup {backup_id}: {self.src.describe(item.path)} is {result.size} bytes, "
-                                     f"the source listed {item.size}")
-                if item.crc32c is not None and result.crc32c != item.crc32c:
-                    raise Corruption(f"backup {backup_id}: checksum mismatch reading {self.src.describe(item.path)} "
-                                     f"(crc32c {result.crc32c}, the meta file says {item.crc32c})")
+        with self.src.open_read(item.path) as reader, self.dst.open_write(item.path, sync=self.sync) as writer:
+            # The check runs before the writer's commit: a bad file is never published.
+            result = stream_copy(reader, writer.write, buf=self.buffers.get(), stop=self.stop,
+                                 tracker=tracker, limit=item.size + 1)
+            if result.size != item.size:
+                raise Corruption(f"backup {backup_id}: {self.src.describe(item.path)} is {result.size} bytes, "
+                                 f"the source listed {item.size}")
+            if item.crc32c is not None and result.crc32c != item.crc32c:
+                raise Corruption(f"backup {backup_id}: checksum mismatch reading {self.src.describe(item.path)} "
+                                 f"(crc32c {result.crc32c}, the meta file says {item.crc32c})")
         tracker.file_done()
         self.report.files_copied += 1
         self.report.bytes_copied += result.size

@@ -19,14 +19,14 @@ plan.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Callable, Iterable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import InvalidArgument
 
-__all__ = ["RetentionPolicy", "RetentionDecision", "RetentionPlan", "plan_retention", "parse_duration"]
+__all__ = ["RetentionDecision", "RetentionPlan", "RetentionPolicy", "parse_duration", "plan_retention"]
 
 UNLIMITED = -1
 
@@ -36,7 +36,7 @@ PeriodKey = Callable[[datetime], str]
 _PERIODS: dict[str, PeriodKey] = {
     "hourly": lambda t: t.strftime("%Y-%m-%dT%H"),
     "daily": lambda t: t.strftime("%Y-%m-%d"),
-    "weekly": lambda t: "%04d-W%02d" % t.isocalendar()[:2],
+    "weekly": lambda t: f"{t.isocalendar()[0]:04d}-W{t.isocalendar()[1]:02d}",
     "monthly": lambda t: t.strftime("%Y-%m"),
     "yearly": lambda t: t.strftime("%Y"),
 }

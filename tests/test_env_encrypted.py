@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rbackup_s3 import S3Env
 
 from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly, Corruption, PermissionDenied
 from rbackup.env import LocalEnv, MemoryEnv
@@ -22,7 +23,6 @@ from rbackup.env.encrypted import (
 from rbackup.errors import InvalidArgument, NotFound
 from rbackup.replicate import copy_backups
 from rbackup.testing import BackendConformance
-from rbackup_s3 import S3Env
 
 from .db_fixtures import files_under, read_all
 
@@ -70,7 +70,7 @@ def env(root: Path) -> EncryptedEnv:
 
 def test_plaintext_size_inverts_every_ciphertext_size() -> None:
     for chunk in (SMALL_CHUNK, 1 << 20):
-        for plain in list(range(0, 3 * chunk + 3)) if chunk == SMALL_CHUNK else [0, 1, chunk - 1, chunk, chunk + 1]:
+        for plain in list(range(3 * chunk + 3)) if chunk == SMALL_CHUNK else [0, 1, chunk - 1, chunk, chunk + 1]:
             chunks = max(1, -(-plain // chunk))
             assert plaintext_size(HEADER_SIZE + chunks * CHUNK_OVERHEAD + plain, chunk) == plain
     assert plaintext_size(HEADER_SIZE + CHUNK_OVERHEAD - 1, SMALL_CHUNK) is None
@@ -131,9 +131,8 @@ def test_tampering_is_corruption_never_garbage(env: EncryptedEnv, root: Path, da
     elif damage == "append":
         raw += chunk[3]
     (root / "shared_checksum/a.sst").write_bytes(bytes(raw))
-    with pytest.raises(Corruption, match="shared_checksum/a.sst"):
-        with env.open_read("shared_checksum/a.sst") as f:
-            f.read()
+    with pytest.raises(Corruption, match="shared_checksum/a.sst"), env.open_read("shared_checksum/a.sst") as f:
+        f.read()
 
 
 def test_files_cannot_be_swapped_or_renamed(env: EncryptedEnv, root: Path) -> None:

@@ -4,16 +4,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from rbackup_s3.object_lock import ObjectLockS3Env
 
 from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly, InvalidArgument
 from rbackup.retention import RetentionPolicy
-from rbackup_s3.object_lock import ObjectLockS3Env
 
 from .db_fixtures import read_all
 from .s3_fixtures import _storage_options
@@ -36,8 +37,8 @@ def lock_env(bucket: str, options: dict[str, Any], days: float, mode: str = "GOV
 
 def test_settings_are_checked(locked_bucket) -> None:
     bucket, options, _ = locked_bucket
-    for bad in (dict(object_lock_mode="LEGAL", object_lock_days=1), dict(object_lock_mode="GOVERNANCE",
-                object_lock_days=0), dict(object_lock_mode="COMPLIANCE")):
+    for bad in ({"object_lock_mode": "LEGAL", "object_lock_days": 1}, {"object_lock_mode": "GOVERNANCE",
+                "object_lock_days": 0}, {"object_lock_mode": "COMPLIANCE"}):
         with pytest.raises(InvalidArgument, match="object_lock"):
             ObjectLockS3Env(f"s3://{bucket}/x", storage_options={**options, **bad})
 

@@ -35,15 +35,16 @@ import json
 import os
 import struct
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterable
+from typing import Any, BinaryIO
 
 from ..errors import AlreadyExists, Corruption, InvalidArgument, NotFound, NotSupported, PermissionDenied
 from ..naming import ENCRYPTION_MARKER, META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, SHARED_DIR
 from .base import AtomicWriter, BackupEnv, FileInfo, check_path
 from .wrappers import WrapperEnv
 
-__all__ = ["EncryptedEnv", "ENCRYPTION_MARKER", "DEFAULT_CHUNK_SIZE", "load_key_file", "plaintext_size"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "ENCRYPTION_MARKER", "EncryptedEnv", "load_key_file", "plaintext_size"]
 
 MAGIC = b"RBKENC1\n"
 FILE_ID_SIZE = 16
@@ -130,7 +131,7 @@ class EncryptedEnv(WrapperEnv):
         self._keys: _Keys | None = self._open_marker()
 
     @classmethod
-    def from_key_file(cls, inner: BackupEnv, key_file: str | os.PathLike) -> "EncryptedEnv":
+    def from_key_file(cls, inner: BackupEnv, key_file: str | os.PathLike) -> EncryptedEnv:
         return cls(inner, key=load_key_file(key_file))
 
     # -- the marker ----------------------------------------------------------------
@@ -408,7 +409,7 @@ class _DecryptingReader(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 piece = self.read(self._sealed.nbytes)
                 if not piece:

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any
 
 from rbackup.env.base import check_path
 from rbackup.errors import InvalidArgument, NotFound
@@ -54,7 +55,7 @@ class ObjectLockSettings:
             raise InvalidArgument(f"object_lock_days must be a positive number, got {self.days!r}")
 
     @classmethod
-    def pop_from(cls, options: dict[str, Any]) -> "ObjectLockSettings":
+    def pop_from(cls, options: dict[str, Any]) -> ObjectLockSettings:
         mode = options.pop("object_lock_mode", None)
         days = options.pop("object_lock_days", None)
         if mode is None or days is None:
