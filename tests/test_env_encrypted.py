@@ -88,6 +88,12 @@ def test_nothing_is_stored_in_plaintext(env: EncryptedEnv, root: Path) -> None:
     assert env.stat("private/1/CURRENT").size == len(secret)
     assert sorted(fi.path for fi in env.list("")) == ["meta/1", "private/1/CURRENT"]  # the marker is hidden
     assert (root / ENCRYPTION_MARKER).exists()
+    marker = (root / ENCRYPTION_MARKER).read_bytes()
+    for write in (lambda: env.write_bytes(ENCRYPTION_MARKER, b"x"), lambda: env.create_exclusive(ENCRYPTION_MARKER, b"x")):
+        with pytest.raises(InvalidArgument, match="marker"):
+            write()
+    env.delete([ENCRYPTION_MARKER])
+    assert (root / ENCRYPTION_MARKER).read_bytes() == marker
     # The same plaintext twice gives different ciphertext (fresh file id and nonces).
     env.write_bytes("private/1/again", secret)
     assert (root / "private/1/again").read_bytes() != stored

@@ -204,13 +204,17 @@ class EncryptedEnv(WrapperEnv):
         keys = self._keys_for_read(path)
         return _DecryptingReader(self.inner.open_read(path), keys, path, self.describe(path))  # type: ignore[return-value]
 
+    def _check_writable(self, path: str) -> None:
+        if check_path(path) == ENCRYPTION_MARKER:
+            raise InvalidArgument(f"{self.describe(path)}: the encryption marker cannot be written through the env")
+
     def open_write(self, path: str, *, sync: bool = True) -> AtomicWriter:
-        check_path(path)
+        self._check_writable(path)
         keys = self._keys_for_write()
         return _EncryptingWriter(self.inner.open_write(path, sync=sync), keys, path)
 
     def create_exclusive(self, path: str, data: bytes, *, sync: bool = True) -> None:
-        check_path(path)
+        self._check_writable(path)
         keys = self._keys_for_write()
         out = io.BytesIO()
         writer = _EncryptingWriter(out, keys, path)
