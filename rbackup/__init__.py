@@ -17,8 +17,6 @@ __version__ = "0.1.0"
 from .api import BackupableDB, RestoreBackupableDB
 from .engine import BackupEngine, BackupEngineReadOnly
 from .env.base import BackupEnv, Capabilities, FileInfo
-from .replicate import CopyReport, copy_backups
-from .retention import RetentionPlan, RetentionPolicy
 from .options import (
     BackupableDBOptions,
     BackupEngineOptions,
@@ -27,11 +25,13 @@ from .options import (
     Progress,
     RestoreOptions,
 )
+from .replicate import CopyReport, copy_backups
+from .retention import RetentionPlan, RetentionPolicy
 
 __all__ = [
     "Aborted", "AlreadyExists", "BackupEngine", "BackupEngineOptions", "BackupEngineReadOnly", "BackupEnv",
     "BackupError", "BackupFileInfo", "BackupInfo", "BackupableDB", "BackupableDBOptions", "Capabilities",
-    "Corruption", "FileInfo", "Incomplete", "InvalidArgument", "LockError", "NotFound", "NotSupported",
-    "PermissionDenied", "Progress", "RestoreBackupableDB", "RestoreOptions", "StorageError",
-    "CopyReport", "copy_backups", "RetentionPlan", "RetentionPolicy",
+    "CopyReport", "Corruption", "FileInfo", "Incomplete", "InvalidArgument", "LockError", "NotFound",
+    "NotSupported", "PermissionDenied", "Progress", "RestoreBackupableDB", "RestoreOptions", "RetentionPlan",
+    "RetentionPolicy", "StorageError", "copy_backups",
 ]

@@ -19,9 +19,10 @@ import sys
 import textwrap
 import time
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import timedelta
-from typing import Any, Callable, Iterator, NoReturn, Sequence
+from typing import Any, NoReturn
 
 import click
 from tqdm import tqdm
@@ -40,10 +41,10 @@ from .cli_format import (
 )
 from .engine import BackupEngine, BackupEngineReadOnly
 from .env.registry import list_backends
+from .errors import Aborted, BackupError, InvalidArgument, NotFound
+from .options import BackupableDBOptions, MiB, Progress, RestoreOptions
 from .replicate import copy_backups
 from .retention import RetentionPolicy, parse_duration
-from .errors import Aborted, BackupError, InvalidArgument, NotFound
-from .options import MiB, BackupableDBOptions, Progress, RestoreOptions
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -219,7 +220,7 @@ class ProgressBar:
         self._bar.set_postfix_str(f"{progress.files_done}/{progress.files_total} files", refresh=False)
         self._bar.update(progress.bytes_done - self._bar.n)
 
-    def __enter__(self) -> "ProgressBar":
+    def __enter__(self) -> ProgressBar:
         if self.enabled:
             self._stack.enter_context(logging_redirect_tqdm())
         return self
@@ -490,14 +491,13 @@ def purge(backup_dir: str, storage_options: dict[str, Any] | None, keep: int | N
       rbackup purge --backup-dir s3://bucket/app --keep-daily 7 --keep-weekly 4 --keep-monthly 12
       rbackup purge --backup-dir /backups/app --keep-last 3 --keep-within 2w --tz Europe/Berlin --dry-run
     """
-    rules = dict(keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly,
-                 keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within)
+    counts = (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+    policy_plan: RetentionPolicy | None = None
     if keep is not None:
-        if any(rules.values()) or tz is not None:
+        if any(counts) or keep_within is not None or tz is not None:
             raise click.UsageError("--keep cannot be combined with --keep-* rules or --tz")
-        policy_plan = None
-    else:
-        policy_plan = RetentionPolicy(**rules, tz=tz)  # no rule at all: InvalidArgument, nothing deleted
+    else:  # no rule at all: InvalidArgument, nothing deleted
+        policy_plan = RetentionPolicy(*counts, keep_within=keep_within, tz=tz)
     engine_type = BackupEngineReadOnly if dry_run else BackupEngine
     with engine_type(_options(backup_dir, storage_options)) as engine, _interruptible(_LEFTOVERS):
         location = engine.env.describe()

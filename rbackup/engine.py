@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from .create import BackupRequest, create_backup
 from .env.base import BackupEnv
@@ -34,7 +34,6 @@ from .options import BackupableDBOptions, BackupFileInfo, BackupInfo, ProgressCa
 from .restore import restore_backup, verify_backup
 from .retention import RetentionPlan, RetentionPolicy, plan_retention
 from .state import BackupState, LoadedBackup, MetaCache, load_state
-
 
 
 class BackupEngine:
@@ -69,7 +68,7 @@ class BackupEngine:
                 self._garbage_collect()
 
     @classmethod
-    def open(cls, options: BackupableDBOptions) -> "BackupEngine":
+    def open(cls, options: BackupableDBOptions) -> BackupEngine:
         return cls(options)
 
     # -- internals -------------------------------------------------------------
@@ -288,7 +287,8 @@ class BackupEngine:
         verify_backup(self.env, self._backup(backup_id), verify_with_checksum, self.options, threading.Event(),
                       self._workers, progress_callback)
 
-    def restore_db_from_backup(self, backup_id: int, db_dir: str | os.PathLike, wal_dir: str | os.PathLike | None = None,
+    def restore_db_from_backup(self, backup_id: int, db_dir: str | os.PathLike,
+                               wal_dir: str | os.PathLike | None = None,
                                options: RestoreOptions = RestoreOptions(), *,
                                progress_callback: ProgressCallback | None = None) -> None:
         self._check_open()
@@ -320,7 +320,7 @@ class BackupEngine:
         if self._owns_env:
             self.env.close()
 
-    def __enter__(self) -> "BackupEngine":
+    def __enter__(self) -> BackupEngine:
         return self
 
     def __exit__(self, *exc) -> None:

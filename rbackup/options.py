@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgument, NotSupported
 from .naming import SHARED_CHECKSUM_DIR, SHARED_DIR
@@ -25,7 +26,7 @@ class BackupableDBOptions:
     """
 
     backup_dir: str | os.PathLike
-    backup_env: "BackupEnv | None" = None
+    backup_env: BackupEnv | None = None
     share_table_files: bool = True
     info_log: logging.Logger | None = None
     sync: bool = True
@@ -50,7 +51,7 @@ class BackupableDBOptions:
         self,
         backup_dir: str | os.PathLike,
         *,
-        backup_env: "BackupEnv | None" = None,
+        backup_env: BackupEnv | None = None,
         share_table_files: bool = True,
         info_log: logging.Logger | None = None,
         sync: bool = True,

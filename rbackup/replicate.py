@@ -96,7 +96,7 @@ class _Copier:
             else:
                 to_copy.append(item)
         resumed = run_parallel(to_check, self._already_there, self.workers, self.stop)
-        to_copy += [item for item, ok in zip(to_check, resumed) if not ok]
+        to_copy += [item for item, ok in zip(to_check, resumed, strict=True) if not ok]
         self.report.files_resumed += sum(resumed)
         for directory in sorted({posixpath.dirname(i.path) for i in to_copy} | {META_DIR}):
             self.dst.makedirs(directory)

@@ -89,7 +89,8 @@ def test_nothing_is_stored_in_plaintext(env: EncryptedEnv, root: Path) -> None:
     assert sorted(fi.path for fi in env.list("")) == ["meta/1", "private/1/CURRENT"]  # the marker is hidden
     assert (root / ENCRYPTION_MARKER).exists()
     marker = (root / ENCRYPTION_MARKER).read_bytes()
-    for write in (lambda: env.write_bytes(ENCRYPTION_MARKER, b"x"), lambda: env.create_exclusive(ENCRYPTION_MARKER, b"x")):
+    for write in (lambda: env.write_bytes(ENCRYPTION_MARKER, b"x"),
+                  lambda: env.create_exclusive(ENCRYPTION_MARKER, b"x")):
         with pytest.raises(InvalidArgument, match="marker"):
             write()
     env.delete([ENCRYPTION_MARKER])
@@ -137,7 +138,7 @@ def test_tampering_is_corruption_never_garbage(env: EncryptedEnv, root: Path, da
     elif damage == "append":
         raw += chunk[3]
     (root / "shared_checksum/a.sst").write_bytes(bytes(raw))
-    with pytest.raises(Corruption, match="shared_checksum/a.sst"), env.open_read("shared_checksum/a.sst") as f:
+    with pytest.raises(Corruption, match=r"shared_checksum/a\.sst"), env.open_read("shared_checksum/a.sst") as f:
         f.read()
 
 
@@ -166,7 +167,7 @@ def test_refuses_directories_it_did_not_encrypt_and_vice_versa(tmp_path: Path, l
     with BackupEngine(BackupableDBOptions(encrypted, backup_env=EncryptedEnv(LocalEnv(encrypted), key=KEY))) as e:
         e.create_new_backup(live_db.db)
     for engine_type in (BackupEngine, BackupEngineReadOnly):
-        with pytest.raises(PermissionDenied, match="is encrypted .*encryption_key_file=PATH"):
+        with pytest.raises(PermissionDenied, match=r"is encrypted .*encryption_key_file=PATH"):
             engine_type(BackupableDBOptions(encrypted))
 
 

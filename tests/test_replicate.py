@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from rbackup import AlreadyExists, BackupableDBOptions, BackupEngine, BackupEngineReadOnly, Corruption, NotFound
-from rbackup.env import CountingEnv, FaultInjectionEnv, LocalEnv, fail_nth
+from rbackup.env import LocalEnv
 from rbackup.env.registry import open_env
 from rbackup.replicate import copy_backups
+from rbackup.testing.doubles import CountingEnv, FaultInjectionEnv, fail_nth
 
 from .db_fixtures import files_under, read_all
 
@@ -105,7 +106,7 @@ def test_copy_never_replaces_or_deletes_at_the_destination(tmp_path, live_db) ->
     make_backups(live_db, other, 1)
     copy_backups(other, dst)  # dst's backup 1 is not src's backup 1
     before = {f: Path(dst, f).read_bytes() for f in files_under(dst)}
-    with pytest.raises(AlreadyExists, match="backup 1 exists in .* with other content"):
+    with pytest.raises(AlreadyExists, match=r"backup 1 exists in .* with other content"):
         copy_backups(src, dst)
     assert all(Path(dst, f).read_bytes() == data for f, data in before.items())
     # Copying only backup 2 works, and dst's own backup 1 is untouched.
@@ -120,7 +121,7 @@ def test_copy_refuses_unknown_and_corrupt_backups(tmp_path, live_db) -> None:
     with pytest.raises(NotFound, match="backup 7 not found"):
         copy_backups(src, dst, [7])
     Path(src, "private", "2", "CURRENT").unlink()
-    with pytest.raises(Corruption, match="backup 2 in .* is corrupt"):
+    with pytest.raises(Corruption, match=r"backup 2 in .* is corrupt"):
         copy_backups(src, dst, [2])
     report = copy_backups(src, dst)  # all: the corrupt one is left out and reported
     assert report.copied == [1] and list(report.skipped_corrupt) == [2]

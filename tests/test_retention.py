@@ -38,7 +38,8 @@ def test_policy_without_rule_is_refused() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"keep_daily": -2}, {"keep_last": True}, {"keep_weekly": 1.5},
-                                 {"keep_within": timedelta(0)}, {"keep_within": 7}, {"keep_last": 1, "tz": "Mars/Olympus"}])
+                                 {"keep_within": timedelta(0)}, {"keep_within": 7},
+                                 {"keep_last": 1, "tz": "Mars/Olympus"}])
 def test_bad_policies_are_refused(bad) -> None:
     with pytest.raises(InvalidArgument):
         RetentionPolicy(**bad)

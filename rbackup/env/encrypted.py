@@ -37,11 +37,11 @@ import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 from ..errors import AlreadyExists, Corruption, InvalidArgument, NotFound, NotSupported, PermissionDenied
 from ..naming import ENCRYPTION_MARKER, META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, SHARED_DIR
-from .base import AtomicWriter, BackupEnv, FileInfo, check_path
+from .base import AtomicWriter, BackupEnv, FileInfo, ReadStream, check_path
 from .wrappers import WrapperEnv
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "ENCRYPTION_MARKER", "EncryptedEnv", "load_key_file", "plaintext_size"]
@@ -199,10 +199,10 @@ class EncryptedEnv(WrapperEnv):
         return self._keys
 
     # -- the contract ----------------------------------------------------------------
-    def open_read(self, path: str) -> BinaryIO:
+    def open_read(self, path: str) -> ReadStream:
         check_path(path)
         keys = self._keys_for_read(path)
-        return _DecryptingReader(self.inner.open_read(path), keys, path, self.describe(path))  # type: ignore[return-value]
+        return _DecryptingReader(self.inner.open_read(path), keys, path, self.describe(path))
 
     def _check_writable(self, path: str) -> None:
         if check_path(path) == ENCRYPTION_MARKER:
@@ -322,7 +322,7 @@ class _DecryptingReader(io.RawIOBase):
     else into one reused buffer that later reads drain.
     """
 
-    def __init__(self, inner: BinaryIO, keys: _Keys, path: str, where: str) -> None:
+    def __init__(self, inner: ReadStream, keys: _Keys, path: str, where: str) -> None:
         super().__init__()
         self._inner = inner
         self._aead = keys.aead
@@ -396,7 +396,7 @@ class _DecryptingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Any) -> int:
         out = memoryview(buffer).cast("B")
         written = 0
         while written < out.nbytes:
