@@ -25,10 +25,13 @@ from .options import (
     Progress,
     RestoreOptions,
 )
+from .replicate import CopyReport, copy_backups
+from .retention import RetentionPlan, RetentionPolicy
 
 __all__ = [
     "Aborted", "AlreadyExists", "BackupEngine", "BackupEngineOptions", "BackupEngineReadOnly", "BackupEnv",
     "BackupError", "BackupFileInfo", "BackupInfo", "BackupableDB", "BackupableDBOptions", "Capabilities",
-    "Corruption", "FileInfo", "Incomplete", "InvalidArgument", "LockError", "NotFound", "NotSupported",
-    "PermissionDenied", "Progress", "RestoreBackupableDB", "RestoreOptions", "StorageError",
+    "CopyReport", "Corruption", "FileInfo", "Incomplete", "InvalidArgument", "LockError", "NotFound",
+    "NotSupported", "PermissionDenied", "Progress", "RestoreBackupableDB", "RestoreOptions", "RetentionPlan",
+    "RetentionPolicy", "StorageError", "copy_backups",
 ]

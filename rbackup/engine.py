@@ -32,6 +32,7 @@ from .naming import (
 )
 from .options import BackupableDBOptions, BackupFileInfo, BackupInfo, ProgressCallback, RestoreOptions
 from .restore import restore_backup, verify_backup
+from .retention import RetentionPlan, RetentionPolicy, plan_retention
 from .state import BackupState, LoadedBackup, MetaCache, load_state
 
 
@@ -247,6 +248,32 @@ class BackupEngine:
             if doomed:
                 self._delete_metas(doomed)
             self._garbage_collect()
+
+    def purge_by_policy(self, policy: RetentionPolicy, *, dry_run: bool = False) -> RetentionPlan:
+        """Delete the valid backups `policy` does not keep (restic's rules, see
+        `rbackup.retention`) and return the plan, which says why each kept one is
+        kept.  With `dry_run` nothing is written and no lock is taken.  Corrupt
+        backups are left for `delete_backup`/`garbage_collect`."""
+        if not isinstance(policy, RetentionPolicy):
+            raise InvalidArgument(f"purge_by_policy: expected a RetentionPolicy, got {type(policy).__name__}")
+        self._check_open()
+        if dry_run:
+            return self._retention_plan(policy)
+        self._check_writable("purge_by_policy")
+        with self._writing("purge_by_policy"):
+            plan = self._retention_plan(policy)
+            if plan.remove:
+                self._log.info("purge_by_policy: deleting backups %s from %s", plan.remove, self.env.describe())
+                self._delete_metas(plan.remove)
+            self._garbage_collect()
+        return plan
+
+    def _retention_plan(self, policy: RetentionPolicy) -> RetentionPlan:
+        backups = []
+        for b in self._state.valid:
+            assert b.meta is not None
+            backups.append((b.backup_id, b.meta.timestamp))
+        return plan_retention(backups, policy)
 
     def delete_backup(self, backup_id: int) -> None:
         """Delete one backup, valid or corrupt; files other backups share stay."""
