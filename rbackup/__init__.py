@@ -25,10 +25,11 @@ from .options import (
     Progress,
     RestoreOptions,
 )
+from .restore_plan import RestoreMode
 
 __all__ = [
     "Aborted", "AlreadyExists", "BackupEngine", "BackupEngineOptions", "BackupEngineReadOnly", "BackupEnv",
     "BackupError", "BackupFileInfo", "BackupInfo", "BackupableDB", "BackupableDBOptions", "Capabilities",
     "Corruption", "FileInfo", "Incomplete", "InvalidArgument", "LockError", "NotFound", "NotSupported",
-    "PermissionDenied", "Progress", "RestoreBackupableDB", "RestoreOptions", "StorageError",
+    "PermissionDenied", "Progress", "RestoreBackupableDB", "RestoreMode", "RestoreOptions", "StorageError",
 ]
