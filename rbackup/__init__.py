@@ -22,6 +22,7 @@ from .options import (
     BackupEngineOptions,
     BackupFileInfo,
     BackupInfo,
+    BackupStatistics,
     Progress,
     RestoreOptions,
 )
@@ -29,7 +30,7 @@ from .restore_plan import RestoreMode
 
 __all__ = [
     "Aborted", "AlreadyExists", "BackupEngine", "BackupEngineOptions", "BackupEngineReadOnly", "BackupEnv",
-    "BackupError", "BackupFileInfo", "BackupInfo", "BackupableDB", "BackupableDBOptions", "Capabilities",
+    "BackupError", "BackupFileInfo", "BackupInfo", "BackupStatistics", "BackupableDB", "BackupableDBOptions", "Capabilities",
     "Corruption", "FileInfo", "Incomplete", "InvalidArgument", "LockError", "NotFound", "NotSupported",
     "PermissionDenied", "Progress", "RestoreBackupableDB", "RestoreMode", "RestoreOptions", "StorageError",
 ]

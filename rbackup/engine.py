@@ -8,10 +8,14 @@ store is picked by the registry from the URL or given as `backup_env`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
-from typing import Iterator
+from typing import Iterator, Sequence
 
+from .alternates import Located, locate_files
+from .backup_cache import DEFAULT_CACHE_LIMIT, FileCache, default_cache_dir
+from .backup_db import BackupDB, open_view
 from .create import BackupRequest, create_backup
 from .env.base import BackupEnv
 from .env.registry import open_env
@@ -25,15 +29,23 @@ from .naming import (
     PRIVATE_DIR,
     SHARED_CHECKSUM_DIR,
     SHARED_DIR,
+    SIDE_FILES,
     is_meta_temp_name,
     is_temp_name,
     meta_path,
     parse_backup_id,
+    private_dir,
 )
-from .options import BackupableDBOptions, BackupFileInfo, BackupInfo, ProgressCallback, RestoreOptions
+from .options import (
+    BackupableDBOptions,
+    BackupFileInfo,
+    BackupInfo,
+    BackupStatistics,
+    ProgressCallback,
+    RestoreOptions,
+)
 from .restore import restore_backup, verify_backup
 from .state import BackupState, LoadedBackup, MetaCache, load_state
-
 
 
 class BackupEngine:
@@ -54,6 +66,7 @@ class BackupEngine:
         self._meta_cache: MetaCache = {}
         self._cached_state: BackupState | None = None
         self._closed = False
+        self._statistics = BackupStatistics()
         if self.read_only and options.destroy_old_data:
             raise InvalidArgument("destroy_old_data cannot be used with a read-only engine")
         if not self.read_only:
@@ -192,11 +205,22 @@ class BackupEngine:
                               BackupRequest(backup_id, db, flush_before_backup, metadata, progress_callback),
                               self._stop, self._workers)
             except BaseException:
+                self._count_backup(ok=False)
                 self._invalidate()
                 with contextlib.suppress(BackupError):
                     self._garbage_collect()
                 raise
+        self._count_backup(ok=True)
         return backup_id
+
+    def _count_backup(self, ok: bool) -> None:
+        s = self._statistics
+        self._statistics = dataclasses.replace(
+            s, number_success_backup=s.number_success_backup + ok, number_fail_backup=s.number_fail_backup + (not ok))
+
+    def get_backup_statistics(self) -> BackupStatistics:
+        """Backups made and failed by this engine object since it was opened (RocksDB's GetBackupStatistics)."""
+        return self._statistics
 
     def create_new_backup_with_metadata(self, db, app_metadata: bytes | str, flush_before_backup: bool = False, *,
                                         progress_callback: ProgressCallback | None = None) -> int:
@@ -208,12 +232,46 @@ class BackupEngine:
         self._check_open()
         return [self._info(b, include_file_details) for b in self._state.valid]
 
+    def get_latest_backup_info(self, include_file_details: bool = False) -> BackupInfo:
+        """The newest valid backup; NotFound when there is none (RocksDB's GetLatestBackupInfo)."""
+        self._check_open()
+        return self._info(self._latest(), include_file_details)
+
     def _info(self, backup: LoadedBackup, details: bool) -> BackupInfo:
         assert backup.meta is not None
         live = [e for e in backup.meta.files if not e.excluded]
         files = tuple(BackupFileInfo(e.path, backup.sizes[e.path], e.crc32c) for e in live) if details else None
+        excluded = tuple(e.path for e in backup.meta.files if e.excluded) if details else None
         return BackupInfo(backup.backup_id, backup.meta.timestamp, sum(backup.sizes[e.path] for e in live),
-                          len(live), backup.meta.app_metadata, files)
+                          len(live), backup.meta.app_metadata, files, excluded)
+
+    def lookup_file(self, path: str) -> tuple[int, int | None] | None:
+        """(size, crc32c) of `path` if a valid backup here holds it: what an engine
+        given as an alternate directory is asked for an excluded file."""
+        self._check_open()
+        return self._state.referenced().get(path)
+
+    def open_backup(self, backup_id: int, *, alternate_dirs: Sequence["BackupEngine"] = (),
+                    cache_dir: str | os.PathLike | None = None, cache_limit: int = DEFAULT_CACHE_LIMIT,
+                    view_dir: str | os.PathLike | None = None) -> BackupDB:
+        """Open backup `backup_id` as a read-only DB without restoring it.
+
+        On local disk the backup's files are read in place through a temporary
+        directory of symlinks (made under `view_dir`, default the system temp dir);
+        on remote stores they are fetched, CRC-32C checked, into `cache_dir`
+        (default `~/.cache/rbackup/open`, at most `cache_limit` bytes, reused by later
+        opens).  The backup directory is never written.  Close the result (or use
+        `with`) to close the DB and remove the view.
+        """
+        self._check_open()
+        backup = self._backup(backup_id)
+        files = locate_files(self.env, backup, alternate_dirs)
+        listing = self._state.listing
+        side = [Located(self.env, path, listing[path], None, name) for name in SIDE_FILES
+                if (path := f"{private_dir(backup_id)}/{name}") in listing]
+        cache = FileCache(os.fspath(cache_dir or default_cache_dir()), cache_limit, self._log)
+        return open_view(backup_id, files, side, cache=cache, workers=self._workers, log=self._log,
+                         view_parent=os.fspath(view_dir) if view_dir is not None else None)
 
     def get_corrupted_backups(self) -> list[int]:
         self._check_open()

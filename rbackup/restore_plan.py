@@ -27,7 +27,7 @@ from typing import Protocol
 
 from .naming import FileKind, classify, is_shareable
 
-__all__ = ["RestoreMode", "WantedFile", "Probe", "KeepDecision", "RestorePlan", "plan_restore", "parse_mode"]
+__all__ = ["KeepDecision", "Probe", "RestoreMode", "RestorePlan", "WantedFile", "parse_mode", "plan_restore"]
 
 
 class RestoreMode(enum.IntFlag):

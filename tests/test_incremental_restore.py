@@ -166,7 +166,7 @@ def test_incremental_restore_from_s3(s3_bucket_url: tuple[str, dict[str, Any]], 
     target = tmp_path / "target"
     full = restore(engine, 1, target, RestoreOptions())
     before = ssts(target)
-    victim = sorted(before)[0]
+    victim = min(before)
     victim_size = os.path.getsize(target / victim)
     os.unlink(target / victim)
     copied = restore(engine, 1, target, KEEP)
@@ -179,7 +179,7 @@ def test_incremental_restore_from_s3(s3_bucket_url: tuple[str, dict[str, Any]], 
 
 def test_the_restored_db_opens_read_write_and_takes_writes(backed_up: Any) -> None:
     engine, _, data, target = backed_up
-    os.unlink(target / sorted(ssts(target))[0])
+    os.unlink(target / min(ssts(target)))
     restore(engine, 1, target, KEEP)
     db = rocksdict.Rdict(str(target))
     db["after"] = b"x"
