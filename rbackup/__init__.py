@@ -23,6 +23,7 @@ from .options import (
     BackupFileInfo,
     BackupInfo,
     BackupStatistics,
+    MaybeExcludeBackupFile,
     Progress,
     RestoreOptions,
 )
@@ -30,7 +31,8 @@ from .restore_plan import RestoreMode
 
 __all__ = [
     "Aborted", "AlreadyExists", "BackupEngine", "BackupEngineOptions", "BackupEngineReadOnly", "BackupEnv",
-    "BackupError", "BackupFileInfo", "BackupInfo", "BackupStatistics", "BackupableDB", "BackupableDBOptions", "Capabilities",
-    "Corruption", "FileInfo", "Incomplete", "InvalidArgument", "LockError", "NotFound", "NotSupported",
-    "PermissionDenied", "Progress", "RestoreBackupableDB", "RestoreMode", "RestoreOptions", "StorageError",
+    "BackupError", "BackupFileInfo", "BackupInfo", "BackupStatistics", "BackupableDB", "BackupableDBOptions",
+    "Capabilities", "Corruption", "FileInfo", "Incomplete", "InvalidArgument", "LockError", "MaybeExcludeBackupFile",
+    "NotFound", "NotSupported", "PermissionDenied", "Progress", "RestoreBackupableDB", "RestoreMode",
+    "RestoreOptions", "StorageError",
 ]

@@ -4,8 +4,8 @@ RocksDB reads a DB from one directory by its DB file names, while a backup keeps
 them under `shared_checksum/<renamed>` and `private/<id>/`.  The bridge is a
 *view*: a fresh temporary directory of symlinks, one per DB file, pointing at
 the backup's files in place on local disk (nothing copied but rocksdict's small
-config file, which rocksdict rewrites on open; the backup directory is only ever read) or at verified copies in a local `FileCache` for remote
-stores.  RocksDB opens the view read-only; closing the returned `BackupDB`
+config file, which rocksdict rewrites on open; the backup directory is only ever
+read) or at verified copies in a local `FileCache` for remote stores.  RocksDB opens the view read-only; closing the returned `BackupDB`
 closes the DB and removes the view (links only, never what they point at).
 """
 from __future__ import annotations

@@ -41,6 +41,7 @@ from .options import (
     BackupFileInfo,
     BackupInfo,
     BackupStatistics,
+    ExcludeFilesCallback,
     ProgressCallback,
     RestoreOptions,
 )
@@ -185,10 +186,19 @@ class BackupEngine:
 
     # -- RocksDB's API ---------------------------------------------------------
     def create_new_backup(self, db, flush_before_backup: bool = False, *, app_metadata: bytes | str | None = None,
-                          progress_callback: ProgressCallback | None = None) -> int:
+                          progress_callback: ProgressCallback | None = None,
+                          exclude_files_callback: ExcludeFilesCallback | None = None) -> int:
         """Back up `db` (an open rocksdict.Rdict, or the path of a DB no process holds
-        open) and return the new backup's id."""
+        open) and return the new backup's id.
+
+        `exclude_files_callback` may leave out shared files another backup directory
+        holds (schema_version 2 only); restore and open_backup find them through
+        alternate directories."""
         self._check_writable("create_new_backup")
+        if exclude_files_callback is not None and self.options.schema_version < 2:
+            raise InvalidArgument("exclude_files_callback needs schema_version=2 (excluded files are schema-2 "
+                                  f"meta entries); {self.env.describe()} is opened with schema_version "
+                                  f"{self.options.schema_version}")
         if self._stop.is_set():
             raise Incomplete("Backup stopped")
         metadata = app_metadata.encode("utf-8") if isinstance(app_metadata, str) else bytes(app_metadata or b"")
@@ -202,7 +212,8 @@ class BackupEngine:
                 self._garbage_collect()  # leftovers of a crashed attempt at this id
             try:
                 create_backup(self.env, self._state, self.options,
-                              BackupRequest(backup_id, db, flush_before_backup, metadata, progress_callback),
+                              BackupRequest(backup_id, db, flush_before_backup, metadata, progress_callback,
+                                            exclude_files_callback),
                               self._stop, self._workers)
             except BaseException:
                 self._count_backup(ok=False)

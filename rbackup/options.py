@@ -207,3 +207,18 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], Any]
+
+
+@dataclass
+class MaybeExcludeBackupFile:
+    """One file a backup is about to copy into `shared_checksum/`, offered to the
+    `exclude_files_callback` (RocksDB's MaybeExcludeBackupFile): set `exclude_decision`
+    to leave it out of this backup directory, because another one holds it."""
+
+    relative_file: str
+    """Backup-relative path, e.g. `shared_checksum/000012_s<session>_1234.sst`."""
+    exclude_decision: bool = False
+
+
+ExcludeFilesCallback = Callable[[list[MaybeExcludeBackupFile]], Any]
+"""Called once per backup with every candidate; needs schema_version=2, as in RocksDB."""
