@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from .env.base import BackupEnv
-from .errors import InvalidArgument, NotFound
+from .errors import Corruption, InvalidArgument, NotFound
 from .naming import db_filename_from_backup_name
 from .state import LoadedBackup
+from .transfer import file_crc32c
 
 if TYPE_CHECKING:
     from .engine import BackupEngine
 
-__all__ = ["Located", "locate_files", "missing_error"]
+__all__ = ["Located", "locate_files", "missing_error", "verify_alternate_file"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,21 @@ def _size_in_name(name: str) -> int:
     stem = name.rpartition(".")[0]
     size = stem.rpartition("_")[2]
     return int(size) if "_s" in stem and size.isdigit() else -1
+
+
+def verify_alternate_file(backup_id: int, f: Located, with_checksum: bool) -> None:
+    """An excluded file as its alternate directory holds it now: present, of the size and
+    (with checksums) the CRC-32C that directory's meta file records."""
+    assert f.env is not None
+    now = {fi.path: fi.size for fi in f.env.list(f.path.rsplit("/", 1)[0])}
+    if f.path not in now:
+        raise NotFound(f"backup {backup_id}: excluded file {f.env.describe(f.path)} is missing")
+    if now[f.path] != f.size:
+        raise Corruption(f"backup {backup_id}: excluded file {f.env.describe(f.path)} is {now[f.path]} bytes, "
+                         f"expected {f.size}")
+    if with_checksum and f.crc32c is not None:
+        with f.env.open_read(f.path) as src:
+            crc = file_crc32c(src, memoryview(bytearray(1 << 20))).crc32c
+        if crc != f.crc32c:
+            raise Corruption(f"backup {backup_id}: checksum mismatch in excluded file {f.env.describe(f.path)} "
+                             f"(crc32c {crc}, its meta file says {f.crc32c})")

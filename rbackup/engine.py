@@ -13,7 +13,7 @@ import os
 import threading
 from typing import Iterator, Sequence
 
-from .alternates import Located, locate_files
+from .alternates import Located, locate_files, verify_alternate_file
 from .backup_cache import DEFAULT_CACHE_LIMIT, FileCache, default_cache_dir
 from .backup_db import BackupDB, open_view
 from .create import BackupRequest, create_backup
@@ -323,12 +323,21 @@ class BackupEngine:
             self._garbage_collect()
 
     def verify_backup(self, backup_id: int, verify_with_checksum: bool = False, *,
-                      progress_callback: ProgressCallback | None = None) -> None:
+                      progress_callback: ProgressCallback | None = None,
+                      alternate_dirs: Sequence["BackupEngine"] = ()) -> None:
         """Raise unless every file of the backup is there with its recorded size
-        (and, with checksums, its recorded CRC-32C)."""
+        (and, with checksums, its recorded CRC-32C).  Files the backup excluded are
+        skipped, as RocksDB does, unless `alternate_dirs` are given: then each must be
+        held by one of them, and with checksums is verified there."""
         self._check_open()
-        verify_backup(self.env, self._backup(backup_id), verify_with_checksum, self.options, threading.Event(),
+        backup = self._backup(backup_id)
+        verify_backup(self.env, backup, verify_with_checksum, self.options, threading.Event(),
                       self._workers, progress_callback)
+        if alternate_dirs:
+            excluded = {e.path for e in backup.meta.files if e.excluded} if backup.meta else set()
+            for f in locate_files(self.env, backup, alternate_dirs):
+                if f.path in excluded and f.env is not None:
+                    verify_alternate_file(backup_id, f, verify_with_checksum)
 
     def restore_db_from_backup(self, backup_id: int, db_dir: str | os.PathLike, wal_dir: str | os.PathLike | None = None,
                                options: RestoreOptions = RestoreOptions(), *,

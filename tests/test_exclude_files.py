@@ -17,6 +17,7 @@ from rbackup import (
     BackupableDBOptions,
     BackupEngine,
     BackupEngineReadOnly,
+    Corruption,
     InvalidArgument,
     MaybeExcludeBackupFile,
     NotFound,
@@ -72,6 +73,18 @@ def test_restore_and_open_find_excluded_files_in_alternate_dirs(tmp_path: Path) 
     with pytest.raises(NotFound, match=r"backup 1: excluded file shared_checksum/\S+ is in none of the alternate"):
         lean.restore_db_from_backup(1, tmp_path / "t1", options=RestoreOptions(alternate_dirs=(empty,)))
     lean.restore_db_from_backup(1, tmp_path / "t2", options=RestoreOptions(alternate_dirs=(empty, primary)))
+    lean.verify_backup(1, True, alternate_dirs=[primary])
+    with pytest.raises(NotFound, match="in none of the alternate"):
+        lean.verify_backup(1, alternate_dirs=[empty])
+    victim = next(iter((tmp_path / "primary" / "shared_checksum").iterdir()))
+    data_bytes = bytearray(victim.read_bytes())
+    data_bytes[len(data_bytes) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data_bytes))
+    lean.verify_backup(1, alternate_dirs=[primary])  # same size: only the checksum can tell
+    with pytest.raises(Corruption, match="checksum mismatch in excluded file"):
+        lean.verify_backup(1, True, alternate_dirs=[primary])
+    data_bytes[len(data_bytes) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data_bytes))
     assert read_db(str(tmp_path / "t2")) == data
     with pytest.raises(InvalidArgument):
         lean.open_backup(1)
