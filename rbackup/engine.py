@@ -225,9 +225,10 @@ class BackupEngine:
         return backup_id
 
     def _count_backup(self, ok: bool) -> None:
-        s = self._statistics
-        self._statistics = dataclasses.replace(
-            s, number_success_backup=s.number_success_backup + ok, number_fail_backup=s.number_fail_backup + (not ok))
+        with self._mutex:  # creates on several threads of one engine count each one
+            s = self._statistics
+            self._statistics = dataclasses.replace(s, number_success_backup=s.number_success_backup + ok,
+                                                   number_fail_backup=s.number_fail_backup + (not ok))
 
     def get_backup_statistics(self) -> BackupStatistics:
         """Backups made and failed by this engine object since it was opened (RocksDB's GetBackupStatistics)."""
