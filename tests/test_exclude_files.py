@@ -182,3 +182,15 @@ def test_rocksdb_11_reads_our_excluded_entries(tmp_path: Path) -> None:
     dumped = rbpeer("dump", str(tmp_path / "from-theirs"), str(tmp_path / "b.txt"))
     assert dumped.returncode == 0, dumped.stderr
     assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text()
+
+
+def test_listing_shows_what_each_backup_excludes(tmp_path: Path) -> None:
+    from rbackup.cli_format import backup_json, list_table
+
+    _, lean, _, _ = excluding_backup(tmp_path)
+    info = lean.get_latest_backup_info(include_file_details=True)
+    assert backup_json(info)["excluded_files"] == list(info.excluded_files or ())
+    table = list_table([info], {})
+    for path in info.excluded_files or ():
+        assert f"{path}  " in table and table.split(path, 1)[1].split("\n", 1)[0].strip() == "-  excluded"
+    assert "excluded_files" not in backup_json(lean.get_latest_backup_info())
