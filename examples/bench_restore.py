@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import rocksdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark import SST_COUNT, build_db  # noqa: E402  (the same 16-SST DB as the main benchmark)
+from benchmark import SST_COUNT, build_db
 
-from rbackup import BackupableDBOptions, BackupEngine, Progress, RestoreMode, RestoreOptions  # noqa: E402
+from rbackup import BackupableDBOptions, BackupEngine, Progress, RestoreMode, RestoreOptions
 
 MODES = {
     "full": RestoreMode.PURGE_ALL_FILES,

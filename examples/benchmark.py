@@ -48,21 +48,23 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any
 
 import rocksdict
 
 import rbackup
 import rbackup.transfer
 from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly
-from rbackup.env.base import BackupEnv
+from rbackup.env.base import BackupEnv, ReadStream
 from rbackup.env.local import LocalEnv
-from rbackup.env.wrappers import CountingEnv, WrapperEnv
+from rbackup.env.wrappers import WrapperEnv
 from rbackup.meta import parse_meta, serialize_meta
 from rbackup.naming import PRIVATE_DIR, meta_path
 from rbackup.state import load_state
+from rbackup.testing.doubles import CountingEnv
 
 MiB = 1 << 20
 SST_COUNT = 16
@@ -577,10 +579,11 @@ class Bench:
         self.report.row("incremental, 1% new data", "rbackup (DB by path)", "warm (just written)", t["rbackup"],
                         note=f"written {written[-1] / MiB:.2f} MiB vs expected {expected[-1] / MiB:.2f} MiB")
         self.report.row("incremental, 1% new data", "`ldb backup`", "warm (just written)", t["ldb"])
-        worst = max(abs(w / e - 1) for w, e in zip(written, expected))
+        worst = max(abs(w / e - 1) for w, e in zip(written, expected, strict=True))
+        ratios = ", ".join(f"{w / e:.4f}" for w, e in zip(written, expected, strict=True))
         self.report.targets.append(Target(
             "incremental, 1% new: bytes written vs new SSTs + private files + meta",
-            f"worst {worst * 100:.2f}% off ({', '.join(f'{w / e:.4f}' for w, e in zip(written, expected))})",
+            f"worst {worst * 100:.2f}% off ({ratios})",
             "within 5%", worst <= 0.05))
 
     def checksum_cost(self) -> None:
@@ -805,7 +808,7 @@ class Bench:
             os.makedirs(target["s3fs"])
             local = [os.path.join(target["s3fs"], k.rsplit("/", 1)[1]) for k in keys]
             plain_fs().get(keys, local, batch_size=S3_WIDTH, max_concurrency=1)
-            for path in local + [target["s3fs"]]:
+            for path in [*local, target["s3fs"]]:
                 fd = os.open(path, os.O_RDONLY)
                 try:
                     os.fsync(fd)
@@ -908,7 +911,7 @@ class InFlight(WrapperEnv):
         self.now = 0
         self.peak = 0
 
-    def open_read(self, path: str) -> BinaryIO:
+    def open_read(self, path: str) -> ReadStream:
         stream = self.inner.open_read(path)
         with self._lock:
             self.now += 1
@@ -921,7 +924,7 @@ class InFlight(WrapperEnv):
 
 
 class _Tracked(io.RawIOBase):
-    def __init__(self, inner: BinaryIO, owner: InFlight) -> None:
+    def __init__(self, inner: ReadStream, owner: InFlight) -> None:
         super().__init__()
         self._inner = inner
         self._owner = owner

@@ -8,8 +8,9 @@ references it, so a file that directory's GC may delete is never relied on.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from .env.base import BackupEnv
 from .errors import Corruption, InvalidArgument, NotFound
@@ -36,7 +37,7 @@ class Located:
     db_name: str
 
 
-def locate_files(env: BackupEnv, backup: LoadedBackup, alternates: Sequence["BackupEngine"], *,
+def locate_files(env: BackupEnv, backup: LoadedBackup, alternates: Sequence[BackupEngine], *,
                  allow_missing: bool = False) -> list[Located]:
     """Every file of `backup` in meta-file order, excluded ones resolved through `alternates`.
 
@@ -64,7 +65,7 @@ def locate_files(env: BackupEnv, backup: LoadedBackup, alternates: Sequence["Bac
     return out
 
 
-def missing_error(backup_id: int, path: str, alternates: Sequence["BackupEngine"]) -> InvalidArgument | NotFound:
+def missing_error(backup_id: int, path: str, alternates: Sequence[BackupEngine]) -> InvalidArgument | NotFound:
     """No alternates at all is the caller's mistake (InvalidArgument, as RocksDB); alternates
     that lack the file is NotFound, naming the file, the backup and where we looked."""
     if not alternates:

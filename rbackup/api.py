@@ -93,7 +93,7 @@ class BackupableDB(_EngineAdmin):
         finally:
             self._db.close()
 
-    def __enter__(self) -> "BackupableDB":
+    def __enter__(self) -> BackupableDB:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -120,7 +120,7 @@ class RestoreBackupableDB(_EngineAdmin):
     def close(self) -> None:
         self._engine.close()
 
-    def __enter__(self) -> "RestoreBackupableDB":
+    def __enter__(self) -> RestoreBackupableDB:
         return self
 
     def __exit__(self, *exc) -> None:

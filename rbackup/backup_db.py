@@ -5,8 +5,9 @@ them under `shared_checksum/<renamed>` and `private/<id>/`.  The bridge is a
 *view*: a fresh temporary directory of symlinks, one per DB file, pointing at
 the backup's files in place on local disk (nothing copied but rocksdict's small
 config file, which rocksdict rewrites on open; the backup directory is only ever
-read) or at verified copies in a local `FileCache` for remote stores.  RocksDB opens the view read-only; closing the returned `BackupDB`
-closes the DB and removes the view (links only, never what they point at).
+read) or at verified copies in a local `FileCache` for remote stores.  RocksDB
+opens the view read-only; closing the returned `BackupDB` closes the DB and
+removes the view (links only, never what they point at).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import rocksdict
 
@@ -107,7 +109,7 @@ class BackupDB:
             if self.view_dir is not None:
                 shutil.rmtree(self.view_dir, ignore_errors=True)
 
-    def __enter__(self) -> "BackupDB":
+    def __enter__(self) -> BackupDB:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,4 +1,4 @@
-"""CRC-32C exactly as RocksDB's BackupEngine records it (spec §4).
+"""CRC-32C exactly as RocksDB's BackupEngine records it (docs/format.md §4).
 
 RocksDB stores the *unmasked* CRC-32C of a whole file (`crc32c::Extend(0, data)`)
 as an unsigned decimal in meta files and legacy shared names, and as 8

@@ -19,7 +19,8 @@ import sys
 import textwrap
 import time
 import traceback
-from typing import Any, Callable, Iterator, NoReturn, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn
 
 import click
 from tqdm import tqdm
@@ -39,7 +40,7 @@ from .cli_format import (
 from .engine import BackupEngine, BackupEngineReadOnly
 from .env.registry import list_backends
 from .errors import Aborted, BackupError, InvalidArgument, NotFound
-from .options import MiB, BackupableDBOptions, Progress, RestoreOptions
+from .options import BackupableDBOptions, MiB, Progress, RestoreOptions
 from .restore_plan import parse_mode
 
 EXIT_FAILED = 1
@@ -216,7 +217,7 @@ class ProgressBar:
         self._bar.set_postfix_str(f"{progress.files_done}/{progress.files_total} files", refresh=False)
         self._bar.update(progress.bytes_done - self._bar.n)
 
-    def __enter__(self) -> "ProgressBar":
+    def __enter__(self) -> ProgressBar:
         if self.enabled:
             self._stack.enter_context(logging_redirect_tqdm())
         return self

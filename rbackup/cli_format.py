@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .env.base import Capabilities
 from .env.registry import BackendInfo
@@ -197,7 +198,7 @@ def list_table(backups: Sequence[BackupInfo], corrupt: dict[int, str], tz: _dt.t
         return table
     lines = table.split("\n")
     out = [lines[0]]
-    for (backup_id, _), line in zip(rows, lines[1:]):
+    for (backup_id, _), line in zip(rows, lines[1:], strict=True):
         out.append(line)
         info = by_id.get(backup_id)
         if info is not None and info.files is not None:

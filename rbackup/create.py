@@ -84,7 +84,7 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
                 f, share_table_files=options.share_table_files,
                 share_files_with_checksum=options.share_files_with_checksum)]
             facts = dict(zip([f.name for f in to_name], run_parallel(
-                to_name, lambda f: _naming_facts(f, buffers, log), workers, stop)))
+                to_name, lambda f: _naming_facts(f, buffers, log), workers, stop), strict=True))
             plan = plan_backup(snap.files, backup_id, share_table_files=options.share_table_files,
                                share_files_with_checksum=options.share_files_with_checksum,
                                facts=facts, referenced=state.referenced())

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import os
 import threading
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from .alternates import Located, locate_files, verify_alternate_file
 from .backup_cache import DEFAULT_CACHE_LIMIT, FileCache, default_cache_dir
@@ -82,7 +82,7 @@ class BackupEngine:
                 self._garbage_collect()
 
     @classmethod
-    def open(cls, options: BackupableDBOptions) -> "BackupEngine":
+    def open(cls, options: BackupableDBOptions) -> BackupEngine:
         return cls(options)
 
     # -- internals -------------------------------------------------------------
@@ -263,7 +263,7 @@ class BackupEngine:
         self._check_open()
         return self._state.referenced().get(path)
 
-    def open_backup(self, backup_id: int, *, alternate_dirs: Sequence["BackupEngine"] = (),
+    def open_backup(self, backup_id: int, *, alternate_dirs: Sequence[BackupEngine] = (),
                     cache_dir: str | os.PathLike | None = None, cache_limit: int = DEFAULT_CACHE_LIMIT,
                     view_dir: str | os.PathLike | None = None) -> BackupDB:
         """Open backup `backup_id` as a read-only DB without restoring it.
@@ -325,7 +325,7 @@ class BackupEngine:
 
     def verify_backup(self, backup_id: int, verify_with_checksum: bool = False, *,
                       progress_callback: ProgressCallback | None = None,
-                      alternate_dirs: Sequence["BackupEngine"] = ()) -> None:
+                      alternate_dirs: Sequence[BackupEngine] = ()) -> None:
         """Raise unless every file of the backup is there with its recorded size
         (and, with checksums, its recorded CRC-32C).  Files the backup excluded are
         skipped, as RocksDB does, unless `alternate_dirs` are given: then each must be
@@ -340,7 +340,8 @@ class BackupEngine:
                 if f.path in excluded and f.env is not None:
                     verify_alternate_file(backup_id, f, verify_with_checksum)
 
-    def restore_db_from_backup(self, backup_id: int, db_dir: str | os.PathLike, wal_dir: str | os.PathLike | None = None,
+    def restore_db_from_backup(self, backup_id: int, db_dir: str | os.PathLike,
+                               wal_dir: str | os.PathLike | None = None,
                                options: RestoreOptions = RestoreOptions(), *,
                                progress_callback: ProgressCallback | None = None) -> None:
         self._check_open()
@@ -372,7 +373,7 @@ class BackupEngine:
         if self._owns_env:
             self.env.close()
 
-    def __enter__(self) -> "BackupEngine":
+    def __enter__(self) -> BackupEngine:
         return self
 
     def __exit__(self, *exc) -> None:

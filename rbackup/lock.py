@@ -56,8 +56,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 from .env.base import BackupEnv, translate_os_error
 from .errors import AlreadyExists, BackupError, LockError, NotFound
@@ -137,7 +137,7 @@ class Holder:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
-    def parse(cls, data: bytes) -> "Holder | None":
+    def parse(cls, data: bytes) -> Holder | None:
         try:
             raw = json.loads(data.decode("utf-8"))
             ticks = raw.get("start_ticks")
@@ -410,7 +410,7 @@ class Lease:
                 # once this process has exited).
                 log.warning("could not release the lock of %s: %s", self.env.describe(), exc)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         self.acquire()
         return self
 
@@ -418,5 +418,13 @@ class Lease:
         self.release()
 
 
-__all__ = ["Holder", "LEASE_DIR", "LOCK_NAME", "Lease", "is_lock_file", "lease_path", "stale_reason",
-           "writer_lock"]
+__all__ = [
+    "LEASE_DIR",
+    "LOCK_NAME",
+    "Holder",
+    "Lease",
+    "is_lock_file",
+    "lease_path",
+    "stale_reason",
+    "writer_lock",
+]

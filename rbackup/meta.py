@@ -1,4 +1,4 @@
-"""Meta files (`meta/<id>`): RocksDB's writer and reader, byte for byte (spec §2).
+"""Meta files (`meta/<id>`): RocksDB's writer and reader, byte for byte (docs/format.md §2).
 
 A backup exists exactly when its meta file does, and the meta file is all a
 reader knows about the backup, so both directions follow RocksDB precisely:
@@ -40,10 +40,10 @@ __all__ = [
     "MAX_META_FILE_SIZE",
     "SCHEMA_2_VERSION",
     "TEMPERATURES",
-    "MetaFileEntry",
     "BackupMeta",
-    "serialize_meta",
+    "MetaFileEntry",
     "parse_meta",
+    "serialize_meta",
 ]
 
 logger = logging.getLogger(__name__)
@@ -403,7 +403,8 @@ class _Parser:
         unique = _UniquePaths()
         backup_id = self.backup_id
         first = self.lineno
-        for self.lineno, line in enumerate(self.lines[first:], first + 1):
+        for lineno, line in enumerate(self.lines[first:], first + 1):
+            self.lineno = lineno  # errors raised below name this line
             # std::getline splitting: "a  b" has an empty middle token, a trailing
             # space adds no token, and "" has no tokens at all.
             tokens = line.split(" ")

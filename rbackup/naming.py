@@ -1,7 +1,7 @@
 """Names in a backup directory and in a DB directory, as RocksDB spells them.
 
 Pure functions only: the engine decides what to copy where, this module just
-says what each thing is called (spec §1 and §3), so that a directory written by
+says what each thing is called (docs/format.md §1 and §3), so that a directory written by
 rbackup is indistinguishable from one written by RocksDB's BackupEngine.
 """
 from __future__ import annotations
@@ -12,28 +12,28 @@ import re
 from .errors import InvalidArgument
 
 __all__ = [
+    "MAX_BACKUP_ID",
     "META_DIR",
     "PRIVATE_DIR",
-    "SHARED_DIR",
     "SHARED_CHECKSUM_DIR",
+    "SHARED_DIR",
     "SIDE_FILES",
-    "MAX_BACKUP_ID",
     "FileKind",
-    "meta_path",
-    "private_dir",
-    "temp_path",
-    "is_meta_temp_name",
-    "is_temp_name",
-    "parse_backup_id",
     "classify",
-    "file_number",
-    "is_shareable",
-    "is_valid_session_id",
-    "shared_checksum_name",
     "db_filename_from_backup_name",
-    "shared_file_path",
-    "shared_checksum_file_path",
+    "file_number",
+    "is_meta_temp_name",
+    "is_shareable",
+    "is_temp_name",
+    "is_valid_session_id",
+    "meta_path",
+    "parse_backup_id",
+    "private_dir",
     "private_file_path",
+    "shared_checksum_file_path",
+    "shared_checksum_name",
+    "shared_file_path",
+    "temp_path",
 ]
 
 META_DIR = "meta"
@@ -186,7 +186,7 @@ def shared_checksum_name(
     session_id: str | None = None,
     crc32c: int | None = None,
 ) -> str:
-    """The `shared_checksum/` name of a table or blob file (spec §3, BE:529-563).
+    """The `shared_checksum/` name of a table or blob file (docs/format.md §3; BE:529-563).
 
     With a session id this is the default naming (0x80000002 =
     kUseDbSessionId | kFlagIncludeFileSize): `000012_s<sid>_<size>.sst`.

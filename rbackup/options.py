@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgument, NotSupported
 from .naming import SHARED_CHECKSUM_DIR, SHARED_DIR
@@ -27,7 +28,7 @@ class BackupableDBOptions:
     """
 
     backup_dir: str | os.PathLike
-    backup_env: "BackupEnv | None" = None
+    backup_env: BackupEnv | None = None
     share_table_files: bool = True
     info_log: logging.Logger | None = None
     sync: bool = True
@@ -52,7 +53,7 @@ class BackupableDBOptions:
         self,
         backup_dir: str | os.PathLike,
         *,
-        backup_env: "BackupEnv | None" = None,
+        backup_env: BackupEnv | None = None,
         share_table_files: bool = True,
         info_log: logging.Logger | None = None,
         sync: bool = True,
@@ -148,7 +149,7 @@ class RestoreOptions:
     mode: RestoreMode = RestoreMode.PURGE_ALL_FILES
     """Which files already in the target may stay (see `rbackup.restore_plan`); RocksDB's
     default, PURGE_ALL_FILES, keeps none."""
-    alternate_dirs: "tuple[BackupEngine, ...]" = ()
+    alternate_dirs: tuple[BackupEngine, ...] = ()
     """Engines over other backup directories, searched in order for files this backup
     excluded (RocksDB's `alternate_dirs`)."""
 

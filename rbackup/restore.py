@@ -167,7 +167,7 @@ def _copy_and_commit(env: BackupEnv, backup_id: int, items: list[_RestoreItem], 
                      progress_callback: ProgressCallback | None, stop: threading.Event, workers: int,
                      log: logging.Logger) -> None:
     buffers = Buffers.for_store(options.io_buffer_size, env.capabilities)
-    all_items = items + [current]
+    all_items = [*items, current]
     tracker = ProgressTracker("restore", backup_id, sum(i.size for i in all_items), len(all_items),
                               progress_callback, options.callback_trigger_interval_size, stop)
     limiter = make_limiter(options.restore_rate_limit)

@@ -23,8 +23,8 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from .errors import InvalidArgument, LockError, NotFound, NotSupported, StorageError
 from .naming import SIDE_FILES, FileKind, classify, file_number

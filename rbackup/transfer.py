@@ -12,11 +12,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterable, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from .checksum import crc32c
-from .env.base import Capabilities
+from .env.base import Capabilities, ReadStream
 from .errors import Aborted, Incomplete
 from .options import Progress, ProgressCallback
 from .ratelimit import RateLimiter
@@ -75,6 +76,7 @@ class ProgressTracker:
                 self._fire()
 
     def _fire(self) -> None:
+        assert self._callback is not None  # callers check
         try:
             self._callback(Progress(self.operation, self.bytes_done, self.bytes_total,
                                     self.files_done, self.files_total, self.backup_id))
@@ -96,7 +98,7 @@ class Buffers(threading.local):
         self._buf: memoryview | None = None
 
     @classmethod
-    def for_store(cls, io_buffer_size: int, capabilities: Capabilities) -> "Buffers":
+    def for_store(cls, io_buffer_size: int, capabilities: Capabilities) -> Buffers:
         """`io_buffer_size` when set, else what suits the store: big buffers for
         disks (fewer syscalls), small ones for wide object-store transfers."""
         default = DEFAULT_BUFFER_SIZE if capabilities.directories else OBJECT_STORE_BUFFER_SIZE
@@ -108,7 +110,7 @@ class Buffers(threading.local):
         return self._buf
 
 
-def stream_copy(src: BinaryIO, write: Callable[[memoryview], Any] | None, *, buf: memoryview,
+def stream_copy(src: ReadStream | BinaryIO, write: Callable[[memoryview], Any] | None, *, buf: memoryview,
                 stop: threading.Event, limiter: RateLimiter | None = None,
                 tracker: ProgressTracker | None = None, limit: int | None = None) -> CopyResult:
     """Copy `src` to `write` (None: read only, for verify), up to `limit` bytes.
@@ -127,12 +129,12 @@ def stream_copy(src: BinaryIO, write: Callable[[memoryview], Any] | None, *, buf
         if want <= 0:
             break
         if readinto is not None:
-            n = readinto(buf[:want])
-            chunk = buf[:n] if n else None
+            n = readinto(buf[:want]) or 0
+            chunk = buf[:n]
         else:
             data = src.read(want)
             n = len(data)
-            chunk = memoryview(data) if n else None
+            chunk = memoryview(data)
         if not n:
             break
         crc = crc32c(chunk, crc)
@@ -146,7 +148,7 @@ def stream_copy(src: BinaryIO, write: Callable[[memoryview], Any] | None, *, buf
     return CopyResult(size, crc)
 
 
-def file_crc32c(src: BinaryIO, buf: memoryview) -> CopyResult:
+def file_crc32c(src: ReadStream | BinaryIO, buf: memoryview) -> CopyResult:
     """Checksum a whole stream (legacy names need the crc before the copy)."""
     return stream_copy(src, None, buf=buf, stop=threading.Event())
 
@@ -187,8 +189,8 @@ def run_parallel(items: Iterable[T], fn: Callable[[T], R], workers: int,
             for fut in futures:
                 fut.cancel()
             cf.wait(futures)
-            raise _most_telling([f.exception() for f in futures if f.done() and not f.cancelled()
-                                 and f.exception() is not None])
+            raise _most_telling([exc for f in futures if f.done() and not f.cancelled()
+                                 and (exc := f.exception()) is not None])
         return [f.result() for f in futures]
 
 
@@ -200,5 +202,12 @@ def _most_telling(errors: list[BaseException]) -> BaseException:
     return errors[0]
 
 
-__all__ = ["CopyResult", "ProgressTracker", "Buffers", "stream_copy", "file_crc32c",
-           "run_parallel", "DEFAULT_BUFFER_SIZE"]
+__all__ = [
+    "DEFAULT_BUFFER_SIZE",
+    "Buffers",
+    "CopyResult",
+    "ProgressTracker",
+    "file_crc32c",
+    "run_parallel",
+    "stream_copy",
+]

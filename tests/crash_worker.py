@@ -24,9 +24,10 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:  # run as a script from anywhere
@@ -46,10 +47,10 @@ from rbackup import (  # noqa: E402
 from rbackup.checksum import crc32c  # noqa: E402
 from rbackup.env.base import BackupEnv  # noqa: E402
 from rbackup.env.registry import open_env  # noqa: E402
-from rbackup.env.wrappers import FaultInjectionEnv  # noqa: E402
 from rbackup.lock import is_lock_file, writer_lock  # noqa: E402
 from rbackup.naming import META_DIR, PRIVATE_DIR, parse_backup_id  # noqa: E402
 from rbackup.state import load_state  # noqa: E402
+from rbackup.testing.doubles import FaultInjectionEnv  # noqa: E402
 
 IO_BUFFER = 16 << 10
 """Small copy chunks: each SST is several writes, so kill points fall inside files too."""
@@ -347,7 +348,7 @@ def run(spec: dict[str, Any]) -> None:
     except BackupError as exc:
         print(json.dumps({"error": type(exc).__name__, "message": str(exc),
                           "holder": getattr(exc, "holder", None)}), flush=True)
-        raise SystemExit(3)
+        raise SystemExit(3) from None
     if spec.get("record"):
         with open(spec["record"], "w") as fh:
             json.dump(clock.ticks, fh)

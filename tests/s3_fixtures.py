@@ -25,8 +25,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,8 @@ DUMMY_AWS_ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 """Environment for every S3 test: fake credentials, no profile, no instance metadata."""
-UNSET_AWS_ENV = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE")
+UNSET_AWS_ENV = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS",
+                 "AWS_RETRY_MODE")
 
 FAULT_KINDS = ("error", "reset_before", "reset_after", "truncate", "delay")
 """error: an S3 error response, moto not called; reset_before/after: the connection
@@ -212,7 +214,7 @@ def _storage_options(endpoint: str) -> dict[str, Any]:
             "secret": DUMMY_AWS_ENV["AWS_SECRET_ACCESS_KEY"]}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _boto3_client(endpoint: str) -> Any:
     """One admin client per endpoint for the session (creating one costs ~0.1 s)."""
     import boto3

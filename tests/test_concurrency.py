@@ -24,8 +24,9 @@ import pytest
 
 from rbackup import BackupEngine, BackupEngineReadOnly, LockError
 from rbackup.env.base import BackupEnv
-from rbackup.env.wrappers import FaultInjectionEnv, WrapperEnv
+from rbackup.env.wrappers import WrapperEnv
 from rbackup.lock import LEASE_DIR, Holder, Lease, lease_path, writer_lock
+from rbackup.testing.doubles import FaultInjectionEnv
 
 from .crash_worker import (
     ROOT,
@@ -34,7 +35,6 @@ from .crash_worker import (
     engine_options,
     make_env,
 )
-
 
 Store = tuple[str, Any]  # (url, storage_options)
 
@@ -89,8 +89,8 @@ def test_two_processes_create_at_once_one_proceeds_other_gets_lock_error(world: 
         wait_line(p, "ready")
     go.touch()
     results = [outcome(p) for p in procs]
-    winners = [(p, r) for p, (code, r) in zip(procs, results) if code == 0]
-    losers = [(p, r) for p, (code, r) in zip(procs, results) if code != 0]
+    winners = [(p, r) for p, (code, r) in zip(procs, results, strict=True) if code == 0]
+    losers = [(p, r) for p, (code, r) in zip(procs, results, strict=True) if code != 0]
     assert len(winners) == 1 and len(losers) == 1, results
     (win_proc, win), (_, lose) = winners[0], losers[0]
     assert win == {"result": 2}
@@ -119,7 +119,7 @@ def test_a_second_writer_waits_when_asked(world: World, scratch: Path, store: St
     ids = sorted(r["result"] for _, r in results)
     assert ids == [2, 3]
     expected = {1: world.data["A"]}
-    for (_, r), name in zip(results, "BC"):
+    for (_, r), name in zip(results, "BC", strict=True):
         expected[r["result"]] = world.data[name]
     check_backup_dir(url, so, expected=expected, must_list={1, 2, 3}, untouched={}, scratch=scratch)
 
@@ -281,7 +281,8 @@ def test_live_foreign_lease_is_respected_and_expired_one_taken(store: Store) -> 
         with writer_lock(env, "delete_backup", timeout=0.2):
             pass
     assert info.value.holder["host"] == "other-host.example" and info.value.holder["since"] == since
-    assert "other-host.example" in str(info.value) and time.strftime("%Y-%m-%d", time.localtime(since)) in str(info.value)
+    assert "other-host.example" in str(info.value)
+    assert time.strftime("%Y-%m-%d", time.localtime(since)) in str(info.value)
     started = time.monotonic()
     with writer_lock(env, "delete_backup", timeout=10) as holder:
         assert 0.5 < time.monotonic() - started < 5

@@ -28,9 +28,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import rocksdict
@@ -38,9 +39,9 @@ import rocksdict
 from rbackup import BackupEngine, BackupError, RestoreMode, RestoreOptions
 from rbackup.env.base import AtomicWriter, BackupEnv
 from rbackup.env.local import LocalEnv
-from rbackup.env.wrappers import FaultInjectionEnv, InjectedFault, _FaultWriter
 from rbackup.lock import is_lock_file
 from rbackup.restore import IN_PROGRESS_MARKER
+from rbackup.testing.doubles import FaultInjectionEnv, InjectedFault, _FaultWriter
 
 from .crash_worker import (
     ROOT,
@@ -217,8 +218,8 @@ def sweep_in_process(job: Job, world: World, tmp_path: Path, make: Callable[[Bac
         fired += len(env.faults)
         points += 1
         assert env.faults, f"{job.name}: no fault fired at operation {n} of {total}"
-        assert error is not None or env.faults[0][0] in ("sync_dir", "remove_dir") or isinstance(env, LostResponseEnv), \
-            f"{job.name}: fault at {n} ({env.faults[0]}) was swallowed"
+        swallowed_ok = env.faults[0][0] in ("sync_dir", "remove_dir") or isinstance(env, LostResponseEnv)
+        assert error is not None or swallowed_ok, f"{job.name}: fault at {n} ({env.faults[0]}) was swallowed"
         check_backup_dir(d, None, expected=expected, must_list=set(job.must_list), untouched=before,
                          scratch=tmp_path, next_db=world.dbs[job.next_db])
     return points, fired
@@ -233,13 +234,15 @@ def test_fault_at_every_operation_local(world: World, scratch: Path, job_name: s
     "lost_response" an operation that took effect but reported failure.
     """
     job = JOBS[job_name]
-    if mode == "fail":
-        make: Callable[[BackupEnv, int], FaultInjectionEnv] = lambda inner, n: FaultInjectionEnv(inner, fail_at=n)
-    elif mode == "sticky":
-        make = lambda inner, n: FaultInjectionEnv(inner, fail_at=n, sticky=True)  # noqa: E731
-    else:
+    make: Callable[[BackupEnv, int], FaultInjectionEnv]
+    if mode == "lost_response":
         make = LostResponseEnv
-    points, fired = sweep_in_process(job, world, scratch, make)
+    else:
+        sticky = mode == "sticky"
+
+        def make(inner: BackupEnv, n: int) -> FaultInjectionEnv:
+            return FaultInjectionEnv(inner, fail_at=n, sticky=sticky)
+    points, _ = sweep_in_process(job, world, scratch, make)
     count(f"in-process {mode} fault points, {job_name}, local", points)
     assert points >= (1 if mode == "lost_response" else 5)
 
@@ -361,7 +364,7 @@ def test_sigkill_at_random_times_local(world: World, scratch: Path) -> None:
 
 # -- restore ---------------------------------------------------------------------------------------
 def check_killed_restore(target: str, expected: dict[str, bytes], old: dict[str, bytes], touched: bool,
-                         backup_dir: str, so: Any, rerun: RestoreOptions = RestoreOptions()) -> str:
+                         backup_dir: str, so: Any, rerun: RestoreOptions | None = None) -> str:
     """After a killed restore the target, opened as a user would (a plain writable
     Rdict(target), which would create an empty DB were CURRENT missing), holds either
     nothing that opens, or exactly the backup's data, or - only when the kill came
@@ -369,7 +372,7 @@ def check_killed_restore(target: str, expected: dict[str, bytes], old: dict[str,
     restore then gives exactly the backup's data."""
     try:
         db = rocksdict.Rdict(target)
-    except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception
+    except Exception as exc:
         outcome = "refused"
         assert "Corruption" in str(exc), str(exc)
     else:
@@ -385,7 +388,7 @@ def check_killed_restore(target: str, expected: dict[str, bytes], old: dict[str,
                 f"{len(expected)} nor, untouched, the old DB's {len(old)}"
             outcome = "untouched"
     with BackupEngine(engine_options(backup_dir, so)) as eng:
-        eng.restore_db_from_backup(2, target, options=rerun)
+        eng.restore_db_from_backup(2, target, options=rerun or RestoreOptions())
     assert read_db(target) == expected
     return outcome
 
@@ -469,7 +472,7 @@ def test_failed_restore_leaves_a_target_that_will_not_open(world: World, scratch
 
 
 # -- the same on S3 (moto server) -------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _s3_client_for(endpoint: str) -> Any:
     import boto3
 
@@ -582,7 +585,7 @@ def test_fault_at_operations_s3(world: World, scratch: Path, s3_templates: S3Tem
         only = None
     else:
         make, only = LostResponseEnv, MUTATIONS
-    points, fired = sweep_in_process_s3(JOBS[job_name], world, scratch, s3_templates, make, stride, only)
+    points, _ = sweep_in_process_s3(JOBS[job_name], world, scratch, s3_templates, make, stride, only)
     count(f"in-process {mode} fault points, {job_name}, S3", points)
     assert points >= 3
 

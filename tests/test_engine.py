@@ -29,8 +29,8 @@ from rbackup import (
     RestoreOptions,
 )
 from rbackup.env.local import LocalEnv
-from rbackup.env.wrappers import CountingEnv
 from rbackup.meta import parse_meta
+from rbackup.testing.doubles import CountingEnv
 
 from .db_fixtures import files_under, fill, read_all, write_without_close
 
@@ -47,7 +47,7 @@ def test_seed_api_round_trip(tmp_path, backup_dir, restore_dir):
     backupable_db["str"] = "text"
     assert backupable_db.create_new_backup() == 1
     backupable_db.close()
-    with pytest.raises(Exception):
+    with pytest.raises(rocksdict.DbClosedError):
         backupable_db.db.put(b"k", b"v")  # the wrapped DB was closed too
 
     restore = RestoreBackupableDB(BackupableDBOptions(backup_dir))
@@ -275,7 +275,7 @@ def test_verify_catches_changes_made_after_open(live_db, backup_dir, tmp_path):
         eng.restore_db_from_backup(1, target)
     with open(os.path.join(target, "CURRENT"), "rb") as fh:
         assert not fh.read().endswith(b"\n")  # the in-progress marker: RocksDB will not open it
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="CURRENT file does not end with newline"):
         rocksdict.Rdict(target)
     with open(path, "ab") as fh:
         fh.write(b"grown")

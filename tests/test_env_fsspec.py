@@ -4,8 +4,9 @@ the generic env's own promises: error mapping, URL redaction, deferred commit.""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from fsspec.implementations.arrow import ArrowFSWrapper

@@ -27,11 +27,20 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow.fs
 import pytest
+from rbackup_hdfs import (
+    HdfsEnv,
+    HdfsSettings,
+    ensure_hadoop_classpath,
+    hadoop_fs_kwargs,
+    parse_hdfs_url,
+    translate_hdfs_error,
+)
 
 from rbackup import BackupableDBOptions, BackupEngine
 from rbackup.env.registry import backend_class, open_env
@@ -44,14 +53,6 @@ from rbackup.errors import (
     StorageError,
 )
 from rbackup.testing import BackendConformance
-from rbackup_hdfs import (
-    HdfsEnv,
-    HdfsSettings,
-    ensure_hadoop_classpath,
-    hadoop_fs_kwargs,
-    parse_hdfs_url,
-    translate_hdfs_error,
-)
 
 from .db_fixtures import read_all
 

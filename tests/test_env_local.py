@@ -35,7 +35,7 @@ def test_urls_and_paths(tmp_path: Path) -> None:
     for spec in (str(tmp_path), tmp_path, f"file://{tmp_path}", f"file://localhost{tmp_path}"):
         assert LocalEnv(spec).root == str(tmp_path)
     assert LocalEnv(url=f"file://{tmp_path}").root == str(tmp_path)
-    assert LocalEnv.from_url(f"local://{tmp_path}", storage_options={"ignored": 1}).root == str(tmp_path)
+    assert LocalEnv(f"local://{tmp_path}", storage_options={"ignored": 1}).root == str(tmp_path)
     assert path_from_url("relative/dir") == "relative/dir"
     with pytest.raises(InvalidArgument):
         LocalEnv()
@@ -120,7 +120,8 @@ def test_fsync_of_file_and_directory(env: LocalEnv, root: Path, monkeypatch: pyt
     assert synced == [str(root / "meta")]
 
 
-def test_new_directories_are_synced_into_their_parent(env: LocalEnv, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_new_directories_are_synced_into_their_parent(env: LocalEnv, root: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     env.makedirs("")
     synced: list[int] = []
     real_fsync = os.fsync

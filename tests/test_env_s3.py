@@ -11,16 +11,16 @@ from typing import Any
 
 import boto3
 import pytest
-
 import rbackup_s3.download
 import rbackup_s3.env
 import rbackup_s3.upload
+from rbackup_s3 import S3Env, S3Settings, parse_s3_url, part_size
+from rbackup_s3.upload import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+
 from rbackup.env.registry import open_env
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StorageError
 from rbackup.testing import BackendConformance
 from rbackup.testing.env_contract import _pattern
-from rbackup_s3 import S3Env, S3Settings, parse_s3_url, part_size
-from rbackup_s3.upload import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from tests.s3_fixtures import Fault, FaultyS3
 
 MiB = 2**20
@@ -247,7 +247,7 @@ def test_delete_batches_requests(s3_bucket_url: tuple[str, dict[str, Any]], monk
         return real_call(method, **kwargs)
 
     monkeypatch.setattr(env, "_call", spy)
-    env.delete(names + ["shared/missing"])
+    env.delete([*names, "shared/missing"])
     assert calls == [10, 10, 6]
     assert env.list() == []
 
@@ -288,7 +288,8 @@ def test_access_denied_fails_fast(s3_faulty: FaultyS3) -> None:
 
 
 def test_persistent_server_errors_give_up_in_bounded_time(s3_faulty: FaultyS3) -> None:
-    s3_faulty.injector.add(Fault("error", status=500, code="InternalError", message="We encountered an internal error."))
+    s3_faulty.injector.add(Fault("error", status=500, code="InternalError",
+                                 message="We encountered an internal error."))
     env = S3Env(s3_faulty.url, storage_options={**s3_faulty.storage_options, "max_attempts": 3})
     started = time.monotonic()
     with pytest.raises(StorageError) as info:

@@ -5,15 +5,10 @@ import pytest
 
 from rbackup.env.local import LocalEnv
 from rbackup.env.memory import MemoryEnv
-from rbackup.env.wrappers import (
-    CountingEnv,
-    FaultInjectionEnv,
-    InjectedFault,
-    ReadOnlyEnv,
-    fail_nth,
-)
+from rbackup.env.wrappers import ReadOnlyEnv
 from rbackup.errors import AlreadyExists, NotSupported, StorageError
 from rbackup.testing import BackupEnvContract
+from rbackup.testing.doubles import CountingEnv, FaultInjectionEnv, InjectedFault, fail_nth
 
 
 class TestFaultInjectionOverLocalContract(BackupEnvContract):

@@ -152,7 +152,7 @@ def test_rocksdb_11_reads_our_excluded_entries(tmp_path: Path) -> None:
     """RocksDB 11.1.2 lists our excluding backup as valid with the excluded files left out of
     its count and files, verifies it, and refuses to restore it without alternate_dirs
     (rbpeer cannot pass any) exactly because of the excluded files."""
-    _, lean, _, db = excluding_backup(tmp_path)
+    _, lean, _, _ = excluding_backup(tmp_path)
     info = lean.get_latest_backup_info(include_file_details=True)
     ours = lean.get_backup_info(include_file_details=True)[0]
     lean.close()

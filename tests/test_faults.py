@@ -17,14 +17,15 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from rbackup import BackupEngine, BackupEngineReadOnly, BackupError, NotFound, PermissionDenied, StorageError
 from rbackup.env.local import LocalEnv
-from rbackup.env.wrappers import FaultInjectionEnv
+from rbackup.testing.doubles import FaultInjectionEnv
 from tests.s3_fixtures import Fault, FaultyS3
 
 from .crash_worker import (

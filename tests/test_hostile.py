@@ -16,8 +16,9 @@ import os
 import shutil
 import signal
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,7 +26,6 @@ from hypothesis import strategies as st
 
 from rbackup import BackupEngine, BackupEngineReadOnly, BackupError, Corruption, NotFound
 from rbackup.checksum import crc32c
-
 from rbackup.env.local import LocalEnv
 
 from .crash_worker import (
@@ -39,7 +39,7 @@ CANARY = b"CANARY-3f9c1e-must-never-be-read-" * 1200  # ~40 KB, recognisable any
 
 
 @pytest.fixture
-def site(world: World, scratch: Path) -> "Site":
+def site(world: World, scratch: Path) -> Site:
     return Site.make(world, scratch)
 
 
@@ -56,7 +56,7 @@ class Site:
         self.canary = self.canary_dir / "secret.sst"
 
     @classmethod
-    def make(cls, world: World, scratch: Path) -> "Site":
+    def make(cls, world: World, scratch: Path) -> Site:
         site = cls(world, scratch / f"site-{uuid.uuid4().hex[:6]}")
         site.root.mkdir()
         shutil.copytree(world.tmpl3, site.bk)
@@ -418,6 +418,7 @@ def mutated_meta(draw: st.DrawFn, original: bytes, hostile: list[str]) -> bytes:
 FUZZ_EXAMPLES = 150
 
 
+@pytest.mark.slow
 def test_fuzzed_meta_files_end_to_end(world: World, scratch: Path) -> None:
     """Hypothesis mutates the meta files of a real backup directory (byte flips, splices,
     truncation, line edits, hostile paths with the canary's crc); opening writable and

@@ -96,7 +96,7 @@ def test_temp_names_match_rocksdb() -> None:
         (" 1", None),
         ("1 ", None),
         ("1\n", None),
-        ("١", None),  # a non-ASCII digit
+        ("\u0661", None),  # a non-ASCII digit (ARABIC-INDIC ONE)
         ("1_0", None),
     ],
 )

@@ -147,7 +147,7 @@ def test_open_s3_backup_through_a_verified_reused_bounded_cache(s3_bucket_url: t
         body = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
         body[len(body) // 2] ^= 0xFF
         client.put_object(Bucket=bucket, Key=key, Body=bytes(body))
-        with pytest.raises(Corruption, match="checksum mismatch.*MANIFEST"):
+        with pytest.raises(Corruption, match=r"checksum mismatch.*MANIFEST"):
             engine.open_backup(1, cache_dir=cache, cache_limit=1)
         assert not [n for _, _, names in os.walk(cache) for n in names if n.endswith(".tmp")]
 

@@ -6,10 +6,10 @@ import re
 from typing import Any
 
 import boto3
+from rbackup_s3 import S3Env
 
 from rbackup import BackupableDB, BackupableDBOptions, BackupEngine, BackupEngineReadOnly, RestoreBackupableDB
 from rbackup.naming import db_filename_from_backup_name
-from rbackup_s3 import S3Env
 
 from .db_fixtures import read_all
 

@@ -596,6 +596,7 @@ def test_snappy_encoder_covers_copy4():
     assert _snappy.decompress(compressed, len(data)) == data
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.lists(st.sampled_from([b"a", b"ab", b"abc", b"rocksdb.", b"\x00", b"xyzw"]), max_size=200),
        st.binary(max_size=200))

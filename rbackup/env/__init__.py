@@ -1,23 +1,21 @@
 """Storage envs: the BackupEnv contract and the envs that ship with the core."""
-from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, check_path
+from .base import AtomicWriter, BackendFactory, BackupEnv, Capabilities, FileInfo, ReadStream, check_path
 from .fsspec_env import FsspecEnv
 from .local import LocalEnv
 from .memory import MemoryEnv
-from .wrappers import CountingEnv, FaultInjectionEnv, InjectedFault, ReadOnlyEnv, WrapperEnv, fail_nth
+from .wrappers import ReadOnlyEnv, WrapperEnv
 
 __all__ = [
     "AtomicWriter",
+    "BackendFactory",
     "BackupEnv",
     "Capabilities",
     "FileInfo",
-    "check_path",
     "FsspecEnv",
     "LocalEnv",
     "MemoryEnv",
-    "CountingEnv",
-    "FaultInjectionEnv",
-    "InjectedFault",
     "ReadOnlyEnv",
+    "ReadStream",
     "WrapperEnv",
-    "fail_nth",
+    "check_path",
 ]

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import abc
 import errno
-import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import (
     AlreadyExists,
@@ -28,6 +29,9 @@ from ..errors import (
     PermissionDenied,
     StorageError,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,29 @@ class Capabilities:
     """The store has real directories that must be created and removed."""
     concurrency: int = 1
     """How many transfers at once suit this store (S3 wants many, a disk few)."""
+
+
+class ReadStream(Protocol):
+    """What `open_read` returns: the engine streams with `readinto` into its own
+    buffers (no copy per chunk) and uses `read` for small files."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def readinto(self, buffer: Buffer, /) -> int | None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None, /) -> Any: ...
+
+
+class BackendFactory(Protocol):
+    """The constructor the registry calls for a URL's protocol: every backend
+    class registered under the `rbackup.backends` entry point has it."""
+
+    def __call__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> BackupEnv: ...
 
 
 @dataclass(frozen=True)
@@ -107,7 +134,7 @@ class AtomicWriter(abc.ABC):
     def abort(self) -> None:
         """Discard everything written; safe to call more than once or after commit fails."""
 
-    def __enter__(self) -> "AtomicWriter":
+    def __enter__(self) -> AtomicWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -126,7 +153,7 @@ class BackupEnv(abc.ABC):
 
     # -- the contract -------------------------------------------------------
     @abc.abstractmethod
-    def open_read(self, path: str) -> BinaryIO:
+    def open_read(self, path: str) -> ReadStream:
         """A readable binary stream (supports `read` and `readinto`); NotFound if absent."""
 
     @abc.abstractmethod
@@ -173,10 +200,10 @@ class BackupEnv(abc.ABC):
         (lets the engine use a real flock), else None."""
         return None
 
-    def sync_dir(self, path: str = "") -> None:
+    def sync_dir(self, path: str = "") -> None:  # noqa: B027 (a no-op unless the store has directories)
         """Make earlier renames in `path` durable; only stores with directories care."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a no-op unless the store holds connections)
         """Release connections and handles."""
 
     # -- conveniences built on the contract ----------------------------------
@@ -205,7 +232,7 @@ class BackupEnv(abc.ABC):
         base = self.url.rstrip("/")
         return f"{base}/{path}" if path else base
 
-    def __enter__(self) -> "BackupEnv":
+    def __enter__(self) -> BackupEnv:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -213,8 +240,3 @@ class BackupEnv(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
-
-
-def join(*parts: str) -> str:
-    """Join relative store paths with '/', ignoring empty parts."""
-    return posixpath.join(*[p for p in parts if p]) if any(parts) else ""

@@ -32,7 +32,8 @@ import errno
 import io
 import logging
 import posixpath
-from typing import Any, BinaryIO, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
@@ -52,6 +53,7 @@ from .base import (
     BackupEnv,
     Capabilities,
     FileInfo,
+    ReadStream,
     check_path,
     translate_os_error,
 )
@@ -415,7 +417,7 @@ class FsspecEnv(BackupEnv):
             raise self._error(exc, path, "create") from exc
 
     # -- the contract ------------------------------------------------------------
-    def open_read(self, path: str) -> BinaryIO:
+    def open_read(self, path: str) -> ReadStream:
         path = check_path(path)
         full = self._full(path)
         try:
@@ -427,7 +429,7 @@ class FsspecEnv(BackupEnv):
             if type(error) is StorageError and client_error_info(exc) is None and self._is_dir(full):
                 error = NotFound(f"read {self.describe(path)}: a directory, not a file")
             raise error from exc
-        return _StreamReader(raw, f"read {self.describe(path)}")  # type: ignore[return-value]
+        return _StreamReader(raw, f"read {self.describe(path)}")
 
     def open_write(self, path: str, *, sync: bool = True) -> AtomicWriter:
         path = check_path(path)

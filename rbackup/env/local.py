@@ -27,11 +27,11 @@ import logging
 import os
 import secrets
 import stat as stat_mod
-from typing import BinaryIO, Iterable
+from collections.abc import Iterable
 
 from ..errors import BackupError, Corruption, InvalidArgument, NotFound
 from ..osutil import advise_sequential
-from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, check_path, translate_os_error
+from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream, check_path, translate_os_error
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +107,6 @@ class LocalEnv(BackupEnv):
         self._real_root = os.path.realpath(self.root)
         self._hardlinks = True
         self._dirsync = True
-
-    @classmethod
-    def from_url(cls, url: str, **options: object) -> "LocalEnv":
-        return cls(url=url, **options)
 
     # -- helpers --------------------------------------------------------------
     def _full(self, path: str) -> str:
@@ -210,7 +206,7 @@ class LocalEnv(BackupEnv):
         return full
 
     # -- the contract -----------------------------------------------------------
-    def open_read(self, path: str) -> BinaryIO:
+    def open_read(self, path: str) -> ReadStream:
         full = self._full(path)
         # realpath resolves every symlink, so one containment check covers a
         # symlinked file and a symlinked parent; O_NOFOLLOW then refuses a

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO, ClassVar, Iterable
+from typing import ClassVar
 
 from ..errors import AlreadyExists, InvalidArgument, NotFound
-from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, check_path
+from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream, check_path
 
 _PROTOCOL = "memory://"
 
@@ -62,7 +63,7 @@ class MemoryEnv(BackupEnv):
             cls._registry.pop(name.removeprefix(_PROTOCOL).strip("/"), None)
 
     # -- the contract -----------------------------------------------------------
-    def open_read(self, path: str) -> BinaryIO:
+    def open_read(self, path: str) -> ReadStream:
         path = check_path(path)
         with self._store.lock:
             data = self._store.files.get(path)

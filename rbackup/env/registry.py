@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
+import fsspec
+
 from ..errors import InvalidArgument, NotSupported
-from .base import BackupEnv, Capabilities
+from .base import BackendFactory, BackupEnv, Capabilities
+from .fsspec_env import FsspecEnv
 
 log = logging.getLogger("rbackup")
 
@@ -72,17 +75,14 @@ def open_env(backup_dir: str | os.PathLike, *, storage_options: dict[str, Any] |
     cls = backend_class(protocol)
     if cls is not None:
         log.debug("backup_dir %s: backend %s.%s", protocol, cls.__module__, cls.__name__)
-        return cls(location, storage_options=storage_options or {})
+        factory: BackendFactory = cls  # type: ignore[assignment]  # checked by the conformance kit
+        return factory(location, storage_options=storage_options or {})
     if protocol in KNOWN_PLUGINS:
         raise NotSupported(f"no backend installed for {protocol}:// URLs: "
                            f"pip install {KNOWN_PLUGINS[protocol]} (or rbackup[{KNOWN_PLUGINS[protocol][8:]}])")
-    import fsspec
-
     if protocol not in fsspec.available_protocols():
         raise NotSupported(f"unknown storage protocol {protocol!r} in {location!r}: no rbackup backend "
                            "and no fsspec implementation is registered for it")
-    from .fsspec_env import FsspecEnv
-
     log.info("backup_dir %s: no rbackup backend for %s://, using generic fsspec with conservative "
              "capabilities", location, protocol)
     try:
@@ -100,6 +100,6 @@ def list_backends() -> list[BackendInfo]:
             cls = ep.load()
             caps = getattr(cls, "capabilities", None)
             infos.append(BackendInfo(name, ep.value, dist, caps if isinstance(caps, Capabilities) else None))
-        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not hide the others
+        except Exception as exc:
             infos.append(BackendInfo(name, ep.value, dist, None, f"{type(exc).__name__}: {exc}"))
     return infos

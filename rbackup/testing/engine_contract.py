@@ -14,6 +14,7 @@ collection, damage detection and restore.  A backend's author gets both with::
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ class BackupEngineContract:
         raise NotImplementedError
 
     @pytest.fixture
-    def engine_env(self, tmp_path: Path) -> BackupEnv:
+    def engine_env(self, tmp_path: Path) -> Iterator[BackupEnv]:
         env = self.make_env(tmp_path)
         yield env
         env.close()
@@ -81,7 +82,7 @@ class BackupEngineContract:
         assert shared_before < shared_after  # incremental: old SSTs kept, new ones added
         infos = eng.get_backup_info(include_file_details=True)
         assert [i.backup_id for i in infos] == [1, 2] and infos[0].app_metadata == b"one"
-        assert set(shared_before) <= {f.relative_filename for f in infos[1].files}
+        assert set(shared_before) <= {f.relative_filename for f in infos[1].files or ()}
         for info in infos:
             eng.verify_backup(info.backup_id, verify_with_checksum=True)
         eng.restore_db_from_backup(1, tmp_path / "r1")
@@ -102,7 +103,7 @@ class BackupEngineContract:
         engine_env.write_bytes("shared_checksum/.000999_sX_1.sst.tmp", b"leftover")
         eng.purge_old_backups(1)
         assert [i.backup_id for i in eng.get_backup_info()] == [3]
-        kept = {f.relative_filename for f in eng.get_backup_info(include_file_details=True)[0].files}
+        kept = {f.relative_filename for f in eng.get_backup_info(include_file_details=True)[0].files or ()}
         shared_left = {f.path for f in engine_env.list("shared_checksum")}
         assert shared_left <= kept
         assert not engine_env.list("private/1") and not engine_env.list("private/2")

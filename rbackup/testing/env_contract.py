@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import threading
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -108,7 +108,8 @@ class BackupEnvContract:
         assert env.stat("dir/file.bin") == FileInfo("dir/file.bin", len(data))
 
     def test_write_accepts_bytes_bytearray_and_memoryview(self, env: BackupEnv) -> None:
-        parts = [b"abc", bytearray(b"defg"), memoryview(b"0123456789")[2:7], memoryview(b"")]
+        parts: list[bytes | memoryview] = [b"abc", memoryview(bytearray(b"defg")),
+                                           memoryview(b"0123456789")[2:7], memoryview(b"")]
         with env.open_write("mixed") as w:
             assert [w.write(p) for p in parts] == [3, 4, 5, 0]
         assert self.read_all(env, "mixed") == b"abcdefg23456"

@@ -30,7 +30,8 @@ import posixpath
 import secrets
 import shutil
 import subprocess
-from typing import Any, Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any
 
 import pyarrow.fs
 from fsspec.implementations.arrow import ArrowFSWrapper

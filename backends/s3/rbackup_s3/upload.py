@@ -339,8 +339,9 @@ class S3Writer(AtomicWriter):
 
     def __del__(self) -> None:
         # A writer dropped without commit or abort must not keep its share of the budget.
-        if getattr(self, "_reserved", None) and self._budget is not None:
-            self._budget.release(self._reserved)
+        reserved = getattr(self, "_reserved", None)
+        if reserved and self._budget is not None:
+            self._budget.release(reserved)
             self._reserved = None
 
     def _upload_part(self) -> None:

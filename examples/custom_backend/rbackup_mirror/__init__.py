@@ -17,9 +17,9 @@ plus one entry point in pyproject.toml; it passes rbackup's conformance kit
 from __future__ import annotations
 
 import logging
-from typing import BinaryIO, Iterable
+from collections.abc import Iterable
 
-from rbackup.env.base import AtomicWriter, BackupEnv, Capabilities, FileInfo
+from rbackup.env.base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream
 from rbackup.env.registry import open_env
 from rbackup.errors import BackupError, InvalidArgument, NotFound
 
@@ -74,7 +74,7 @@ class MirrorEnv(BackupEnv):
             concurrency=min(p.concurrency, r.concurrency),
         )
 
-    def open_read(self, path: str) -> BinaryIO:
+    def open_read(self, path: str) -> ReadStream:
         try:
             return self.primary.open_read(path)
         except BackupError as exc:
