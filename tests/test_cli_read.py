@@ -5,10 +5,15 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import rocksdict
 
 from tests.crash_worker import add_ssts, read_db
-from tests.test_cli import failed, ok, pytestmark, rbackup  # noqa: F401  (skip when the script is missing)
+from tests.test_cli import failed, ok, rbackup
+from tests.test_cli import pytestmark as cli_skip
+
+pytestmark = [cli_skip, pytest.mark.slow]
+"""Slow like test_cli: one process per command (and skipped where the console script is missing)."""
 
 
 def backed_up(tmp_path: Path) -> tuple[str, str, dict[str, bytes]]:
