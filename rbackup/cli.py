@@ -44,6 +44,7 @@ from .env.registry import list_backends
 from .errors import Aborted, BackupError, Corruption, InvalidArgument, NotFound
 from .options import BackupableDBOptions, MiB, Progress, RestoreOptions
 from .replicate import copy_backups
+from .restore_plan import parse_mode
 from .retention import RetentionPolicy, parse_duration
 from .sidecar import LiveDbPath
 
@@ -416,12 +417,16 @@ def verify(backup_dir: str, storage_options: dict[str, Any] | None, backup_id: i
 @click.option("--backup-id", type=int, metavar="N", help="The backup to restore (default: the latest valid one).")
 @click.option("--keep-log-files", is_flag=True,
               help="Keep the WAL files already in the WAL directory (for backups made without WAL files).")
+@click.option("--mode", type=click.Choice(["full", "keep-latest", "verify", "keep-latest+verify"]), default="full",
+              show_default=True,
+              help="Incremental restore: keep SST files already in --db that are the backup's own, judged by "
+                   "DB session id and size (keep-latest) or by CRC-32C (verify); copy the rest. full copies all.")
 @click.option("--rate-limit", type=_Size(), default="0",
               help="Download at most SIZE bytes per second (e.g. 50M); 0, the default, is unlimited.")
 @_quiet_option
 @_report_failures
 def restore(backup_dir: str, storage_options: dict[str, Any] | None, db_dir: str, wal_dir: str | None,
-            backup_id: int | None, keep_log_files: bool, rate_limit: int, quiet: bool) -> None:
+            backup_id: int | None, keep_log_files: bool, mode: str, rate_limit: int, quiet: bool) -> None:
     """Restore a backup into a DB directory. Read-only on the backup directory.
 
     Every file is checked (size and CRC-32C) as it arrives, and the DB's CURRENT
@@ -433,6 +438,7 @@ def restore(backup_dir: str, storage_options: dict[str, Any] | None, db_dir: str
       rbackup restore --backup-dir /backups/app --db /var/lib/app/rocksdb
       rbackup restore --backup-dir s3://bucket/app --db /restore/here --backup-id 12
       rbackup restore --backup-dir s3://bucket/app --db /data/db --wal-dir /fast/wal
+      rbackup restore --backup-dir s3://bucket/app --db /data/db --mode keep-latest
     """
     with BackupEngineReadOnly(_options(backup_dir, storage_options, restore_rate_limit=rate_limit)) as engine:
         if backup_id is None:  # resolved here rather than by restore_db_from_latest_backup, to report the id
@@ -443,7 +449,8 @@ def restore(backup_dir: str, storage_options: dict[str, Any] | None, db_dir: str
         with _interruptible(f"the restore of backup {backup_id} into {db_dir} did not finish; the DB there "
                             "is incomplete and will not open until a restore completes"), \
                 ProgressBar(not quiet) as bar:
-            engine.restore_db_from_backup(backup_id, db_dir, wal_dir, RestoreOptions(keep_log_files=keep_log_files),
+            engine.restore_db_from_backup(backup_id, db_dir, wal_dir,
+                                          RestoreOptions(keep_log_files=keep_log_files, mode=parse_mode(mode)),
                                           progress_callback=bar)
     _say(quiet, f"restored backup {backup_id} into {db_dir}")
 
@@ -635,6 +642,12 @@ def backends() -> None:
       rbackup backends
     """
     click.echo(backends_table(list_backends()))
+
+
+from .cli_read import get, inspect, scan  # noqa: E402  (they use the helpers above)
+
+for _command in (inspect, get, scan):
+    cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
