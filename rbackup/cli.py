@@ -39,8 +39,9 @@ from .cli_format import (
 )
 from .engine import BackupEngine, BackupEngineReadOnly
 from .env.registry import list_backends
-from .errors import Aborted, BackupError, InvalidArgument, NotFound
+from .errors import Aborted, BackupError, Corruption, InvalidArgument, NotFound
 from .options import BackupableDBOptions, MiB, Progress, RestoreOptions
+from .sidecar import LiveDbPath
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -262,27 +263,34 @@ def cli() -> None:
 @cli.command()
 @_backup_dir_options
 @click.option("--db", "db_path", required=True, type=click.Path(exists=True, file_okay=False),
-              help="The DB directory. No process may hold it open (its LOCK is taken for the backup).")
+              help="The DB directory, written by any RocksDB 6.x to 11.x. No process may hold it open (its LOCK "
+                   "is held for the backup), unless --live.")
+@click.option("--live", is_flag=True,
+              help="The DB is open in another process that keeps running: back it up beside it, as RocksDB "
+                   "would recover it after a crash at that moment (every write acknowledged before the backup "
+                   "started is in it).")
 @click.option("--flush", is_flag=True,
-              help="Flush memtables before the backup (flush_before_backup). A DB opened from its path is "
-                   "read-only and is not flushed; its WAL files are backed up, so no write is lost.")
+              help="Flush memtables before the backup (flush_before_backup). A DB backed up from its path is "
+                   "not opened and not flushed; its WAL files are backed up, so no write is lost.")
 @click.option("--metadata", help="Application metadata to store with the backup (text).")
 @click.option("--rate-limit", type=_Size(), default="0",
               help="Upload at most SIZE bytes per second (e.g. 50M, 1GiB); 0, the default, is unlimited.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new backup as a JSON object.")
 @_quiet_option
 @_report_failures
-def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str, flush: bool,
+def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str, live: bool, flush: bool,
            metadata: str | None, rate_limit: int, as_json: bool, quiet: bool) -> None:
-    """Back up a closed DB; print the new backup's id.
+    """Back up a DB from its directory; print the new backup's id.
 
     Only files the backup directory does not hold yet are uploaded: unchanged
-    SST files are shared with earlier backups. The DB is opened read-only and
-    its WAL files are backed up too, so the backup holds every write.
+    SST files are shared with earlier backups. The DB is not opened: its
+    MANIFEST says which files are live, and its WAL files are backed up too,
+    so the backup holds every write.
 
     \b
     Examples:
       rbackup create --db /var/lib/app/rocksdb --backup-dir /backups/app
+      rbackup create --db /var/lib/app/rocksdb --backup-dir /backups/app --live   # app keeps running
       ID=$(rbackup create --db /data/db --backup-dir s3://bucket/app --metadata "v1.4 nightly")
       rbackup create --db /data/db --backup-dir s3://bucket/app --rate-limit 20M --json
       rbackup create --db /data/db --backup-dir s3://bucket/app \\
@@ -293,7 +301,8 @@ def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str
         started = time.monotonic()
         try:
             with ProgressBar(not quiet) as bar:
-                backup_id = engine.create_new_backup(db_path, flush, app_metadata=metadata, progress_callback=bar)
+                source = LiveDbPath(db_path) if live else db_path
+                backup_id = engine.create_new_backup(source, flush, app_metadata=metadata, progress_callback=bar)
         except (KeyboardInterrupt, Aborted) as exc:
             if not _is_interrupt(exc):
                 raise
@@ -301,11 +310,22 @@ def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str
             committed = [b.backup_id for b in engine.get_backup_info() if b.backup_id not in known]
             raise Interrupted(f"backup {committed[-1]} had already been committed; it is complete" if committed
                               else "no backup was created; the backup directory is unchanged") from exc
-        info = next(b for b in engine.get_backup_info() if b.backup_id == backup_id)
+        info = next((b for b in engine.get_backup_info() if b.backup_id == backup_id), None)
         location = engine.env.describe()
+        if info is None:  # another writer deleted or damaged it right after the commit
+            raise Corruption(f"backup {backup_id} was committed to {location} but no longer lists as valid: "
+                             f"{engine.corruption_reasons().get(backup_id, 'it is gone')}")
     click.echo(json.dumps({"backup_dir": location, **backup_json(info)}) if as_json else str(backup_id))
     _say(quiet, f"created backup {backup_id} in {location}: {info.number_files} files, {human_size(info.size)}, "
                 f"in {time.monotonic() - started:.1f}s", err=True)
+
+
+def _require_local_dir(engine: BackupEngine) -> None:
+    """A local backup directory that is missing or a file is a mistake (a typo), not an
+    empty list: say so, as verify and restore do.  Object stores have no such test."""
+    root = engine.env.local_path("")
+    if root is not None and not os.path.isdir(root):
+        raise NotFound(f"backup directory {root} {'is not a directory' if os.path.exists(root) else 'does not exist'}")
 
 
 @cli.command(name="list", help=f"""List the backups: id, time (local), size, files and metadata.
@@ -330,6 +350,7 @@ def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str
 @_report_failures
 def list_(backup_dir: str, storage_options: dict[str, Any] | None, as_json: bool, files: bool) -> None:
     with BackupEngineReadOnly(_options(backup_dir, storage_options)) as engine:
+        _require_local_dir(engine)
         backups = engine.get_backup_info(include_file_details=files)
         corrupt = engine.corruption_reasons()
         location = engine.env.describe()

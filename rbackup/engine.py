@@ -17,7 +17,7 @@ from .env.base import BackupEnv
 from .env.registry import open_env
 from .env.wrappers import ReadOnlyEnv
 from .errors import BackupError, Incomplete, InvalidArgument, NotFound, NotSupported
-from .lock import writer_lock
+from .lock import WriterLock, hold_writer_lock
 from .meta import MAX_APP_METADATA
 from .naming import (
     MAX_BACKUP_ID,
@@ -53,6 +53,8 @@ class BackupEngine:
         self._meta_cache = MetaCache()
         self._cached_state: BackupState | None = None
         self._closed = False
+        self._held: WriterLock | None = None
+        """The writer lock while an operation holds it."""
         if self.read_only and options.destroy_old_data:
             raise InvalidArgument("destroy_old_data cannot be used with a read-only engine")
         if not self.read_only:
@@ -110,13 +112,20 @@ class BackupEngine:
     @contextlib.contextmanager
     def _writing(self, operation: str) -> Iterator[None]:
         """Serialise writers (threads here, processes anywhere) and act on a fresh view."""
-        with self._mutex, writer_lock(self.env, operation, timeout=self.options.lock_timeout,
-                                      ttl=self.options.lock_ttl):
+        with self._mutex, hold_writer_lock(self.env, operation, timeout=self.options.lock_timeout,
+                                           ttl=self.options.lock_ttl) as held:
             self._invalidate()
+            self._held = held
             try:
                 yield
             finally:
+                self._held = None
                 self._invalidate()
+
+    def _check_lock(self, what: str) -> None:
+        """Before a deletion: stop if this writer lost the lock while it worked."""
+        if self._held is not None:
+            self._held.check(what)
 
     def _backup(self, backup_id: int) -> LoadedBackup:
         if not isinstance(backup_id, int) or isinstance(backup_id, bool):
@@ -137,6 +146,7 @@ class BackupEngine:
     def _delete_metas(self, ids: list[int]) -> None:
         """The meta file goes first: once it is gone the backup no longer exists,
         and everything else it held is garbage that a crash may safely leave."""
+        self._check_lock(f"deleting backups {ids}")
         self.env.delete([meta_path(i) for i in ids])
         for i in ids:
             self._state.backups.pop(i, None)
@@ -162,6 +172,7 @@ class BackupEngine:
             elif top == META_DIR and is_meta_temp_name(rest):
                 doomed.append(path)  # a meta commit killed between its temp file and the link/rename
         if doomed:
+            self._check_lock("garbage collection")
             self._log.info("garbage collection: deleting %d files from %s", len(doomed), self.env.describe())
             self.env.delete(doomed)
         for directory in sorted(private_dirs):
@@ -187,9 +198,10 @@ class BackupEngine:
             if any(p.startswith(f"{PRIVATE_DIR}/{backup_id}/") for p in self._state.listing):
                 self._garbage_collect()  # leftovers of a crashed attempt at this id
             try:
+                assert self._held is not None
                 create_backup(self.env, self._state, self.options,
                               BackupRequest(backup_id, db, flush_before_backup, metadata, progress_callback),
-                              self._stop, self._workers)
+                              self._stop, self._workers, self._held)
             except BaseException:
                 self._invalidate()
                 with contextlib.suppress(BackupError):

@@ -38,11 +38,14 @@ same time only if one of them was judged stale while still alive: it stalled
 for longer than `lock_ttl` (no heartbeat got through), or the clocks of the
 two hosts differ by more than about 2/3 of `lock_ttl` (expiry compares the
 holder's clock with the taker's).  A holder that lost its lease this way
-notices at its next heartbeat (`Lease.lost` is set and an error is logged),
-stops renewing and does not release the successor's lease.  Even then two
-backups can never get the same id: the meta commit is itself a
-create-if-absent.  On stores without atomic create-if-absent
-(`capabilities.conditional_create` False) the lease is best effort.
+notices at its next heartbeat or at its next `check` (`Lease.lost` is set and
+an error is logged), stops renewing and does not release the successor's
+lease.  `check` (the `WriterLock` protocol) is what writers call before every
+step that could damage a successor's work; `create.py` says what a create
+does besides.  On stores without atomic create-if-absent
+(`capabilities.conditional_create` False) the lease is best effort: a taker
+reads its lease back after `BEST_EFFORT_SETTLE` seconds, and heartbeats and
+checks compare the lease's token with their own.
 """
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from .env.base import BackupEnv, translate_os_error
 from .errors import AlreadyExists, BackupError, LockError, NotFound
@@ -67,6 +71,8 @@ LOCK_NAME = "rbackup.lock"
 LEASE_DIR = "rbackup.lock.d"
 """Where the leases of object stores live: `rbackup.lock.d/<20-digit generation>`."""
 _LEASE_DIGITS = 20
+BEST_EFFORT_SETTLE = 1.0
+"""Seconds a taker waits before reading its lease back on a store without create-if-absent."""
 _MAX_LOCK_FILE = 64 << 10
 
 log = logging.getLogger("rbackup")
@@ -217,8 +223,37 @@ def _set_active(token: str, active: bool) -> None:
         (_active_tokens.add if active else _active_tokens.discard)(token)
 
 
+class WriterLock(Protocol):
+    """The writer lock while it is held: who holds it, and a check that it still does."""
+
+    holder: Holder
+    can_be_taken_over: bool
+    """False for a flock (held until its holder exits); True for a lease, which a writer that
+    stalls past `lock_ttl` loses without knowing until its next check."""
+
+    def check(self, what: str, *, ask_store: bool = True) -> None:
+        """Raise LockError unless this writer still holds the lock.
+
+        Called right before every step that could damage another writer's
+        work (publishing a file, the meta commit, deleting): a writer that
+        stalled past `lock_ttl` and was taken over stops there.
+        `ask_store=False` checks only what this process knows (the heartbeat's
+        verdict and the lease's remaining time, no request).
+        """
+
+
+@dataclass
+class _FlockHeld:
+    holder: Holder
+    can_be_taken_over: bool = False
+
+    def check(self, what: str, *, ask_store: bool = True) -> None:
+        """A flock cannot be taken over while its holder lives: nothing to check."""
+
+
 @contextlib.contextmanager
-def writer_lock(env: BackupEnv, operation: str, *, timeout: float = 0.0, ttl: float = 300.0) -> Iterator[Holder]:
+def hold_writer_lock(env: BackupEnv, operation: str, *, timeout: float = 0.0,
+                     ttl: float = 300.0) -> Iterator[WriterLock]:
     """Hold the backup directory's writer lock for the duration of the block.
 
     Raises LockError naming the holder if another writer keeps it for longer
@@ -227,10 +262,17 @@ def writer_lock(env: BackupEnv, operation: str, *, timeout: float = 0.0, ttl: fl
     local = env.local_path("")
     if local is not None:
         with _flock(local, operation, timeout, ttl) as holder:
-            yield holder
+            yield _FlockHeld(holder)
     else:
         with Lease(env, operation, timeout, ttl) as lease:
-            yield lease.holder
+            yield lease
+
+
+@contextlib.contextmanager
+def writer_lock(env: BackupEnv, operation: str, *, timeout: float = 0.0, ttl: float = 300.0) -> Iterator[Holder]:
+    """`hold_writer_lock`, for callers that only need to know the holder."""
+    with hold_writer_lock(env, operation, timeout=timeout, ttl=ttl) as held:
+        yield held.holder
 
 
 def _busy(where: str, holder: Holder | None) -> LockError:
@@ -289,6 +331,8 @@ def _flock(root: str, operation: str, timeout: float, ttl: float) -> Iterator[Ho
 class Lease:
     """The generation lease of an object store (see the module docstring)."""
 
+    can_be_taken_over = True
+
     def __init__(self, env: BackupEnv, operation: str, timeout: float, ttl: float) -> None:
         self.env = env
         self.operation = operation
@@ -297,7 +341,9 @@ class Lease:
         self.holder = _new_holder(operation, ttl)
         self.generation: int | None = None
         self.lost = threading.Event()
-        """Set when a heartbeat finds that another writer took the lease over."""
+        """Set when a heartbeat or a check finds that another writer took the lease over."""
+        self._valid_until = 0.0
+        """time.monotonic() at which the lease as last written expires (from its writer's view)."""
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
         self._io = threading.Lock()
@@ -337,7 +383,7 @@ class Lease:
                 candidate = top + 1
             else:
                 candidate = 1
-            self.holder.expires = time.time() + self.ttl
+            written_at = self._stamp()
             _set_active(self.holder.token, True)  # before it can be seen: ours is never "left behind"
             try:
                 self.env.create_exclusive(lease_path(candidate), self.holder.encode(), sync=True)
@@ -352,6 +398,11 @@ class Lease:
                 if newer:
                     # We re-created a generation that had been superseded and cleaned up.
                     self.env.delete([lease_path(candidate)])
+                elif not self.env.capabilities.conditional_create:
+                    # Best effort (the store cannot arbitrate): let a racing writer's PUT land,
+                    # then read back; whoever's token is there holds the lease.
+                    time.sleep(BEST_EFFORT_SETTLE)
+                    newer = [] if self._holds(candidate) else [candidate]
             except BaseException:
                 _set_active(self.holder.token, False)
                 raise
@@ -359,6 +410,7 @@ class Lease:
                 _set_active(self.holder.token, False)
                 continue
             self.generation = candidate
+            self._valid_until = written_at + self.ttl
             older = [lease_path(g) for g in generations if g < candidate]
             if older:
                 try:
@@ -369,25 +421,68 @@ class Lease:
         self._beat = threading.Thread(target=self._heartbeat, name="rbackup-lock-heartbeat", daemon=True)
         self._beat.start()
 
+    def _stamp(self) -> float:
+        """Set the expiry of the lease about to be written; returns time.monotonic() before it."""
+        mono = time.monotonic()
+        self.holder.expires = time.time() + self.ttl
+        return mono
+
+    def _holds(self, generation: int) -> bool:
+        """Whether lease `generation` carries our token (NotFound: it does not)."""
+        try:
+            current = self._read(generation)
+        except NotFound:
+            return False
+        return current is not None and current.token == self.holder.token
+
     def _superseded(self) -> bool:
+        """Whether another writer took the lease over: a higher generation exists, or (on a
+        store that cannot arbitrate) our own generation now carries another token."""
         assert self.generation is not None
-        return self.env.exists(lease_path(self.generation + 1))
+        if any(g > self.generation for g in self._generations()):
+            return True
+        return not self._holds(self.generation)
+
+    def _mark_lost(self) -> None:
+        if not self.lost.is_set():
+            self.lost.set()
+            log.error("the lock of %s was taken over by another writer while %s (pid %d) still held it: "
+                      "it stalled for longer than lock_ttl=%ss; it stops before writing anything more",
+                      self.env.describe(), self.operation, os.getpid(), self.ttl)
+
+    def check(self, what: str, *, ask_store: bool = True) -> None:
+        """See `WriterLock.check`.  Our own view expires a quarter ttl early, so that a step
+        begun just before the expiry is not still in flight when a successor starts."""
+        if self.generation is None:
+            raise LockError(f"{what}: the lock of {self.env.describe()} is not held")
+        left = min(self._valid_until - time.monotonic(), self.holder.expires - time.time())
+        if not self.lost.is_set() and left < self.ttl / 4:
+            log.error("%s: the lease on %s expires in %.1fs (lock_ttl=%ss): renewals failed or the process "
+                      "stalled", what, self.env.describe(), left, self.ttl)
+            self._mark_lost()
+        if not self.lost.is_set() and ask_store:
+            with self._io:
+                if self._superseded():
+                    self._mark_lost()
+        if self.lost.is_set():
+            raise LockError(f"{what}: this writer ({self.operation}, pid {os.getpid()}) no longer holds the "
+                            f"lock of {self.env.describe()}: its lease expired or another writer took it over "
+                            f"(it stalled, or could not renew, for about lock_ttl={self.ttl}s); stopped before "
+                            f"it could damage another writer's work", asdict(self.holder))
 
     def _heartbeat(self) -> None:
         assert self.generation is not None
         while not self._stop.wait(self.ttl / 3):
             try:
                 with self._io:
-                    if self._stop.is_set():
+                    if self._stop.is_set() or self.lost.is_set():
                         return
                     if self._superseded():
-                        self.lost.set()
-                        log.error("the lock of %s was taken over by another writer while %s (pid %d) "
-                                  "still held it: it stalled for longer than lock_ttl=%ss",
-                                  self.env.describe(), self.operation, os.getpid(), self.ttl)
+                        self._mark_lost()
                         return
-                    self.holder.expires = time.time() + self.ttl
+                    written_at = self._stamp()
                     self.env.write_bytes(lease_path(self.generation), self.holder.encode())
+                    self._valid_until = written_at + self.ttl
             except BackupError as exc:
                 log.warning("could not renew the lock of %s: %s", self.env.describe(), exc)
 
@@ -401,7 +496,7 @@ class Lease:
         with self._io:
             try:
                 if self._superseded():
-                    self.lost.set()
+                    self._mark_lost()
                     return
                 self.holder.released = True
                 self.env.write_bytes(lease_path(self.generation), self.holder.encode())
@@ -423,6 +518,8 @@ __all__ = [
     "LOCK_NAME",
     "Holder",
     "Lease",
+    "WriterLock",
+    "hold_writer_lock",
     "is_lock_file",
     "lease_path",
     "stale_reason",

@@ -276,7 +276,7 @@ def test_live_foreign_lease_is_respected_and_expired_one_taken(store: Store) -> 
     gets it the moment it expires."""
     env = lease_env(store)
     since = time.time() - 30
-    env.create_exclusive(lease_path(3), foreign_lease(since=since, expires=time.time() + 1.5, pid=os.getpid()))
+    env.create_exclusive(lease_path(3), foreign_lease(since=since, expires=time.time() + 3, pid=os.getpid()))
     with pytest.raises(LockError) as info:
         with writer_lock(env, "delete_backup", timeout=0.2):
             pass

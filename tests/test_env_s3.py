@@ -322,15 +322,17 @@ def test_object_replaced_while_reading_is_an_error(s3_faulty: FaultyS3) -> None:
         assert f.read(10) == b"a" * 10
         clean.write_bytes("f", b"b" * 3 * MiB)
         assert f.read() == b"a" * (3 * MiB - 10)
-    # The body is cut half-way, after the object was replaced: the resume must fail.
-    s3_faulty.injector.add(Fault("truncate", method="GET", path="/f$", times=1))
+    # The body is cut off after the object was replaced: the resume must fail.  (The cut is
+    # made by closing the body: a truncating fault may reset the connection before the first
+    # bytes are read, and the resume would then come before the replacement.)
     with env.open_read("f") as f:
         assert f.read(10) == b"b" * 10
         clean.write_bytes("f", b"c" * 3 * MiB)
+        f._raw._body.close()
         with pytest.raises(StorageError) as info:
             f.read()
+        assert f._raw.resumes == 1
     assert f"{s3_faulty.url}/f" in str(info.value) and "replaced" in str(info.value)
-    assert s3_faulty.injector.injected == {"truncate": 1}
 
 
 def test_cut_bodies_are_resumed_byte_identically(s3_faulty: FaultyS3) -> None:

@@ -42,6 +42,9 @@ class Capabilities:
     """Publish goes through a temp name plus rename (local disk, HDFS)."""
     conditional_create: bool = False
     """`create_exclusive` is atomic against other clients (O_EXCL, If-None-Match)."""
+    exclusive_publish: bool = False
+    """`open_write_new` is atomic against other clients (S3: If-None-Match on the PUT); else it
+    looks just before publishing, which a flock makes exact."""
     durable_sync: bool = False
     """An fsync-like call makes written data survive a power loss."""
     directories: bool = False
@@ -144,6 +147,32 @@ class AtomicWriter(abc.ABC):
             self.abort()
 
 
+class _NewFileWriter(AtomicWriter):
+    """`open_write_new` for stores without an atomic create: look, then publish."""
+
+    def __init__(self, env: BackupEnv, path: str, inner: AtomicWriter) -> None:
+        self._env = env
+        self._path = path
+        self._inner = inner
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self._inner.write(data)
+
+    def commit(self) -> None:
+        try:
+            taken = self._env.exists(self._path)
+        except BaseException:
+            self._inner.abort()
+            raise
+        if taken:
+            self._inner.abort()
+            raise AlreadyExists(f"write {self._env.describe(self._path)}: already exists")
+        self._inner.commit()
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+
 class BackupEnv(abc.ABC):
     """Abstract store.  Subclasses raise only `rbackup.errors` exceptions."""
 
@@ -162,6 +191,17 @@ class BackupEnv(abc.ABC):
 
         An existing file of that name is replaced on commit.
         """
+
+    def open_write_new(self, path: str, *, sync: bool = True) -> AtomicWriter:
+        """Like `open_write`, but the commit never replaces a file: AlreadyExists instead.
+
+        A backup writes its files this way so that a writer which lost the
+        lock (it stalled past `lock_ttl`) can never overwrite a file another
+        writer made.  Stores with `conditional_create` make the check part of
+        the publish (S3: If-None-Match on the PUT); this default checks just
+        before the commit, which is exact under a flock and best effort elsewhere.
+        """
+        return _NewFileWriter(self, path, self.open_write(path, sync=sync))
 
     @abc.abstractmethod
     def create_exclusive(self, path: str, data: bytes, *, sync: bool = True) -> None:

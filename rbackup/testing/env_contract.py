@@ -36,6 +36,7 @@ BAD_PATHS = ["../x", "/x", "a/../b", "a/./b", "./x", "a//b", "..", "a\\b", "a\x0
 PATH_METHODS: dict[str, Callable[[BackupEnv, str], object]] = {
     "open_read": lambda env, p: env.open_read(p),
     "open_write": lambda env, p: env.open_write(p),
+    "open_write_new": lambda env, p: env.open_write_new(p),
     "create_exclusive": lambda env, p: env.create_exclusive(p, b"x"),
     "stat": lambda env, p: env.stat(p),
     "delete": lambda env, p: env.delete([p]),
@@ -296,6 +297,54 @@ class BackupEnvContract:
         (won,) = winners
         assert self.read_all(env, "meta/7") == f"writer {won} ".encode() * (won + 1)
         assert self.paths(env) == ["meta/7"], "temp files left behind"
+
+    # -- open_write_new ----------------------------------------------------------------
+    def test_open_write_new_publishes_and_never_replaces(self, env: BackupEnv) -> None:
+        with env.open_write_new("private/1/MANIFEST-000005") as w:
+            w.write(b"first")
+        with pytest.raises(AlreadyExists) as info:
+            with env.open_write_new("private/1/MANIFEST-000005") as w:
+                w.write(b"second, longer content")
+        assert "private/1/MANIFEST-000005" in str(info.value)
+        assert self.read_all(env, "private/1/MANIFEST-000005") == b"first"
+        assert self.paths(env) == ["private/1/MANIFEST-000005"], "temp files or uploads left behind"
+
+    def test_open_write_new_refuses_large_file_over_existing(self, env: BackupEnv) -> None:
+        env.write_bytes("shared_checksum/9_1_2.sst", b"small")
+        data = _pattern(self.large_file_size, seed=9)
+        with pytest.raises(AlreadyExists):
+            with env.open_write_new("shared_checksum/9_1_2.sst") as w:
+                w.write(data)
+        assert self.read_all(env, "shared_checksum/9_1_2.sst") == b"small"
+
+    def test_concurrent_open_write_new_one_winner(self, env: BackupEnv) -> None:
+        if not env.capabilities.exclusive_publish:
+            pytest.skip("store has no atomic publish-if-absent")
+        n = self.concurrent_creators
+        start = threading.Barrier(n)
+        winners: list[int] = []
+        errors: list[BaseException] = []
+
+        def publish(i: int) -> None:
+            w = env.open_write_new("private/3/CURRENT")
+            w.write(f"writer {i} ".encode() * (i + 1))
+            start.wait()
+            try:
+                w.commit()
+                winners.append(i)
+            except AlreadyExists:
+                pass
+            except BaseException as exc:  # reported below, not lost in the thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=publish, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and len(winners) == 1
+        (won,) = winners
+        assert self.read_all(env, "private/3/CURRENT") == f"writer {won} ".encode() * (won + 1)
 
     # -- list, stat, exists ---------------------------------------------------------
     def test_list_prefix_nested_with_sizes(self, env: BackupEnv) -> None:

@@ -9,7 +9,8 @@ small buffer whatever the file size.
 A body cut off mid-way (a dropped connection, a read timeout) is resumed
 with `Range: bytes=<offset>-` and `If-Match: <ETag of the first response>`,
 so an object replaced in between fails the read (412) instead of splicing two
-versions together.  Resumes are bounded: at most `MAX_RESUMES` in a row
+versions together; the resumed response's own ETag is checked too, for stores
+that ignore If-Match.  Resumes are bounded: at most `MAX_RESUMES` in a row
 without a byte of progress and `MAX_TOTAL_RESUMES` per file, then the last
 error is raised.
 """
@@ -143,6 +144,13 @@ class S3Reader(io.RawIOBase):
                     f"(ETag no longer {self._etag}); read it again"
                 ) from exc
             raise
+        if self._etag and response.get("ETag") != self._etag:
+            # A store that ignores If-Match (s3rver, older appliances) serves the new version.
+            await _close_body(response["Body"])
+            raise _Replaced(
+                f"{self._what}: the object was replaced while it was read (ETag {response.get('ETag')} "
+                f"instead of {self._etag}); read it again"
+            )
         expected = f"bytes {self._pos}-{self.size - 1}/{self.size}"
         if response.get("ContentRange") != expected:
             await _close_body(response["Body"])

@@ -17,9 +17,12 @@ What S3 needs beyond the generic fsspec env, and why:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +31,7 @@ import s3fs
 
 from rbackup.env.base import AtomicWriter, Capabilities, FileInfo, check_path
 from rbackup.env.fsspec_env import FsspecEnv, error_code, redact_url
-from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StorageError
+from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, NotSupported, PermissionDenied, StorageError
 
 from .download import S3Reader
 from .upload import MAX_PART_SIZE, MIN_PART_SIZE, PartBudget, S3Writer
@@ -42,6 +45,9 @@ S3FS_RETRIES = 3
 """s3fs's own retry loop, around botocore's."""
 CONFLICT_RETRIES = 4
 """Retries of a conditional PUT that S3 refused with 409 ConditionalRequestConflict."""
+PROBE_DIR = "rbackup.lock.d/probe"
+"""Where the conditional-write probe puts (and removes) its object: beside the leases, which
+garbage collection and every listing of backups leave alone."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,8 @@ class S3Env(FsspecEnv):
     are the fields of `S3Settings`.  Credentials are never logged.
     """
 
-    capabilities = Capabilities(conditional_create=True, durable_sync=True, concurrency=S3Settings.concurrency)
+    capabilities = Capabilities(conditional_create=True, exclusive_publish=True, durable_sync=True,
+                                concurrency=S3Settings.concurrency)
     """The defaults, for `rbackup backends`; an instance reflects its own settings."""
 
     def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
@@ -127,6 +134,7 @@ class S3Env(FsspecEnv):
             capabilities=Capabilities(
                 atomic_rename=False,
                 conditional_create=settings.conditional_writes,
+                exclusive_publish=settings.conditional_writes,
                 durable_sync=True,
                 directories=False,
                 concurrency=settings.concurrency,
@@ -135,10 +143,14 @@ class S3Env(FsspecEnv):
         self.bucket = bucket
         self.settings = settings
         self.part_budget = PartBudget(settings.parts_in_flight * settings.part_size)
+        self._endpoint = redact_url(options.get("endpoint_url") or "from the AWS configuration")
+        self._probe_lock = threading.Lock()
+        self._probed: bool | None = None
+        """Whether the store honours If-None-Match on PUT; None until probed."""
         log.debug(
             "S3Env %s: endpoint %s, conditional writes %s, part size %d",
             self.url,
-            redact_url(options.get("endpoint_url") or "from the AWS configuration"),
+            self._endpoint,
             settings.conditional_writes,
             settings.part_size,
         )
@@ -162,12 +174,44 @@ class S3Env(FsspecEnv):
         key = full.partition("/")[2]
         return S3Reader(self.fs, self.bucket, key, f"read {self.describe(full[len(self._prefix):])}")
 
-    def _create_conditional(self, path: str, data: bytes) -> None:
+    def conditional_writes_honoured(self) -> bool:
+        """Whether creates may rely on `If-None-Match: *`: False if the user said the store
+        lacks it (`conditional_writes=False`); otherwise probed once per env, and a store
+        found ignoring it is refused (NotSupported) rather than trusted."""
+        if not self.settings.conditional_writes:
+            return False
+        with self._probe_lock:
+            if self._probed is None:
+                self._probed = self._probe_conditional_put()
+        if not self._probed:
+            raise NotSupported(
+                f"{self.url}: the S3 store ({self._endpoint}) ignores 'If-None-Match: *' on PUT (a second "
+                f"create of {PROBE_DIR}/... succeeded), so it cannot arbitrate between writers and rbackup "
+                f"could lose or mix up backups there; pass the storage option conditional_writes=False to "
+                f"accept best-effort protection (see the rbackup-s3 README), or use a store that honours it"
+            )
+        return True
+
+    def _probe_conditional_put(self) -> bool:
+        """PUT a fresh probe object twice with If-None-Match: * (the second must get 412), then delete it."""
+        path = f"{PROBE_DIR}/{uuid.uuid4().hex}"
+        try:
+            self._put_if_absent(path, b"rbackup probe")  # a 412 here can only be our own lost response
+            honoured = not self._put_if_absent(path, b"rbackup probe, again")
+        finally:
+            with contextlib.suppress(Exception):
+                self.delete([path])
+        log.log(logging.DEBUG if honoured else logging.ERROR, "%s: If-None-Match on PUT is %s", self.url,
+                "honoured" if honoured else "ignored")
+        return honoured
+
+    def _put_if_absent(self, path: str, data: bytes) -> bool:
+        """One conditional PUT: True if it created the object, False on 412."""
         delay = 0.1
         for attempt in range(CONFLICT_RETRIES + 1):
             try:
                 self._call("put_object", Key=self._key(path), Body=data, IfNoneMatch="*")
-                return
+                return True
             except Exception as exc:
                 code = error_code(exc)
                 if code == "ConditionalRequestConflict" and attempt < CONFLICT_RETRIES:
@@ -177,10 +221,26 @@ class S3Env(FsspecEnv):
                     continue
                 if code != "PreconditionFailed":
                     raise self._error(exc, path, "create") from exc
-                if self._holds(path, data):
-                    log.info("%s: create response was lost, the object is ours", self.describe(path))
-                    return
-                raise AlreadyExists(f"create {self.describe(path)}: already exists") from exc
+                return False
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _create_conditional(self, path: str, data: bytes) -> None:
+        if self._put_if_absent(path, data):
+            return
+        if self._holds(path, data):
+            log.info("%s: create response was lost, the object is ours", self.describe(path))
+            return
+        raise AlreadyExists(f"create {self.describe(path)}: already exists")
+
+    def create_exclusive(self, path: str, data: bytes, *, sync: bool = True) -> None:
+        path = check_path(path)
+        if self.conditional_writes_honoured():
+            self._create_conditional(path, data)
+            return
+        # conditional_writes=False: best effort (look, then write); create_backup re-reads its commit.
+        if self.exists(path):
+            raise AlreadyExists(f"create {self.describe(path)}: already exists")
+        self.write_bytes(path, data, sync=sync)
 
     def _holds(self, path: str, data: bytes) -> bool:
         """Whether `path` holds exactly `data` (read back after a 412).
@@ -200,6 +260,9 @@ class S3Env(FsspecEnv):
     # -- the contract ------------------------------------------------------------
     def open_write(self, path: str, *, sync: bool = True) -> AtomicWriter:
         return S3Writer(self, check_path(path), self.settings.part_size, self.part_budget)
+
+    def open_write_new(self, path: str, *, sync: bool = True) -> AtomicWriter:
+        return S3Writer(self, check_path(path), self.settings.part_size, self.part_budget, exclusive=True)
 
     def stat(self, path: str) -> FileInfo:
         path = check_path(path)

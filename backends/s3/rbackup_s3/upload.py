@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from rbackup.env.base import AtomicWriter
 from rbackup.env.fsspec_env import error_code
-from rbackup.errors import StorageError
+from rbackup.errors import AlreadyExists, StorageError
 
 if TYPE_CHECKING:
     from .env import S3Env
@@ -177,6 +177,10 @@ class PartBody(io.RawIOBase):
     def readall(self) -> bytes:
         return self.read(-1)
 
+    def whole(self) -> memoryview:
+        """Every byte of the body, whatever the position (to hash what was sent)."""
+        return self._view
+
     def remaining(self) -> memoryview:
         """The bytes from the current position on, without a copy."""
         return self._view[self._pos :]
@@ -239,8 +243,11 @@ class S3Writer(AtomicWriter):
     aborts it, so no object and no pending upload remain.
     """
 
-    def __init__(self, env: S3Env, path: str, base_part_size: int, budget: PartBudget | None = None) -> None:
+    def __init__(self, env: S3Env, path: str, base_part_size: int, budget: PartBudget | None = None, *,
+                 exclusive: bool = False) -> None:
         self._env = env
+        self._exclusive = exclusive
+        """Refuse to replace an existing object (AlreadyExists): `open_write_new`."""
         self._path = path
         self._key = env._key(path)
         self._base = base_part_size
@@ -308,7 +315,7 @@ class S3Writer(AtomicWriter):
             raise StorageError(f"write {self._env.describe(self._path)}: writer already {self._state}")
         try:
             if self._upload_id is None:
-                self._env._call("put_object", Key=self._key, Body=self._body())
+                self._put()
             else:
                 self._upload_part()
                 self._complete()
@@ -364,23 +371,55 @@ class S3Writer(AtomicWriter):
         self._fill = 0
         log.debug("%s: part %d uploaded", self._env.describe(self._path), number)
 
+    def _condition(self) -> dict[str, str]:
+        """The request's If-None-Match, where the store arbitrates; else a look just before."""
+        if not self._exclusive:
+            return {}
+        if self._env.conditional_writes_honoured():
+            return {"IfNoneMatch": "*"}
+        if self._env.exists(self._path):  # best effort: conditional_writes=False
+            raise self._taken()
+        return {}
+
+    def _taken(self) -> AlreadyExists:
+        return AlreadyExists(f"write {self._env.describe(self._path)}: already exists")
+
+    def _put(self) -> None:
+        condition = self._condition()
+        body = self._body()
+        try:
+            self._env._call("put_object", Key=self._key, Body=body, **condition)
+        except Exception as exc:
+            # A lost response makes botocore's retry find our own object: 412 for it.
+            if error_code(exc) != "PreconditionFailed" or not condition:
+                raise
+            expected = f'"{hashlib.md5(body.whole(), usedforsecurity=False).hexdigest()}"'
+            if not self._is_our_object(expected):
+                raise self._taken() from exc
+            log.info("%s: create response was lost, the object is ours", self._env.describe(self._path))
+
     def _complete(self) -> None:
+        condition = self._condition()
         try:
             self._env._call(
                 "complete_multipart_upload",
                 Key=self._key,
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._parts},
+                **condition,
             )
         except Exception as exc:
             # A retried completion whose first try succeeded finds the upload
-            # gone; the object itself tells whether it was ours.
-            if error_code(exc) != "NoSuchUpload" or not self._is_our_object():
+            # gone (or, if exclusive, the object there); the object tells whether it was ours.
+            code = error_code(exc)
+            if code not in ("NoSuchUpload", "PreconditionFailed") or not self._is_our_object(
+                    multipart_etag(self._parts)):
+                if code == "PreconditionFailed" and condition:
+                    raise self._taken() from exc
                 raise
             log.info("%s: completion response was lost, the upload had completed", self._env.describe(self._path))
 
-    def _is_our_object(self) -> bool:
-        expected = multipart_etag(self._parts)
+    def _is_our_object(self, expected: str | None) -> bool:
         try:
             head = self._env._call("head_object", Key=self._key)
         except Exception:
