@@ -297,9 +297,10 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
 def _load_newest_first(newest_first: list[int], cached: Callable[[int], _Fetched | None],
                        read: Callable[[int], _Fetched], load: Callable[[int, _Fetched], bool],
                        max_valid: int | None, workers: int) -> int:
-    """Feed every backup to `load`, reading meta files up to `workers` at a time and
-    handing each over the moment it arrives, until the newest `max_valid` valid
-    ones are known; returns how many of `newest_first` that took (the rest are cut)."""
+    """Feed every backup to `load`, reading meta files up to `workers` at a time (and
+    never more than `workers` past the newest ones already loaded) and handing each
+    over the moment it arrives, until the newest `max_valid` valid ones are known;
+    returns how many of `newest_first` that took (the rest are cut)."""
     valid: dict[int, bool] = {}
     done = 0  # newest_first[:done] are loaded, in order
     count = 0
@@ -315,12 +316,15 @@ def _load_newest_first(newest_first: list[int], cached: Callable[[int], _Fetched
         return max_valid is not None and count >= max_valid
 
     pending: dict[cf.Future[_Fetched], int] = {}
-    upcoming = iter(newest_first)
+    upcoming = 0  # newest_first[:upcoming] are loaded or being read
     pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rbackup-meta") if workers > 1 else None
     try:
         while True:
-            # keep `workers` reads in flight; cached ones need no read
-            for backup_id in upcoming:
+            # read at most `workers` ahead of the loaded prefix: a stalled read cannot pull in
+            # the whole directory past the cut; cached ones need no read
+            while upcoming < len(newest_first) and (pool is None or upcoming < done + workers):
+                backup_id = newest_first[upcoming]
+                upcoming += 1
                 hit = cached(backup_id)
                 if hit is not None:
                     valid[backup_id] = load(backup_id, hit)
@@ -330,9 +334,7 @@ def _load_newest_first(newest_first: list[int], cached: Callable[[int], _Fetched
                     pending[pool.submit(read, backup_id)] = backup_id
                 if advance():
                     return done
-                if pool is not None and len(pending) >= workers:
-                    break
-            if not pending:
+            if not pending:  # everything up to `upcoming` is loaded, and that is all of it
                 advance()
                 return done
             finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
