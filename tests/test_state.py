@@ -178,6 +178,7 @@ def _many_backups_of_one_db(root: str, backups: int, ssts: int) -> None:
             fh.write(f"{1700000000 + backup_id}\n{backup_id}\n{len(lines)}\n{''.join(lines)}")
 
 
+@pytest.mark.slow
 def test_memory_is_flat_in_the_number_of_backups(tmp_path):
     """The same 2,000 files in 10 or in 60 backups: each extra backup costs its index
     array (4 bytes a file) and a few small objects, not a copy of the file list."""
