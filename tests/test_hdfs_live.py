@@ -316,9 +316,10 @@ env.open_read("missing")  # a Java FileNotFoundException inside libhdfs
 """
 
 
-def _child(url: str, classpath: list[str]) -> subprocess.CompletedProcess[str]:
+def _child(url: str, classpath: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run _WRITER; `cwd` receives the hs_err_pid*.log of a JVM that crashes."""
     env = dict(os.environ, CLASSPATH=os.pathsep.join(classpath))
-    return subprocess.run([sys.executable, "-c", _WRITER, url], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-c", _WRITER, url], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=300, stdin=subprocess.DEVNULL, check=False)
 
 
@@ -349,11 +350,11 @@ def test_conf_dir_counts_only_on_the_classpath(hdfs_dir: str) -> None:
     assert "rbackup.errors.NotFound" in with_conf.stderr
 
 
-def test_classpath_without_commons_lang3_kills_the_process(hdfs_dir: str) -> None:
+def test_classpath_without_commons_lang3_kills_the_process(hdfs_dir: str, tmp_path: Path) -> None:
     """libhdfs formats Java exceptions with the unshaded commons-lang3: without it the JVM takes the
     whole Python process down at the first exception (the README's warning)."""
     classpath = [p for p in os.environ["CLASSPATH"].split(os.pathsep) if "commons-lang3" not in p]
-    done = _child(hdfs_dir, classpath)
+    done = _child(hdfs_dir, classpath, cwd=tmp_path)
     assert done.returncode < 0 or done.returncode > 128, (done.returncode, done.stderr[-2000:])
     assert "CLASSPATH has no commons-lang3 jar" in done.stderr  # HdfsEnv's warning came first
     assert "org/apache/commons/lang3/exception/ExceptionUtils" in done.stderr
