@@ -19,12 +19,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from . import optionsfile
+from .alternates import locate_files, missing_error
 from .dblock import hold_db_lock
 from .env.base import BackupEnv
 from .errors import Corruption, InvalidArgument, LockError, NotFound, StorageError
-from .naming import SIDE_FILES, FileKind, classify, db_filename_from_backup_name, private_dir
+from .naming import SIDE_FILES, FileKind, classify, private_dir
 from .options import BackupableDBOptions, ProgressCallback, RestoreOptions
 from .ratelimit import make_limiter
+from .restore_incremental import files_to_keep
+from .restore_plan import RestoreMode
 from .state import LoadedBackup
 from .transfer import Buffers, ProgressTracker, run_parallel, stream_copy
 
@@ -43,6 +46,9 @@ class _RestoreItem:
     dest: str
     size: int
     crc32c: int | None
+    env: BackupEnv | None = None
+    """The store holding `src` when not the backup's own (an alternate directory); None
+    for an excluded file no alternate holds, which only an incremental restore can keep."""
 
 
 def _prepare_dir(path: str, what: str, backup_id: int) -> None:
@@ -54,14 +60,17 @@ def _prepare_dir(path: str, what: str, backup_id: int) -> None:
         raise StorageError(f"restore of backup {backup_id}: cannot create target {what} {path}: {exc}") from exc
 
 
-def _delete_old_files(db_dir: str, wal_dir: str, keep_log_files: bool, log: logging.Logger) -> None:
+def _delete_old_files(db_dir: str, wal_dir: str, keep_log_files: bool, log: logging.Logger,
+                      kept: frozenset[str] = frozenset()) -> None:
     """What RocksDB's restore removes: every file of db_dir, wal_dir and
     wal_dir/archive, or with keep_log_files only db_dir's non-WAL files, the
-    archived WALs being moved back into wal_dir."""
+    archived WALs being moved back into wal_dir.  `kept`: paths an incremental
+    restore leaves in place."""
     def files_in(d: str) -> list[str]:
         try:
             return [e.path for e in os.scandir(d)
-                    if (e.is_file(follow_symlinks=False) or e.is_symlink()) and e.name not in _KEEP]
+                    if (e.is_file(follow_symlinks=False) or e.is_symlink()) and e.name not in _KEEP
+                    and e.path not in kept]
         except FileNotFoundError:
             return []
 
@@ -121,16 +130,15 @@ def restore_backup(env: BackupEnv, backup: LoadedBackup, listing: dict[str, int]
 
     items: list[_RestoreItem] = []
     current: _RestoreItem | None = None
-    for entry in backup.meta.files:
-        if entry.excluded:
-            raise InvalidArgument(f"backup {backup_id}: {entry.path} was excluded from the backup and "
-                                  "is not in this backup directory")
-        name = db_filename_from_backup_name(entry.path.rsplit("/", 1)[-1])
+    keep_latest = bool(restore_options.mode & RestoreMode.KEEP_LATEST_DB_SESSION_ID_FILES)
+    for located in locate_files(env, backup, restore_options.alternate_dirs, allow_missing=keep_latest):
+        name = located.db_name
         kind = classify(name)
         target_dir = wal_dir if kind is FileKind.WAL else db_dir
-        item = _RestoreItem(entry.path, os.path.join(target_dir, name), backup.sizes[entry.path], entry.crc32c)
+        item = _RestoreItem(located.path, os.path.join(target_dir, name), located.size, located.crc32c,
+                            located.env)
         if kind is FileKind.CURRENT:
-            current = _RestoreItem(item.src, os.path.join(db_dir, "CURRENT.tmp"), item.size, item.crc32c)
+            current = _RestoreItem(item.src, os.path.join(db_dir, "CURRENT.tmp"), item.size, item.crc32c, item.env)
         else:
             items.append(item)
     if current is None:
@@ -138,15 +146,20 @@ def restore_backup(env: BackupEnv, backup: LoadedBackup, listing: dict[str, int]
     for side in SIDE_FILES:
         src = f"{private_dir(backup_id)}/{side}"
         if src in listing:
-            items.append(_RestoreItem(src, os.path.join(db_dir, side), listing[src], None))
+            items.append(_RestoreItem(src, os.path.join(db_dir, side), listing[src], None, env))
 
     # Hold the target's LOCK throughout: a RocksDB that has it open would be
     # corrupted under its feet, and none may open it half restored.
     with _hold_target(db_dir, backup_id):
+        # Decided under the LOCK and before the marker: kept files cannot change in between.
+        kept = frozenset(files_to_keep(items, db_dir, restore_options.mode, backup_id, log))
+        items = [i for i in items if i.dest not in kept]
+        for unresolved in (i for i in items if i.env is None):
+            raise missing_error(backup_id, unresolved.src, restore_options.alternate_dirs)
         # The marker replaces CURRENT atomically *before* anything is deleted, so
         # an interrupted deletion cannot leave an old DB that opens with files missing.
         _mark_in_progress(db_dir, backup_id, options.sync)
-        _delete_old_files(db_dir, wal_dir, restore_options.keep_log_files, log)
+        _delete_old_files(db_dir, wal_dir, restore_options.keep_log_files, log, kept)
         _copy_and_commit(env, backup_id, items, current, db_dir, wal_dir, options, progress_callback, stop,
                          workers, log)
 
@@ -236,7 +249,7 @@ def _copy_and_commit(env: BackupEnv, backup_id: int, items: list[_RestoreItem], 
 
     def copy_one(item: _RestoreItem) -> None:
         try:
-            src = env.open_read(item.src)
+            src = (item.env or env).open_read(item.src)
         except NotFound as exc:
             raise NotFound(f"backup {backup_id}: {item.src} is missing from the backup directory") from exc
         try:

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .env.base import BackupEnv
-from .errors import BackupError, Corruption, InvalidArgument, NotFound, NotSupported
+from .errors import BackupError, Corruption, InvalidArgument, NotFound, NotSupported, PermissionDenied
 from .meta import MAX_META_FILE_SIZE, BackupMeta, EntryList, EntryTable, parse_meta
-from .naming import META_DIR, meta_path, parse_backup_id
+from .naming import ENCRYPTION_MARKER, META_DIR, meta_path, parse_backup_id
 
 
 @dataclass
@@ -231,6 +231,9 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
     # missed whole rather than seen without its files, i.e. as a corrupt backup.
     committed = {fi.path for fi in env.list(META_DIR)}
     listing = {fi.path: fi.size for fi in env.list("")}
+    if ENCRYPTION_MARKER in listing:  # an EncryptedEnv hides its marker: this env cannot decrypt
+        raise PermissionDenied(f"{env.describe()} is encrypted ({ENCRYPTION_MARKER} found): open it with its key, "
+                               "the storage option encryption_key_file=PATH")
     ids: dict[int, int] = {}
     for path in committed:
         size = listing.get(path)
