@@ -54,13 +54,12 @@ class Snapshot:
     """Files rocksdict needs but RocksDB does not know (rocksdict-config.json)."""
 
 
-def _scan(directory: str, *, backup_log_files: bool, extra_wal_dir: str | None = None) -> tuple[
+def _scan(directory: str, *, backup_log_files: bool) -> tuple[
         list[SourceFile], list[SourceFile]]:
     files: list[SourceFile] = []
     side: list[SourceFile] = []
     manifests: list[SourceFile] = []
     options: list[SourceFile] = []
-    wal_dirs = [directory] + ([extra_wal_dir] if extra_wal_dir else [])
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
         if not os.path.isfile(path):
@@ -87,16 +86,13 @@ def _scan(directory: str, *, backup_log_files: bool, extra_wal_dir: str | None =
     files.append(manifest)
     if options:  # only the latest OPTIONS file, as GetLiveFilesStorageInfo reports
         files.append(max(options, key=lambda f: file_number(f.name) or 0))
-    if backup_log_files:
-        seen: set[str] = set()
-        for wal_dir in wal_dirs:
-            for name in sorted(os.listdir(wal_dir)):
-                path = os.path.join(wal_dir, name)
-                if classify(name) is FileKind.WAL and name not in seen and os.path.isfile(path):
-                    size = os.path.getsize(path)
-                    if size > 0:  # RocksDB never lists empty WALs
-                        seen.add(name)
-                        files.append(SourceFile(name, path, size, FileKind.WAL))
+    if backup_log_files:  # the checkpoint's own WALs (RocksDB's Checkpoint copies the live ones in)
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            if classify(name) is FileKind.WAL and os.path.isfile(path):
+                size = os.path.getsize(path)
+                if size > 0:  # RocksDB never lists empty WALs
+                    files.append(SourceFile(name, path, size, FileKind.WAL))
     files.sort(key=lambda f: (_KIND_ORDER.get(f.kind, 9), f.name))
     return files, side
 
@@ -133,7 +129,7 @@ def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = F
             db.flush()
         except Exception as exc:
             raise InvalidArgument(f"the DB is not open: {exc}") from exc
-    with _checkpoint(db, db_path, backup_log_files, wal_dir=None) as snap:
+    with _checkpoint(db, db_path, backup_log_files) as snap:
         yield snap
 
 
@@ -176,7 +172,7 @@ def _snapshot_of(db_path: str, db: ClosedDb) -> Snapshot:
 
 
 @contextlib.contextmanager
-def _checkpoint(handle, db_path: str, backup_log_files: bool, wal_dir: str | None) -> Iterator[Snapshot]:
+def _checkpoint(handle, db_path: str, backup_log_files: bool) -> Iterator[Snapshot]:
     import rocksdict
 
     with checkpoint_dir(db_path) as ckpt:
@@ -187,5 +183,5 @@ def _checkpoint(handle, db_path: str, backup_log_files: bool, wal_dir: str | Non
             if "closed" in str(exc).lower() or type(exc).__name__ == "DbClosedError":
                 raise InvalidArgument(f"the DB at {db_path} is not open: {exc}") from exc
             raise StorageError(f"checkpoint of {db_path} failed: {exc}") from exc
-        files, side = _scan(ckpt, backup_log_files=backup_log_files, extra_wal_dir=wal_dir)
+        files, side = _scan(ckpt, backup_log_files=backup_log_files)
         yield Snapshot(seq, files, side)
