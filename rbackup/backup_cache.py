@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 
 from .alternates import Located
-from .errors import Corruption, NotFound, StorageError
+from .errors import NotFound, StorageError
 from .transfer import Buffers, run_parallel, stream_copy
 
 __all__ = ["DEFAULT_CACHE_LIMIT", "FileCache", "default_cache_dir"]
@@ -72,11 +72,7 @@ class FileCache:
                 with env.open_read(f.path) as src, open(tmp, "wb") as out:
                     result = stream_copy(src, out.write, buf=buffers.get(), stop=threading.Event(),
                                          limit=f.size + 1)
-                if result.size != f.size:
-                    raise Corruption(f"{env.describe(f.path)} is {result.size} bytes, expected {f.size}")
-                if f.crc32c is not None and result.crc32c != f.crc32c:
-                    raise Corruption(f"checksum mismatch in {env.describe(f.path)} (crc32c {result.crc32c}, "
-                                     f"the meta file says {f.crc32c})")
+                result.check(None, env.describe(f.path), f.size, f.crc32c)
                 os.replace(tmp, final)
             except NotFound as exc:
                 raise NotFound(f"{env.describe(f.path)} is missing from the backup directory") from exc

@@ -138,12 +138,7 @@ class _Copier:
             # The check runs before the writer's commit: a bad file is never published.
             result = stream_copy(reader, writer.write, buf=self.buffers.get(), stop=self.stop,
                                  tracker=tracker, limit=item.size + 1)
-            if result.size != item.size:
-                raise Corruption(f"backup {backup_id}: {self.src.describe(item.path)} is {result.size} bytes, "
-                                 f"the source listed {item.size}")
-            if item.crc32c is not None and result.crc32c != item.crc32c:
-                raise Corruption(f"backup {backup_id}: checksum mismatch reading {self.src.describe(item.path)} "
-                                 f"(crc32c {result.crc32c}, the meta file says {item.crc32c})")
+            result.check(backup_id, self.src.describe(item.path), item.size, item.crc32c)
         tracker.file_done()
         self.report.files_copied += 1
         self.report.bytes_copied += result.size

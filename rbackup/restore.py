@@ -257,12 +257,7 @@ def _copy_and_commit(env: BackupEnv, backup_id: int, items: list[_RestoreItem], 
                 created.append(item.dest)
                 result = stream_copy(src, out.write, buf=buffers.get(), stop=stop, limiter=limiter,
                                      tracker=tracker, limit=item.size + 1)
-                if result.size != item.size:
-                    raise Corruption(f"backup {backup_id}: {item.src} is {result.size} bytes, "
-                                     f"expected {item.size}")
-                if item.crc32c is not None and result.crc32c != item.crc32c:
-                    raise Corruption(f"backup {backup_id}: checksum mismatch in {item.src} "
-                                     f"(crc32c {result.crc32c}, the meta file says {item.crc32c})")
+                result.check(backup_id, item.src, item.size, item.crc32c)
                 if options.sync:
                     os.fsync(out.fileno())
         except OSError as exc:
@@ -346,9 +341,7 @@ def verify_backup(env: BackupEnv, backup: LoadedBackup, verify_with_checksum: bo
     def check(entry) -> None:
         with env.open_read(entry.path) as src:
             result = stream_copy(src, None, buf=buffers.get(), stop=stop, tracker=tracker)
-        if result.crc32c != entry.crc32c:
-            raise Corruption(f"backup {backup_id}: checksum mismatch in {entry.path} "
-                             f"(crc32c {result.crc32c}, the meta file says {entry.crc32c})")
+        result.check(backup_id, entry.path, None, entry.crc32c)
         tracker.file_done()
 
     run_parallel(checked, check, workers, stop)

@@ -71,7 +71,7 @@ def test_copy_checks_crc_on_the_way_and_publishes_nothing_bad(tmp_path, live_db)
     data = bytearray(sst.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, different bytes: only the CRC can tell
     sst.write_bytes(bytes(data))
-    with pytest.raises(Corruption, match=f"backup 1: checksum mismatch reading .*{sst.name}"):
+    with pytest.raises(Corruption, match=f"backup 1: checksum mismatch in .*{sst.name}"):
         copy_backups(src, dst)
     assert not Path(dst, "shared_checksum", sst.name).exists()
     assert not Path(dst, "meta", "1").exists()
