@@ -68,6 +68,7 @@ def main() -> None:
     launcher = build_launcher(java_home)
     libhdfs_dir = build_libhdfs(java_home)
     work = Path(tempfile.mkdtemp(prefix="bench-hdfs-"))
+    (work / "cluster").mkdir()
     cluster = MiniHdfs.start(java_home, launcher, work / "cluster", args.datanodes)
     try:
         os.environ.update(client_environment(java_home, libhdfs_dir, cluster.conf_dir, launcher.client_jars()))

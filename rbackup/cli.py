@@ -644,6 +644,13 @@ def backends() -> None:
     click.echo(backends_table(list_backends()))
 
 
+if __name__ == "__main__":
+    # `python -m rbackup.cli`: this copy of the module is __main__, and cli_read would import a
+    # second, half-made rbackup.cli; run the real module's main instead.
+    from rbackup.__main__ import run
+
+    run()
+
 from .cli_read import get, inspect, scan  # noqa: E402  (they use the helpers above)
 
 for _command in (inspect, get, scan):
@@ -672,6 +679,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail
         return EXIT_FAILED
 
-
-if __name__ == "__main__":
-    sys.exit(main())
