@@ -102,6 +102,7 @@ def main() -> None:
                 str(db_dir), remote, source_filesystem=local, destination_filesystem=hdfs)))
             target = work / "copied"
             shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()  # pyarrow's local filesystem does not create the destination directory
             results["copy_files down"].append(timed(lambda: pyarrow.fs.copy_files(
                 remote, str(target), source_filesystem=hdfs, destination_filesystem=local)))
 
