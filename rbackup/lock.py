@@ -80,7 +80,7 @@ log = logging.getLogger("rbackup")
 
 def is_lock_file(path: str) -> bool:
     """Whether a backup-directory path is part of the writer lock (not backup data)."""
-    return path == LOCK_NAME or path.startswith(LEASE_DIR + "/")
+    return path in (LOCK_NAME, LEASE_DIR) or path.startswith(LEASE_DIR + "/")
 
 
 def lease_path(generation: int) -> str:
