@@ -514,7 +514,7 @@ class Bench:
         for state in self.states:
             first = len(counters)
             t = measure([by_path, theirs], self.reps, state, self.cache)
-            self.report.row("incremental, nothing new", "rbackup (DB by path: includes RocksDB's read-only open)",
+            self.report.row("incremental, nothing new", "rbackup (DB by path: LOCK and MANIFEST read)",
                             state, t["rbackup"], note=note)
             self.report.row("incremental, nothing new", "`ldb backup` (process, DB open, backup)", state, t["ldb"])
             rdict.append(open_db(self.db, 64 * MiB))

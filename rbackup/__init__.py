@@ -22,13 +22,19 @@ from .options import (
     BackupEngineOptions,
     BackupFileInfo,
     BackupInfo,
+    BackupStatistics,
+    MaybeExcludeBackupFile,
     Progress,
     RestoreOptions,
 )
+from .replicate import CopyReport, copy_backups
+from .restore_plan import RestoreMode
+from .retention import RetentionPlan, RetentionPolicy
 
 __all__ = [
     "Aborted", "AlreadyExists", "BackupEngine", "BackupEngineOptions", "BackupEngineReadOnly", "BackupEnv",
-    "BackupError", "BackupFileInfo", "BackupInfo", "BackupableDB", "BackupableDBOptions", "Capabilities",
-    "Corruption", "FileInfo", "Incomplete", "InvalidArgument", "LockError", "NotFound", "NotSupported",
-    "PermissionDenied", "Progress", "RestoreBackupableDB", "RestoreOptions", "StorageError",
+    "BackupError", "BackupFileInfo", "BackupInfo", "BackupStatistics", "BackupableDB", "BackupableDBOptions",
+    "Capabilities", "CopyReport", "Corruption", "FileInfo", "Incomplete", "InvalidArgument", "LockError",
+    "MaybeExcludeBackupFile", "NotFound", "NotSupported", "PermissionDenied", "Progress", "RestoreBackupableDB",
+    "RestoreMode", "RestoreOptions", "RetentionPlan", "RetentionPolicy", "StorageError", "copy_backups",
 ]

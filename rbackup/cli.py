@@ -1,4 +1,4 @@
-"""`rbackup`: the backup engine from the shell (create, list, verify, restore, delete, purge, gc).
+"""`rbackup`: the backup engine from the shell (create, list, verify, restore, delete, purge, copy, gc).
 
 The command is a thin layer over the library: each subcommand opens one
 engine (a read-only one for list, verify and restore, so they can never write
@@ -20,6 +20,8 @@ import textwrap
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from datetime import timedelta
 from typing import Any, NoReturn
 
 import click
@@ -41,6 +43,10 @@ from .engine import BackupEngine, BackupEngineReadOnly
 from .env.registry import list_backends
 from .errors import Aborted, BackupError, Corruption, InvalidArgument, NotFound
 from .options import BackupableDBOptions, MiB, Progress, RestoreOptions
+from .replicate import copy_backups
+from .restore_plan import parse_mode
+from .retention import RetentionPolicy, parse_duration
+from .sidecar import LiveDbPath
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -251,7 +257,8 @@ def cli() -> None:
       rbackup list    --backup-dir s3://bucket/app
       rbackup verify  --backup-dir s3://bucket/app --checksum
       rbackup restore --backup-dir s3://bucket/app --db /restore/here
-      rbackup purge   --backup-dir s3://bucket/app --keep 7
+      rbackup purge   --backup-dir s3://bucket/app --keep-daily 7 --keep-weekly 4
+      rbackup copy    --from /backups/app --to s3://offsite/app
 
     S3 credentials, region and endpoint come from the standard AWS_* environment
     variables and AWS config files, or from -o options (key=..., secret=...,
@@ -262,27 +269,34 @@ def cli() -> None:
 @cli.command()
 @_backup_dir_options
 @click.option("--db", "db_path", required=True, type=click.Path(exists=True, file_okay=False),
-              help="The DB directory. No process may hold it open (its LOCK is taken for the backup).")
+              help="The DB directory, written by any RocksDB 6.x to 11.x. No process may hold it open (its LOCK "
+                   "is held for the backup), unless --live.")
+@click.option("--live", is_flag=True,
+              help="The DB is open in another process that keeps running: back it up beside it, as RocksDB "
+                   "would recover it after a crash at that moment (every write acknowledged before the backup "
+                   "started is in it).")
 @click.option("--flush", is_flag=True,
-              help="Flush memtables before the backup (flush_before_backup). A DB opened from its path is "
-                   "read-only and is not flushed; its WAL files are backed up, so no write is lost.")
+              help="Flush memtables before the backup (flush_before_backup). A DB backed up from its path is "
+                   "not opened and not flushed; its WAL files are backed up, so no write is lost.")
 @click.option("--metadata", help="Application metadata to store with the backup (text).")
 @click.option("--rate-limit", type=_Size(), default="0",
               help="Upload at most SIZE bytes per second (e.g. 50M, 1GiB); 0, the default, is unlimited.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new backup as a JSON object.")
 @_quiet_option
 @_report_failures
-def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str, flush: bool,
+def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str, live: bool, flush: bool,
            metadata: str | None, rate_limit: int, as_json: bool, quiet: bool) -> None:
-    """Back up a closed DB; print the new backup's id.
+    """Back up a DB from its directory; print the new backup's id.
 
     Only files the backup directory does not hold yet are uploaded: unchanged
-    SST files are shared with earlier backups. The DB is opened read-only and
-    its WAL files are backed up too, so the backup holds every write.
+    SST files are shared with earlier backups. The DB is not opened: its
+    MANIFEST says which files are live, and its WAL files are backed up too,
+    so the backup holds every write.
 
     \b
     Examples:
       rbackup create --db /var/lib/app/rocksdb --backup-dir /backups/app
+      rbackup create --db /var/lib/app/rocksdb --backup-dir /backups/app --live   # app keeps running
       ID=$(rbackup create --db /data/db --backup-dir s3://bucket/app --metadata "v1.4 nightly")
       rbackup create --db /data/db --backup-dir s3://bucket/app --rate-limit 20M --json
       rbackup create --db /data/db --backup-dir s3://bucket/app \\
@@ -293,7 +307,8 @@ def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str
         started = time.monotonic()
         try:
             with ProgressBar(not quiet) as bar:
-                backup_id = engine.create_new_backup(db_path, flush, app_metadata=metadata, progress_callback=bar)
+                source = LiveDbPath(db_path) if live else db_path
+                backup_id = engine.create_new_backup(source, flush, app_metadata=metadata, progress_callback=bar)
         except (KeyboardInterrupt, Aborted) as exc:
             if not _is_interrupt(exc):
                 raise
@@ -309,6 +324,14 @@ def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str
     click.echo(json.dumps({"backup_dir": location, **backup_json(info)}) if as_json else str(backup_id))
     _say(quiet, f"created backup {backup_id} in {location}: {info.number_files} files, {human_size(info.size)}, "
                 f"in {time.monotonic() - started:.1f}s", err=True)
+
+
+def _require_local_dir(engine: BackupEngine) -> None:
+    """A local backup directory that is missing or a file is a mistake (a typo), not an
+    empty list: say so, as verify and restore do.  Object stores have no such test."""
+    root = engine.env.local_path("")
+    if root is not None and not os.path.isdir(root):
+        raise NotFound(f"backup directory {root} {'is not a directory' if os.path.exists(root) else 'does not exist'}")
 
 
 @cli.command(name="list", help=f"""List the backups: id, time (local), size, files and metadata.
@@ -333,6 +356,7 @@ def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str
 @_report_failures
 def list_(backup_dir: str, storage_options: dict[str, Any] | None, as_json: bool, files: bool) -> None:
     with BackupEngineReadOnly(_options(backup_dir, storage_options)) as engine:
+        _require_local_dir(engine)
         backups = engine.get_backup_info(include_file_details=files)
         corrupt = engine.corruption_reasons()
         location = engine.env.describe()
@@ -393,12 +417,16 @@ def verify(backup_dir: str, storage_options: dict[str, Any] | None, backup_id: i
 @click.option("--backup-id", type=int, metavar="N", help="The backup to restore (default: the latest valid one).")
 @click.option("--keep-log-files", is_flag=True,
               help="Keep the WAL files already in the WAL directory (for backups made without WAL files).")
+@click.option("--mode", type=click.Choice(["full", "keep-latest", "verify", "keep-latest+verify"]), default="full",
+              show_default=True,
+              help="Incremental restore: keep SST files already in --db that are the backup's own, judged by "
+                   "DB session id and size (keep-latest) or by CRC-32C (verify); copy the rest. full copies all.")
 @click.option("--rate-limit", type=_Size(), default="0",
               help="Download at most SIZE bytes per second (e.g. 50M); 0, the default, is unlimited.")
 @_quiet_option
 @_report_failures
 def restore(backup_dir: str, storage_options: dict[str, Any] | None, db_dir: str, wal_dir: str | None,
-            backup_id: int | None, keep_log_files: bool, rate_limit: int, quiet: bool) -> None:
+            backup_id: int | None, keep_log_files: bool, mode: str, rate_limit: int, quiet: bool) -> None:
     """Restore a backup into a DB directory. Read-only on the backup directory.
 
     Every file is checked (size and CRC-32C) as it arrives, and the DB's CURRENT
@@ -410,6 +438,7 @@ def restore(backup_dir: str, storage_options: dict[str, Any] | None, db_dir: str
       rbackup restore --backup-dir /backups/app --db /var/lib/app/rocksdb
       rbackup restore --backup-dir s3://bucket/app --db /restore/here --backup-id 12
       rbackup restore --backup-dir s3://bucket/app --db /data/db --wal-dir /fast/wal
+      rbackup restore --backup-dir s3://bucket/app --db /data/db --mode keep-latest
     """
     with BackupEngineReadOnly(_options(backup_dir, storage_options, restore_rate_limit=rate_limit)) as engine:
         if backup_id is None:  # resolved here rather than by restore_db_from_latest_backup, to report the id
@@ -420,7 +449,8 @@ def restore(backup_dir: str, storage_options: dict[str, Any] | None, db_dir: str
         with _interruptible(f"the restore of backup {backup_id} into {db_dir} did not finish; the DB there "
                             "is incomplete and will not open until a restore completes"), \
                 ProgressBar(not quiet) as bar:
-            engine.restore_db_from_backup(backup_id, db_dir, wal_dir, RestoreOptions(keep_log_files=keep_log_files),
+            engine.restore_db_from_backup(backup_id, db_dir, wal_dir,
+                                          RestoreOptions(keep_log_files=keep_log_files, mode=parse_mode(mode)),
                                           progress_callback=bar)
     _say(quiet, f"restored backup {backup_id} into {db_dir}")
 
@@ -445,26 +475,139 @@ def delete(backup_dir: str, storage_options: dict[str, Any] | None, backup_id: i
     _say(quiet, f"deleted backup {backup_id}")
 
 
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    try:
+        return None if value is None else parse_duration(value)
+    except InvalidArgument as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+_KEEP_COUNT = click.IntRange(min=-1)
+
+
 @cli.command()
 @_backup_dir_options
-@click.option("--keep", type=click.IntRange(min=0), required=True, metavar="N",
-              help="How many of the newest valid backups to keep.")
+@click.option("--keep", type=click.IntRange(min=0), metavar="N",
+              help="Keep the newest N valid backups (by id); cannot be combined with the --keep-* rules.")
+@click.option("--keep-last", type=_KEEP_COUNT, default=0, metavar="N", help="Keep the newest N backups.")
+@click.option("--keep-hourly", type=_KEEP_COUNT, default=0, metavar="N",
+              help="Keep the newest backup of each of the last N hours that have one.")
+@click.option("--keep-daily", type=_KEEP_COUNT, default=0, metavar="N", help="... of the last N days.")
+@click.option("--keep-weekly", type=_KEEP_COUNT, default=0, metavar="N", help="... of the last N ISO weeks.")
+@click.option("--keep-monthly", type=_KEEP_COUNT, default=0, metavar="N", help="... of the last N months.")
+@click.option("--keep-yearly", type=_KEEP_COUNT, default=0, metavar="N", help="... of the last N years.")
+@click.option("--keep-within", callback=_duration, metavar="DURATION",
+              help="Keep every backup younger than DURATION (e.g. 30d, 2w, 1w12h) measured from the newest.")
+@click.option("--tz", metavar="ZONE", help="Time zone for periods (IANA name, e.g. Europe/Berlin); default UTC.")
+@click.option("--dry-run", is_flag=True, help="Only show what would be deleted and why each kept backup is kept.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON: {policy, keep, remove, dry_run}.")
 @_quiet_option
 @_report_failures
-def purge(backup_dir: str, storage_options: dict[str, Any] | None, keep: int, quiet: bool) -> None:
-    """Delete the oldest backups, keeping the newest N valid ones.
+def purge(backup_dir: str, storage_options: dict[str, Any] | None, keep: int | None, keep_last: int,
+          keep_hourly: int, keep_daily: int, keep_weekly: int, keep_monthly: int, keep_yearly: int,
+          keep_within: timedelta | None, tz: str | None, dry_run: bool, as_json: bool, quiet: bool) -> None:
+    """Delete old backups: the oldest beyond the newest N (--keep N), or those a
+    retention policy does not keep (restic's rules).
+
+    Each --keep-* rule keeps the newest backup of each period, for the last N
+    periods that have a backup (-1: all of them); a backup kept by any rule is
+    kept. At least one rule is required. Corrupt backups are not touched.
 
     \b
-    Example:
+    Examples:
       rbackup purge --backup-dir s3://bucket/app --keep 7
+      rbackup purge --backup-dir s3://bucket/app --keep-daily 7 --keep-weekly 4 --keep-monthly 12
+      rbackup purge --backup-dir /backups/app --keep-last 3 --keep-within 2w --tz Europe/Berlin --dry-run
     """
-    with BackupEngine(_options(backup_dir, storage_options)) as engine, _interruptible(_LEFTOVERS):
+    counts = (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+    policy_plan: RetentionPolicy | None = None
+    if keep is not None:
+        if any(counts) or keep_within is not None or tz is not None:
+            raise click.UsageError("--keep cannot be combined with --keep-* rules or --tz")
+    else:  # no rule at all: InvalidArgument, nothing deleted
+        policy_plan = RetentionPolicy(*counts, keep_within=keep_within, tz=tz)
+    engine_type = BackupEngineReadOnly if dry_run else BackupEngine
+    with engine_type(_options(backup_dir, storage_options)) as engine, _interruptible(_LEFTOVERS):
+        location = engine.env.describe()
         before = [b.backup_id for b in engine.get_backup_info()]
-        engine.purge_old_backups(keep)
-        remaining = {b.backup_id for b in engine.get_backup_info()}
-    deleted = [i for i in before if i not in remaining]
-    _say(quiet, f"deleted backups {', '.join(map(str, deleted))}" if deleted
-         else f"nothing to delete: {len(before)} backups, keeping {keep}")
+        if policy_plan is None:
+            assert keep is not None
+            doomed = before[:max(0, len(before) - keep)]
+            if not dry_run:
+                engine.purge_old_backups(keep)
+            doc: dict[str, Any] = {"policy": {"keep": keep}, "keep": [{"id": i} for i in before if i not in doomed],
+                                   "remove": [{"id": i} for i in doomed]}
+        else:
+            plan = engine.purge_by_policy(policy_plan, dry_run=dry_run)
+            doomed, doc = plan.remove, plan.to_json()
+        # A store may refuse some deletions (S3 Object Lock): report what really went.
+        remaining = set(before) if dry_run else {b.backup_id for b in engine.get_backup_info()}
+    deleted = doomed if dry_run else [i for i in before if i not in remaining]
+    refused = [i for i in doomed if i in remaining and not dry_run]
+    if as_json:
+        click.echo(json.dumps({"backup_dir": location, "dry_run": dry_run, **doc, "not_deleted": refused}, indent=2))
+    elif dry_run and not quiet:
+        for item in doc["keep"]:
+            why = ", ".join(item.get("reasons", [f"newest {keep}"]))
+            click.echo(f"keep   {item['id']:>6}  {why}")
+        for item in doc["remove"]:
+            click.echo(f"remove {item['id']:>6}")
+    if refused:  # not a failure: an immutable store keeps them until their retention ends
+        click.echo(f"rbackup: warning: backups {', '.join(map(str, refused))} were not deleted: the store "
+                   "keeps them (e.g. S3 Object Lock retention); purge again once it has passed", err=True)
+    if not as_json:
+        verb = "would delete" if dry_run else "deleted"
+        _say(quiet, f"{verb} backups {', '.join(map(str, deleted))}" if deleted
+             else f"nothing to delete: {len(before)} backups, "
+                  + (f"keeping {keep}" if keep is not None else "all kept by the policy"))
+
+
+@cli.command()
+@click.option("--from", "source", required=True, metavar="URL", help="The backup directory to copy from.")
+@click.option("--to", "destination", required=True, metavar="URL", help="The backup directory to copy to.")
+@click.option("--from-option", "source_options", multiple=True, metavar="KEY=VALUE", callback=_storage_options,
+              help="Storage option for the source (repeatable; as -o of the other commands).")
+@click.option("--to-option", "destination_options", multiple=True, metavar="KEY=VALUE",
+              callback=_storage_options, help="Storage option for the destination (repeatable).")
+@click.option("--backup-id", "backup_ids", type=int, multiple=True, metavar="N",
+              help="Copy this backup (repeatable; default: every valid backup).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as a JSON object.")
+@_quiet_option
+@_report_failures
+def copy(source: str, destination: str, source_options: dict[str, Any] | None,
+         destination_options: dict[str, Any] | None, backup_ids: tuple[int, ...], as_json: bool, quiet: bool) -> None:
+    """Copy backups to another backup directory (any store to any store).
+
+    Incremental (shared files the destination already holds are not sent),
+    every file's CRC-32C checked on the way, each backup's meta file written
+    last; run it again after an interruption and it resumes. Nothing is ever
+    deleted or replaced at the destination, which stays in RocksDB's format.
+
+    \b
+    Examples:
+      rbackup copy --from /backups/app --to s3://offsite/app
+      rbackup copy --from s3://bucket/app --to /mnt/usb/app --backup-id 12 --backup-id 13
+      rbackup copy --from /backups/app --to s3://offsite/app --to-option encryption_key_file=/etc/app.key
+    """
+    with ProgressBar(not quiet) as bar, _interruptible(
+            "the copy did not finish; backups already committed at the destination are complete, and running "
+            "the same copy again resumes without sending the files already there"):
+        report = copy_backups(source, destination, backup_ids or None, source_storage_options=source_options,
+                              destination_storage_options=destination_options, progress_callback=bar)
+    if as_json:
+        click.echo(json.dumps({"from": source, "to": destination, **asdict(report)}, indent=2))
+        return
+    for backup_id, reason in report.skipped_corrupt.items():
+        _print_error(f"backup {backup_id} not copied: corrupt in the source ({' '.join(reason.split())})")
+    present = f"{len(report.already_present)} backups already there"
+    if report.copied:
+        _say(quiet, f"copied backups {', '.join(map(str, report.copied))}: {report.files_copied} files, "
+                    f"{human_size(report.bytes_copied)} sent; {report.files_reused} shared files already there, "
+                    f"{report.files_resumed} resumed from an earlier run; {present}")
+    else:
+        _say(quiet, f"nothing to copy: {present}")
+    if report.skipped_corrupt:
+        raise click.exceptions.Exit(EXIT_FAILED)
 
 
 @cli.command()
@@ -501,6 +644,19 @@ def backends() -> None:
     click.echo(backends_table(list_backends()))
 
 
+if __name__ == "__main__":
+    # `python -m rbackup.cli`: this copy of the module is __main__, and cli_read would import a
+    # second, half-made rbackup.cli; run the real module's main instead.
+    from rbackup.__main__ import run
+
+    run()
+
+from .cli_read import get, inspect, scan  # noqa: E402  (they use the helpers above)
+
+for _command in (inspect, get, scan):
+    cli.add_command(_command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script: run one command and return its exit code.
 
@@ -523,6 +679,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail
         return EXIT_FAILED
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -129,7 +129,8 @@ LIST_JSON_SCHEMA = """\
  "backups": [{"id": INT, "timestamp": INT (Unix seconds), "time": STR (ISO-8601 UTC),
               "size": INT (bytes), "files": INT, "metadata": STR (UTF-8 text) or null,
               "metadata_hex": STR,
-              "file_details": [{"path": STR, "size": INT, "crc32c": INT or null}]  (--files only)}],
+              "file_details": [{"path": STR, "size": INT, "crc32c": INT or null}]  (--files only),
+              "excluded_files": [STR]  (--files only, when the backup excludes files)}],
  "corrupt": [{"id": INT, "reason": STR}]}"""
 """The stable shape of `rbackup list --json`, shown in --help and docs/cli.md."""
 
@@ -148,6 +149,8 @@ def backup_json(info: BackupInfo) -> dict[str, Any]:
     if info.files is not None:
         entry["file_details"] = [{"path": f.relative_filename, "size": f.size, "crc32c": f.crc32c}
                                  for f in info.files]
+    if info.excluded_files:
+        entry["excluded_files"] = list(info.excluded_files)
     return entry
 
 
@@ -207,6 +210,7 @@ def file_lines(info: BackupInfo) -> str:
     """A backup's files as an aligned block: path, size, CRC-32C in hex (as checksum tools print it)."""
     rows = [[f.relative_filename, human_size(f.size), "-" if f.crc32c is None else f"crc32c {f.crc32c:08x}"]
             for f in info.files or ()]
+    rows += [[path, "-", "excluded"] for path in info.excluded_files or ()]
     if not rows:
         return ""
     return render_table(["FILE", "SIZE", "CHECKSUM"], rows, right=(1,))

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from . import sstprops
 from .checksum import crc32c
 from .env.base import BackupEnv
-from .errors import BackupError, Corruption, InvalidArgument, NotFound, NotSupported
+from .errors import Aborted, BackupError, Corruption, InvalidArgument, NotFound, NotSupported
 from .lock import WriterLock
 from .meta import BackupMeta, MetaFileEntry, serialize_meta
-from .naming import META_DIR, PRIVATE_DIR, FileKind, meta_path, private_dir
-from .options import BackupableDBOptions, ProgressCallback
+from .naming import META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, FileKind, meta_path, private_dir
+from .options import BackupableDBOptions, ExcludeFilesCallback, MaybeExcludeBackupFile, ProgressCallback
 from .osutil import advise_sequential
 from .plan import NamingFacts, PlannedFile, needs_crc_for_name, needs_naming_facts, plan_backup
 from .ratelimit import make_limiter
@@ -47,6 +47,20 @@ class BackupRequest:
     flush_before_backup: bool = False
     app_metadata: bytes = b""
     progress_callback: ProgressCallback | None = None
+    exclude_files_callback: ExcludeFilesCallback | None = None
+
+
+def _exclusions(plan: list[PlannedFile], callback: ExcludeFilesCallback | None, backup_id: int) -> set[str]:
+    """Ask the user's callback which shared_checksum files to copy leave out (RocksDB offers the
+    files a backup would copy there; a file already in this directory costs nothing to keep)."""
+    if callback is None:
+        return set()
+    offered = [MaybeExcludeBackupFile(p.dest) for p in plan if p.copy and p.dest.startswith(f"{SHARED_CHECKSUM_DIR}/")]
+    try:
+        callback(offered)
+    except Exception as exc:  # the user's code: whatever it raises aborts the backup, as RocksDB HEAD
+        raise Aborted(f"backup {backup_id}: exclude_files_callback raised {type(exc).__name__}: {exc}") from exc
+    return {m.relative_file for m in offered if m.exclude_decision}
 
 
 def _naming_facts(f: SourceFile, buffers: Buffers, log: logging.Logger) -> NamingFacts:
@@ -90,7 +104,8 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
                                share_files_with_checksum=options.share_files_with_checksum,
                                facts=facts, referenced=state.referenced())
             side = [PlannedFile(f, f"{private_dir(backup_id)}/{f.name}", True, None) for f in snap.side_files]
-            copies = [p for p in plan if p.copy] + side
+            excluded = _exclusions(plan, req.exclude_files_callback, backup_id)
+            copies = [p for p in plan if p.copy and p.dest not in excluded] + side
             leftovers = [p.dest for p in copies if p.dest in state.listing]
             if leftovers:  # of a crashed attempt: no valid backup references them (the plan copies them)
                 lock.check(f"backup {backup_id}: removing leftovers")
@@ -122,6 +137,9 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
             entries = []
             sizes: dict[str, int] = {}
             for p in plan:
+                if p.dest in excluded:  # recorded, not copied: written after the counted entries
+                    entries.append(MetaFileEntry(p.dest, None, excluded=True))
+                    continue
                 size, crc = copied[p.dest] if p.copy else (p.source.size, p.expected_crc32c)
                 if crc is None:  # the backup holding it was written without crcs (schema 2 allows that)
                     with open(p.source.path, "rb") as fh:

@@ -8,10 +8,14 @@ store is picked by the registry from the URL or given as `backup_env`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+from .alternates import Located, locate_files, verify_alternate_file
+from .backup_cache import DEFAULT_CACHE_LIMIT, FileCache, default_cache_dir
+from .backup_db import BackupDB, open_view
 from .create import BackupRequest, create_backup
 from .env.base import BackupEnv
 from .env.registry import open_env
@@ -25,13 +29,24 @@ from .naming import (
     PRIVATE_DIR,
     SHARED_CHECKSUM_DIR,
     SHARED_DIR,
+    SIDE_FILES,
     is_meta_temp_name,
     is_temp_name,
     meta_path,
     parse_backup_id,
+    private_dir,
 )
-from .options import BackupableDBOptions, BackupFileInfo, BackupInfo, ProgressCallback, RestoreOptions
+from .options import (
+    BackupableDBOptions,
+    BackupFileInfo,
+    BackupInfo,
+    BackupStatistics,
+    ExcludeFilesCallback,
+    ProgressCallback,
+    RestoreOptions,
+)
 from .restore import restore_backup, verify_backup
+from .retention import RetentionPlan, RetentionPolicy, plan_retention
 from .state import BackupState, LoadedBackup, MetaCache, load_state
 
 
@@ -50,11 +65,12 @@ class BackupEngine:
         self.env: BackupEnv = ReadOnlyEnv(env) if self.read_only else env
         self._stop = threading.Event()
         self._mutex = threading.RLock()
-        self._meta_cache: MetaCache = {}
+        self._meta_cache = MetaCache()
         self._cached_state: BackupState | None = None
         self._closed = False
         self._held: WriterLock | None = None
         """The writer lock while an operation holds it."""
+        self._statistics = BackupStatistics()
         if self.read_only and options.destroy_old_data:
             raise InvalidArgument("destroy_old_data cannot be used with a read-only engine")
         if not self.read_only:
@@ -182,10 +198,19 @@ class BackupEngine:
 
     # -- RocksDB's API ---------------------------------------------------------
     def create_new_backup(self, db, flush_before_backup: bool = False, *, app_metadata: bytes | str | None = None,
-                          progress_callback: ProgressCallback | None = None) -> int:
+                          progress_callback: ProgressCallback | None = None,
+                          exclude_files_callback: ExcludeFilesCallback | None = None) -> int:
         """Back up `db` (an open rocksdict.Rdict, or the path of a DB no process holds
-        open) and return the new backup's id."""
+        open) and return the new backup's id.
+
+        `exclude_files_callback` may leave out shared files another backup directory
+        holds (schema_version 2 only); restore and open_backup find them through
+        alternate directories."""
         self._check_writable("create_new_backup")
+        if exclude_files_callback is not None and self.options.schema_version < 2:
+            raise InvalidArgument("exclude_files_callback needs schema_version=2 (excluded files are schema-2 "
+                                  f"meta entries); {self.env.describe()} is opened with schema_version "
+                                  f"{self.options.schema_version}")
         if self._stop.is_set():
             raise Incomplete("Backup stopped")
         metadata = app_metadata.encode("utf-8") if isinstance(app_metadata, str) else bytes(app_metadata or b"")
@@ -200,14 +225,27 @@ class BackupEngine:
             try:
                 assert self._held is not None
                 create_backup(self.env, self._state, self.options,
-                              BackupRequest(backup_id, db, flush_before_backup, metadata, progress_callback),
+                              BackupRequest(backup_id, db, flush_before_backup, metadata, progress_callback,
+                                            exclude_files_callback),
                               self._stop, self._workers, self._held)
             except BaseException:
+                self._count_backup(ok=False)
                 self._invalidate()
                 with contextlib.suppress(BackupError):
                     self._garbage_collect()
                 raise
+        self._count_backup(ok=True)
         return backup_id
+
+    def _count_backup(self, ok: bool) -> None:
+        with self._mutex:  # creates on several threads of one engine count each one
+            s = self._statistics
+            self._statistics = dataclasses.replace(s, number_success_backup=s.number_success_backup + ok,
+                                                   number_fail_backup=s.number_fail_backup + (not ok))
+
+    def get_backup_statistics(self) -> BackupStatistics:
+        """Backups made and failed by this engine object since it was opened (RocksDB's GetBackupStatistics)."""
+        return self._statistics
 
     def create_new_backup_with_metadata(self, db, app_metadata: bytes | str, flush_before_backup: bool = False, *,
                                         progress_callback: ProgressCallback | None = None) -> int:
@@ -219,12 +257,46 @@ class BackupEngine:
         self._check_open()
         return [self._info(b, include_file_details) for b in self._state.valid]
 
+    def get_latest_backup_info(self, include_file_details: bool = False) -> BackupInfo:
+        """The newest valid backup; NotFound when there is none (RocksDB's GetLatestBackupInfo)."""
+        self._check_open()
+        return self._info(self._latest(), include_file_details)
+
     def _info(self, backup: LoadedBackup, details: bool) -> BackupInfo:
         assert backup.meta is not None
-        live = [e for e in backup.meta.files if not e.excluded]
-        files = tuple(BackupFileInfo(e.path, backup.sizes[e.path], e.crc32c) for e in live) if details else None
-        return BackupInfo(backup.backup_id, backup.meta.timestamp, sum(backup.sizes[e.path] for e in live),
-                          len(live), backup.meta.app_metadata, files)
+        files = tuple(BackupFileInfo(e.path, backup.sizes[e.path], e.crc32c) for e in backup.meta.files
+                      if not e.excluded) if details else None
+        excluded = tuple(e.path for e in backup.meta.files if e.excluded) if details else None
+        return BackupInfo(backup.backup_id, backup.meta.timestamp, backup.live_bytes, len(backup.sizes),
+                          backup.meta.app_metadata, files, excluded)
+
+    def lookup_file(self, path: str) -> tuple[int, int | None] | None:
+        """(size, crc32c) of `path` if a valid backup here holds it: what an engine
+        given as an alternate directory is asked for an excluded file."""
+        self._check_open()
+        return self._state.referenced().get(path)
+
+    def open_backup(self, backup_id: int, *, alternate_dirs: Sequence[BackupEngine] = (),
+                    cache_dir: str | os.PathLike | None = None, cache_limit: int = DEFAULT_CACHE_LIMIT,
+                    view_dir: str | os.PathLike | None = None) -> BackupDB:
+        """Open backup `backup_id` as a read-only DB without restoring it.
+
+        On local disk the backup's files are read in place through a temporary
+        directory of symlinks (made under `view_dir`, default the system temp dir);
+        on remote stores they are fetched, CRC-32C checked, into `cache_dir`
+        (default `~/.cache/rbackup/open`, at most `cache_limit` bytes, reused by later
+        opens).  The backup directory is never written.  Close the result (or use
+        `with`) to close the DB and remove the view.
+        """
+        self._check_open()
+        backup = self._backup(backup_id)
+        files = locate_files(self.env, backup, alternate_dirs)
+        listing = self._state.listing
+        side = [Located(self.env, path, listing[path], None, name) for name in SIDE_FILES
+                if (path := f"{private_dir(backup_id)}/{name}") in listing]
+        cache = FileCache(os.fspath(cache_dir or default_cache_dir()), cache_limit, self._log)
+        return open_view(backup_id, files, side, cache=cache, workers=self._workers, log=self._log,
+                         view_parent=os.fspath(view_dir) if view_dir is not None else None)
 
     def get_corrupted_backups(self) -> list[int]:
         self._check_open()
@@ -248,6 +320,32 @@ class BackupEngine:
                 self._delete_metas(doomed)
             self._garbage_collect()
 
+    def purge_by_policy(self, policy: RetentionPolicy, *, dry_run: bool = False) -> RetentionPlan:
+        """Delete the valid backups `policy` does not keep (restic's rules, see
+        `rbackup.retention`) and return the plan, which says why each kept one is
+        kept.  With `dry_run` nothing is written and no lock is taken.  Corrupt
+        backups are left for `delete_backup`/`garbage_collect`."""
+        if not isinstance(policy, RetentionPolicy):
+            raise InvalidArgument(f"purge_by_policy: expected a RetentionPolicy, got {type(policy).__name__}")
+        self._check_open()
+        if dry_run:
+            return self._retention_plan(policy)
+        self._check_writable("purge_by_policy")
+        with self._writing("purge_by_policy"):
+            plan = self._retention_plan(policy)
+            if plan.remove:
+                self._log.info("purge_by_policy: deleting backups %s from %s", plan.remove, self.env.describe())
+                self._delete_metas(plan.remove)
+            self._garbage_collect()
+        return plan
+
+    def _retention_plan(self, policy: RetentionPolicy) -> RetentionPlan:
+        backups = []
+        for b in self._state.valid:
+            assert b.meta is not None
+            backups.append((b.backup_id, b.meta.timestamp))
+        return plan_retention(backups, policy)
+
     def delete_backup(self, backup_id: int) -> None:
         """Delete one backup, valid or corrupt; files other backups share stay."""
         self._check_writable("delete_backup")
@@ -265,12 +363,21 @@ class BackupEngine:
             self._garbage_collect()
 
     def verify_backup(self, backup_id: int, verify_with_checksum: bool = False, *,
-                      progress_callback: ProgressCallback | None = None) -> None:
+                      progress_callback: ProgressCallback | None = None,
+                      alternate_dirs: Sequence[BackupEngine] = ()) -> None:
         """Raise unless every file of the backup is there with its recorded size
-        (and, with checksums, its recorded CRC-32C)."""
+        (and, with checksums, its recorded CRC-32C).  Files the backup excluded are
+        skipped, as RocksDB does, unless `alternate_dirs` are given: then each must be
+        held by one of them, and with checksums is verified there."""
         self._check_open()
-        verify_backup(self.env, self._backup(backup_id), verify_with_checksum, self.options, threading.Event(),
+        backup = self._backup(backup_id)
+        verify_backup(self.env, backup, verify_with_checksum, self.options, threading.Event(),
                       self._workers, progress_callback)
+        if alternate_dirs:
+            excluded = {e.path for e in backup.meta.files if e.excluded} if backup.meta else set()
+            for f in locate_files(self.env, backup, alternate_dirs):
+                if f.path in excluded and f.env is not None:
+                    verify_alternate_file(backup_id, f, verify_with_checksum)
 
     def restore_db_from_backup(self, backup_id: int, db_dir: str | os.PathLike,
                                wal_dir: str | os.PathLike | None = None,

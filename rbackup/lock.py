@@ -79,7 +79,8 @@ log = logging.getLogger("rbackup")
 
 
 def is_lock_file(path: str) -> bool:
-    """Whether a backup-directory path is part of the writer lock (not backup data)."""
+    """Whether a backup-directory path is part of the writer lock (not backup data): the lock
+    file, the lease directory (listed to find the newest lease) or a lease in it."""
     return path in (LOCK_NAME, LEASE_DIR) or path.startswith(LEASE_DIR + "/")
 
 

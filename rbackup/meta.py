@@ -21,9 +21,14 @@ job; this module never does I/O.
 from __future__ import annotations
 
 import binascii
+import itertools
 import logging
+import operator
 import re
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast, overload
 
 from .env.base import check_path
 from .errors import BackupError, Corruption, InvalidArgument, NotSupported
@@ -41,6 +46,8 @@ __all__ = [
     "SCHEMA_2_VERSION",
     "TEMPERATURES",
     "BackupMeta",
+    "EntryList",
+    "EntryTable",
     "MetaFileEntry",
     "parse_meta",
     "serialize_meta",
@@ -76,15 +83,20 @@ _FIELD_SIZE = "size"
 _FIELD_TEMP = "temp"
 _FIELD_EXCLUDED = "ni::excluded"
 _NON_IGNORABLE_PREFIX = "ni::"
+_PRIVATE_PREFIX = PRIVATE_DIR + "/"
 
 _CANONICAL_DECIMAL_RE = re.compile(r"0|[1-9][0-9]{0,9}")
 _DIGITS_RE = re.compile(r"[0-9]*")
 _STRTOULL_RE = re.compile(r"[ \t\n\v\f\r]*([+-]?)([0-9]*)")
 
 
-@dataclass
+@dataclass(slots=True)
 class MetaFileEntry:
-    """One file line of a meta file."""
+    """One file line of a meta file.
+
+    Loaded backups share these: a file named by 100 meta files is one entry
+    (see `EntryTable`), so treat entries you did not build as read-only.
+    """
 
     path: str
     """Backup-relative, e.g. `shared_checksum/000012_sX_123.sst`, `private/3/CURRENT`."""
@@ -106,8 +118,9 @@ class BackupMeta:
     """Seconds since the epoch as written (uint64; RocksDB writes 1 if the clock failed)."""
     sequence_number: int
     """Approximate latest sequence number at backup time (uint64)."""
-    files: list[MetaFileEntry]
-    """In file order; `excluded` entries are written after all counted ones."""
+    files: Sequence[MetaFileEntry]
+    """In file order; `excluded` entries are written after all counted ones.  A list, or
+    for a backup the engine loaded an `EntryList` over entries shared with other backups."""
     app_metadata: bytes = b""
     schema_version: str = "1"
     """As read: "1" when there is no `schema_version` line, else e.g. "2", "2.0", "2.1", "2.5.70"."""
@@ -284,7 +297,101 @@ class _UniquePaths:
             raise _BadPath(f"restores to the same DB file {restore_name!r} as {_show(other)}")
 
 
-def parse_meta(data: bytes, backup_id: int, *, ignored_fields: set[str] | None = None) -> BackupMeta:
+class EntryTable:
+    """Every distinct file line of the meta files parsed with it, known once.
+
+    RocksDB keeps one `FileInfo` per backup file and pointers to it from each
+    backup; this is the same idea for a loader in Python: a line such as
+    `shared_checksum/000012_s..._983.sst crc32 1234` that 100 meta files hold
+    is parsed and checked once, becomes one `MetaFileEntry`, and each backup
+    keeps only the index of it (`EntryList`).  Lines naming a private file
+    belong to one backup and are never looked up for another.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[MetaFileEntry] = []
+        self.restore_ids = array("I")
+        """Per entry: the interned DB file name it restores to (the uniqueness check)."""
+        self.excluded: set[int] = set()
+        """Indices of `ni::excluded` entries (not counted, not in the store)."""
+        self.clashing: set[int] = set()
+        """Indices of entries restoring to a DB file name that another entry has too."""
+        self._by_line: dict[str, int] = {}
+        self._restore_names: dict[str, int] = {}
+        self._first_of: list[int] = []
+        """By restore id: the first entry with that name."""
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _add(self, entry: MetaFileEntry, restore_name: str) -> int:
+        index = len(self.entries)
+        self.entries.append(entry)
+        restore_id = self._restore_names.setdefault(restore_name, len(self._restore_names))
+        self.restore_ids.append(restore_id)
+        if restore_id == len(self._first_of):
+            self._first_of.append(index)
+        else:
+            self.clashing.update((self._first_of[restore_id], index))
+        if entry.excluded:
+            self.excluded.add(index)
+        return index
+
+    def compacted(self, lists: Sequence[EntryList]) -> tuple[EntryTable, list[EntryList]]:
+        """A new table holding only the entries `lists` use, and `lists` over it.
+
+        Entries of backups that are gone would otherwise stay for the life of the
+        engine; this and the lists given are left untouched for whoever holds them.
+        """
+        used = sorted(set().union(*(lst.indices for lst in lists)))
+        table = EntryTable()
+        remap = {}
+        line_of = {index: line for line, index in self._by_line.items()}
+        names = {rid: name for name, rid in self._restore_names.items()}
+        for old in used:
+            remap[old] = new = table._add(self.entries[old], names[self.restore_ids[old]])
+            if old in line_of:
+                table._by_line[line_of[old]] = new
+        return table, [EntryList(table, array("I", map(remap.__getitem__, lst.indices))) for lst in lists]
+
+
+class EntryList(Sequence[MetaFileEntry]):
+    """One backup's files in meta-file order: indices into an `EntryTable` (4 bytes a file)."""
+
+    __slots__ = ("indices", "table")
+
+    def __init__(self, table: EntryTable, indices: array) -> None:
+        self.table = table
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @overload
+    def __getitem__(self, i: int) -> MetaFileEntry: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[MetaFileEntry]: ...
+
+    def __getitem__(self, i: int | slice) -> MetaFileEntry | list[MetaFileEntry]:
+        if isinstance(i, slice):
+            return list(map(self.table.entries.__getitem__, self.indices[i]))
+        return self.table.entries[self.indices[i]]
+
+    def __iter__(self) -> Iterator[MetaFileEntry]:
+        return map(self.table.entries.__getitem__, self.indices)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (EntryList, list)):
+            return len(self) == len(other) and all(map(operator.eq, self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"EntryList({len(self)} files)"
+
+
+def parse_meta(data: bytes, backup_id: int, *, ignored_fields: set[str] | None = None,
+               table: EntryTable | None = None) -> BackupMeta:
     """Parse the content of `meta/<backup_id>` as RocksDB's `LoadFromFile` does.
 
     Raises Corruption for a malformed or hostile file and NotSupported for a
@@ -294,16 +401,27 @@ def parse_meta(data: bytes, backup_id: int, *, ignored_fields: set[str] | None =
     Unrecognised ignorable fields are logged once per name; pass the same
     `ignored_fields` set (it collects `meta:x`, `file:x`, `footer:x`) across
     calls to warn once per engine, as RocksDB does.
+
+    With `table`, the files come back as an `EntryList` over entries shared
+    with every meta file parsed with the same table (the engine's loader);
+    without, as a list of entries of their own.
     """
-    return _Parser(bytes(data), backup_id, set() if ignored_fields is None else ignored_fields).parse()
+    shared = table is not None
+    parser = _Parser(bytes(data), backup_id, set() if ignored_fields is None else ignored_fields,
+                     table if table is not None else EntryTable())
+    meta = parser.parse()
+    if not shared:
+        meta.files = list(meta.files)
+    return meta
 
 
 class _Parser:
     """One pass over the lines of one meta file; `lineno` drives the error messages."""
 
-    def __init__(self, data: bytes, backup_id: int, ignored_fields: set[str]) -> None:
+    def __init__(self, data: bytes, backup_id: int, ignored_fields: set[str], table: EntryTable) -> None:
         self.backup_id = backup_id
         self.ignored_fields = ignored_fields
+        self.table = table
         if len(data) > MAX_META_FILE_SIZE:
             raise Corruption(
                 f"backup {backup_id}: meta file is {len(data)} bytes,"
@@ -354,7 +472,8 @@ class _Parser:
         files, footer = self.parse_files(schema2)
         if footer:
             self.parse_footer()
-        counted = sum(1 for f in files if not f.excluded)
+        excluded = self.table.excluded
+        counted = len(files) - (sum(map(excluded.__contains__, files.indices)) if excluded else 0)
         self.lineno = 0
         if count is None:
             raise self.error("missing or incomplete header: no file count")
@@ -397,45 +516,97 @@ class _Parser:
         except (binascii.Error, ValueError):
             raise self.error("app metadata is not valid hex") from None
 
-    def parse_files(self, schema2: bool) -> tuple[list[MetaFileEntry], bool]:
-        """File lines up to the end or the footer marker; returns (entries, footer seen)."""
-        files: list[MetaFileEntry] = []
-        unique = _UniquePaths()
-        backup_id = self.backup_id
+    def parse_files(self, schema2: bool) -> tuple[EntryList, bool]:
+        """File lines up to the end or the footer marker; returns (entries, footer seen).
+
+        The work per line is done in C (dict look-ups through `map`): only lines
+        the table has not seen are parsed in Python.  Any error sends the file
+        through `first_error`, line by line, so it is reported exactly as a
+        sequential parse would report it.
+        """
         first = self.lineno
-        for lineno, line in enumerate(self.lines[first:], first + 1):
-            self.lineno = lineno  # errors raised below name this line
-            # std::getline splitting: "a  b" has an empty middle token, a trailing
-            # space adds no token, and "" has no tokens at all.
-            tokens = line.split(" ")
-            if tokens[-1] == "":
-                tokens.pop()
-            if not tokens:
-                raise self.error("empty line instead of file entry")
-            if schema2 and line == _FOOTER_MARKER:
-                return files, True
-            path = tokens[0]
-            if schema2:
-                if len(tokens) % 2 != 1:
-                    raise self.error(f"bad number of fields for {_show(path)}")
-            elif len(tokens) < 3:
-                raise self.error(f"checksum missing for {_show(path)}")
-            elif tokens[1] != _FIELD_CRC32:
-                raise self.error(f"unknown checksum type {_show(tokens[1])} for {_show(path)}")
-            elif len(tokens) > 3:
-                raise self.error(f"extra data for {_show(path)}")
-            if len(tokens) == 3 and tokens[1] == _FIELD_CRC32:  # the usual line, parsed inline for speed
-                entry = MetaFileEntry(path, self.parse_crc32(path, tokens[2]))
-            else:
-                entry = self.parse_fields(path, tokens)
-                if entry.excluded:  # RocksDB keeps only the path of an excluded file
-                    entry = MetaFileEntry(path, None, excluded=True)
+        body = self.lines[first:]
+        end = len(body)
+        footer = False
+        if schema2:
             try:
-                unique.add(path, backup_id)
+                end = body.index(_FOOTER_MARKER)
+            except ValueError:
+                pass
+            else:
+                # the marker ends the entries unless an earlier line is bad, which first_error reports
+                body, footer = body[:end], True
+        table = self.table
+        known = table._by_line
+        private: list[str] = []
+        try:
+            found = list(map(known.get, body))  # one hash per line, in C
+            if None in found:
+                for pos in itertools.compress(range(len(body)), map(operator.is_, found, itertools.repeat(None))):
+                    line = body[pos]
+                    index = known.get(line)
+                    if index is None:  # else a line repeated in this file: caught as a duplicate below
+                        entry, restore_name = self.parse_line(first + pos + 1, line, schema2)
+                        known[line] = index = table._add(entry, restore_name)
+                        if entry.path.startswith(_PRIVATE_PREFIX):
+                            private.append(line)
+                    found[pos] = index
+            indices = array("I", cast("list[int]", found))  # every None was filled in above
+        except BackupError:
+            self.first_error(first, body, schema2)
+            raise
+        finally:
+            for line in private:  # another backup's file under this name would be someone else's
+                del known[line]
+        # No line twice, and no two entries restoring to one DB file: only entries whose
+        # DB file name another entry also has (every backup's CURRENT, say) need a look.
+        clash, restore_ids = table.clashing, table.restore_ids
+        if len(set(indices)) != len(indices) or (
+                clash and _repeats([restore_ids[i] for i in filter(clash.__contains__, indices)])):
+            self.first_error(first, body, schema2)
+        self.lineno = first + end + footer  # past the marker line, if any
+        return EntryList(table, indices), footer
+
+    def first_error(self, first: int, body: list[str], schema2: bool) -> None:
+        """Raise the error of the first bad line in `body`, as a line-by-line parse finds it."""
+        unique = _UniquePaths()
+        for lineno, line in enumerate(body, first + 1):
+            entry, _ = self.parse_line(lineno, line, schema2)  # sets self.lineno for the errors
+            try:
+                unique.add(entry.path, self.backup_id)
             except _BadPath as exc:
-                raise self.error(f"invalid path {_show(path)}: {exc}") from None
-            files.append(entry)
-        return files, False
+                raise self.error(f"invalid path {_show(entry.path)}: {exc}") from None
+
+    def parse_line(self, lineno: int, line: str, schema2: bool) -> tuple[MetaFileEntry, str]:
+        """One file line: its entry and the DB file name it restores to."""
+        self.lineno = lineno
+        # std::getline splitting: "a  b" has an empty middle token, a trailing
+        # space adds no token, and "" has no tokens at all.
+        tokens = line.split(" ")
+        if tokens[-1] == "":
+            tokens.pop()
+        if not tokens:
+            raise self.error("empty line instead of file entry")
+        path = tokens[0]
+        if schema2:
+            if len(tokens) % 2 != 1:
+                raise self.error(f"bad number of fields for {_show(path)}")
+        elif len(tokens) < 3:
+            raise self.error(f"checksum missing for {_show(path)}")
+        elif tokens[1] != _FIELD_CRC32:
+            raise self.error(f"unknown checksum type {_show(tokens[1])} for {_show(path)}")
+        elif len(tokens) > 3:
+            raise self.error(f"extra data for {_show(path)}")
+        if len(tokens) == 3 and tokens[1] == _FIELD_CRC32:  # the usual line, parsed inline for speed
+            entry = MetaFileEntry(path, self.parse_crc32(path, tokens[2]))
+        else:
+            entry = self.parse_fields(path, tokens)
+            if entry.excluded:  # RocksDB keeps only the path of an excluded file
+                entry = MetaFileEntry(path, None, excluded=True)
+        try:
+            return entry, _restore_name(path, self.backup_id)
+        except _BadPath as exc:
+            raise self.error(f"invalid path {_show(path)}: {exc}") from None
 
     def parse_crc32(self, path: str, value: str) -> int:
         """strtoul, then "must print back identically": a canonical decimal uint32."""
@@ -473,6 +644,10 @@ class _Parser:
             if name.startswith(_NON_IGNORABLE_PREFIX):
                 raise self.error(f"unrecognized non-ignorable footer field {_show(name)}", NotSupported)
             self.ignore("footer", name)
+
+
+def _repeats(items: list[int]) -> bool:
+    return len(set(items)) != len(items)
 
 
 def _show(text: str, limit: int = 80) -> str:

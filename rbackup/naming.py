@@ -12,6 +12,7 @@ import re
 from .errors import InvalidArgument
 
 __all__ = [
+    "ENCRYPTION_MARKER",
     "MAX_BACKUP_ID",
     "META_DIR",
     "PRIVATE_DIR",
@@ -47,6 +48,10 @@ SIDE_FILES: tuple[str, ...] = ("rocksdict-config.json",)
 RocksDB rejects a backup that lists them ("Fail to parse filename"), so they
 never appear in a meta file; the engine carries them some other way.
 """
+
+ENCRYPTION_MARKER = "rbackup-encryption.json"
+"""Not a RocksDB name: the root file that marks a directory encrypted by `EncryptedEnv`
+(which hides it); the engine refuses a directory that shows it (state.load_state)."""
 
 MAX_BACKUP_ID = 0xFFFFFFFF
 """Backup ids are uint32 (RocksDB's `BackupID`); 0 is never a valid id."""

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgument, NotSupported
 from .naming import SHARED_CHECKSUM_DIR, SHARED_DIR
+from .restore_plan import RestoreMode
 
 if TYPE_CHECKING:
+    from .engine import BackupEngine
     from .env.base import BackupEnv
 
 MiB = 1 << 20
@@ -139,10 +141,24 @@ BackupEngineOptions = BackupableDBOptions
 
 @dataclass(frozen=True)
 class RestoreOptions:
-    """`keep_log_files`: keep WALs already in wal_dir (and move archived ones back),
-    for a backup made with backup_log_files=False; as in RocksDB."""
+    """How a restore treats the target, as RocksDB's RestoreOptions."""
 
     keep_log_files: bool = False
+    """Keep WALs already in wal_dir (and move archived ones back), for a backup made
+    with backup_log_files=False."""
+    mode: RestoreMode = RestoreMode.PURGE_ALL_FILES
+    """Which files already in the target may stay (see `rbackup.restore_plan`); RocksDB's
+    default, PURGE_ALL_FILES, keeps none."""
+    alternate_dirs: tuple[BackupEngine, ...] = ()
+    """Engines over other backup directories, searched in order for files this backup
+    excluded (RocksDB's `alternate_dirs`)."""
+
+    def __post_init__(self) -> None:
+        mode = self.mode
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 < mode <= RestoreMode.PURGE_ALL_FILES:
+            raise InvalidArgument(f"RestoreOptions.mode must be a RestoreMode, got {mode!r}")
+        object.__setattr__(self, "mode", RestoreMode(mode))
+        object.__setattr__(self, "alternate_dirs", tuple(self.alternate_dirs))
 
 
 @dataclass(frozen=True)
@@ -162,6 +178,20 @@ class BackupInfo:
     app_metadata: bytes = b""
     files: tuple[BackupFileInfo, ...] | None = None
     """Only with include_file_details=True."""
+    excluded_files: tuple[str, ...] | None = None
+    """Only with include_file_details=True: backup-relative paths of the files this
+    backup excluded (`ni::excluded`), which restore finds in alternate directories."""
+
+
+@dataclass(frozen=True)
+class BackupStatistics:
+    """Backups this engine object made and failed to make (RocksDB's BackupStatistics)."""
+
+    number_success_backup: int = 0
+    number_fail_backup: int = 0
+
+    def __str__(self) -> str:  # RocksDB's ToString
+        return f"# success backup: {self.number_success_backup}, # fail backup: {self.number_fail_backup}"
 
 
 @dataclass(frozen=True)
@@ -178,3 +208,18 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], Any]
+
+
+@dataclass
+class MaybeExcludeBackupFile:
+    """One file a backup is about to copy into `shared_checksum/`, offered to the
+    `exclude_files_callback` (RocksDB's MaybeExcludeBackupFile): set `exclude_decision`
+    to leave it out of this backup directory, because another one holds it."""
+
+    relative_file: str
+    """Backup-relative path, e.g. `shared_checksum/000012_s<session>_1234.sst`."""
+    exclude_decision: bool = False
+
+
+ExcludeFilesCallback = Callable[[list[MaybeExcludeBackupFile]], Any]
+"""Called once per backup with every candidate; needs schema_version=2, as in RocksDB."""

@@ -10,17 +10,24 @@ partial or wrong data, and never an empty DB created in its place.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from . import optionsfile
+from .alternates import locate_files, missing_error
+from .dblock import hold_db_lock
 from .env.base import BackupEnv
-from .errors import Corruption, InvalidArgument, NotFound, StorageError
-from .naming import SIDE_FILES, FileKind, classify, db_filename_from_backup_name, private_dir
+from .errors import Corruption, InvalidArgument, LockError, NotFound, StorageError
+from .naming import SIDE_FILES, FileKind, classify, private_dir
 from .options import BackupableDBOptions, ProgressCallback, RestoreOptions
 from .ratelimit import make_limiter
-from .source import db_lock
+from .restore_incremental import files_to_keep
+from .restore_plan import RestoreMode
 from .state import LoadedBackup
 from .transfer import Buffers, ProgressTracker, run_parallel, stream_copy
 
@@ -39,25 +46,31 @@ class _RestoreItem:
     dest: str
     size: int
     crc32c: int | None
+    env: BackupEnv | None = None
+    """The store holding `src` when not the backup's own (an alternate directory); None
+    for an excluded file no alternate holds, which only an incremental restore can keep."""
 
 
-def _prepare_dir(path: str, what: str) -> None:
+def _prepare_dir(path: str, what: str, backup_id: int) -> None:
     if os.path.exists(path) and not os.path.isdir(path):
-        raise InvalidArgument(f"restore target {what} {path} exists and is not a directory")
+        raise InvalidArgument(f"restore of backup {backup_id}: target {what} {path} exists and is not a directory")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
-        raise StorageError(f"cannot create restore target {what} {path}: {exc}") from exc
+        raise StorageError(f"restore of backup {backup_id}: cannot create target {what} {path}: {exc}") from exc
 
 
-def _delete_old_files(db_dir: str, wal_dir: str, keep_log_files: bool, log: logging.Logger) -> None:
+def _delete_old_files(db_dir: str, wal_dir: str, keep_log_files: bool, log: logging.Logger,
+                      kept: frozenset[str] = frozenset()) -> None:
     """What RocksDB's restore removes: every file of db_dir, wal_dir and
     wal_dir/archive, or with keep_log_files only db_dir's non-WAL files, the
-    archived WALs being moved back into wal_dir."""
+    archived WALs being moved back into wal_dir.  `kept`: paths an incremental
+    restore leaves in place."""
     def files_in(d: str) -> list[str]:
         try:
             return [e.path for e in os.scandir(d)
-                    if (e.is_file(follow_symlinks=False) or e.is_symlink()) and e.name not in _KEEP]
+                    if (e.is_file(follow_symlinks=False) or e.is_symlink()) and e.name not in _KEEP
+                    and e.path not in kept]
         except FileNotFoundError:
             return []
 
@@ -112,21 +125,20 @@ def restore_backup(env: BackupEnv, backup: LoadedBackup, listing: dict[str, int]
     for target in (db_dir, wal_dir):
         if backup_root is not None and _inside(os.path.realpath(target), os.path.realpath(backup_root)):
             raise InvalidArgument(f"restore target {target} is inside the backup directory {backup_root}")
-    _prepare_dir(db_dir, "db_dir")
-    _prepare_dir(wal_dir, "wal_dir")
+    _prepare_dir(db_dir, "db_dir", backup_id)
+    _prepare_dir(wal_dir, "wal_dir", backup_id)
 
     items: list[_RestoreItem] = []
     current: _RestoreItem | None = None
-    for entry in backup.meta.files:
-        if entry.excluded:
-            raise InvalidArgument(f"backup {backup_id}: {entry.path} was excluded from the backup and "
-                                  "is not in this backup directory")
-        name = db_filename_from_backup_name(entry.path.rsplit("/", 1)[-1])
+    keep_latest = bool(restore_options.mode & RestoreMode.KEEP_LATEST_DB_SESSION_ID_FILES)
+    for located in locate_files(env, backup, restore_options.alternate_dirs, allow_missing=keep_latest):
+        name = located.db_name
         kind = classify(name)
         target_dir = wal_dir if kind is FileKind.WAL else db_dir
-        item = _RestoreItem(entry.path, os.path.join(target_dir, name), backup.sizes[entry.path], entry.crc32c)
+        item = _RestoreItem(located.path, os.path.join(target_dir, name), located.size, located.crc32c,
+                            located.env)
         if kind is FileKind.CURRENT:
-            current = _RestoreItem(item.src, os.path.join(db_dir, "CURRENT.tmp"), item.size, item.crc32c)
+            current = _RestoreItem(item.src, os.path.join(db_dir, "CURRENT.tmp"), item.size, item.crc32c, item.env)
         else:
             items.append(item)
     if current is None:
@@ -134,19 +146,94 @@ def restore_backup(env: BackupEnv, backup: LoadedBackup, listing: dict[str, int]
     for side in SIDE_FILES:
         src = f"{private_dir(backup_id)}/{side}"
         if src in listing:
-            items.append(_RestoreItem(src, os.path.join(db_dir, side), listing[src], None))
+            items.append(_RestoreItem(src, os.path.join(db_dir, side), listing[src], None, env))
 
     # Hold the target's LOCK throughout: a RocksDB that has it open would be
     # corrupted under its feet, and none may open it half restored.
-    with db_lock(db_dir, purpose="restore into it while it is open"):
+    with _hold_target(db_dir, backup_id):
+        # Decided under the LOCK and before the marker: kept files cannot change in between.
+        kept = frozenset(files_to_keep(items, db_dir, restore_options.mode, backup_id, log))
+        items = [i for i in items if i.dest not in kept]
+        for unresolved in (i for i in items if i.env is None):
+            raise missing_error(backup_id, unresolved.src, restore_options.alternate_dirs)
         # The marker replaces CURRENT atomically *before* anything is deleted, so
         # an interrupted deletion cannot leave an old DB that opens with files missing.
-        marker_tmp = os.path.join(db_dir, "CURRENT.rbackup-marker.tmp")
-        _write_file(marker_tmp, IN_PROGRESS_MARKER, options.sync)
-        os.replace(marker_tmp, os.path.join(db_dir, "CURRENT"))
-        _delete_old_files(db_dir, wal_dir, restore_options.keep_log_files, log)
+        _mark_in_progress(db_dir, backup_id, options.sync)
+        _delete_old_files(db_dir, wal_dir, restore_options.keep_log_files, log, kept)
         _copy_and_commit(env, backup_id, items, current, db_dir, wal_dir, options, progress_callback, stop,
                          workers, log)
+
+
+@contextlib.contextmanager
+def _hold_target(db_dir: str, backup_id: int) -> Iterator[None]:
+    """RocksDB's LOCK of the target, held without ever dropping a lock this process
+    holds (dblock): a DB open here or elsewhere is refused untouched.  A target that
+    has no LOCK yet gets one first, so that no RocksDB can open it meanwhile."""
+    lock_path = os.path.join(db_dir, "LOCK")
+    if not os.path.lexists(lock_path):
+        try:  # O_EXCL: never open (and so never close) a LOCK someone else created
+            os.close(os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"restore of backup {backup_id}: cannot create {lock_path}: {exc}") from exc
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(hold_db_lock(db_dir, purpose=f"restore backup {backup_id} into it"))
+        except LockError as exc:
+            if os.getpid() in exc.holder.get("pids", ()):
+                raise LockError(f"the DB at {db_dir} is open in this process (RocksDB holds its LOCK): cannot "
+                                f"restore backup {backup_id} into it; close it first, or restore into another "
+                                "directory", exc.holder) from exc
+            raise
+        yield
+
+
+def _mark_in_progress(db_dir: str, backup_id: int, sync: bool) -> None:
+    """Replace CURRENT by the in-progress marker (atomically, via a temp file that
+    never outlives a failure)."""
+    marker_tmp = os.path.join(db_dir, "CURRENT.rbackup-marker.tmp")
+    current = os.path.join(db_dir, "CURRENT")
+    try:
+        _write_file(marker_tmp, IN_PROGRESS_MARKER, sync)
+        os.replace(marker_tmp, current)
+    except OSError as exc:
+        if not os.path.isdir(marker_tmp):
+            _unlink_quiet(marker_tmp)
+        raise StorageError(f"restore of backup {backup_id}: cannot replace {current} by the in-progress "
+                           f"marker: {exc}") from exc
+
+
+def _remove_restored(created: list[str], log: logging.Logger) -> None:
+    """After a failed restore: remove the files it created (only those: kept WALs
+    stay), so a full disk gets its space back; CURRENT stays the marker, so the
+    target still does not open."""
+    for path in created:
+        if os.path.isfile(path):
+            _unlink(path, log)
+
+
+def _retarget_options(items: list[_RestoreItem], db_dir: str, wal_dir: str, backup_id: int, sync: bool) -> None:
+    """Point the restored OPTIONS files at the restore target: RocksDB copies them
+    verbatim, and a copy whose wal_dir (db_log_dir, db_paths) names the source's
+    directories would, opened with its own options, read and write the source's."""
+    for item in items:
+        if classify(os.path.basename(item.dest)) is not FileKind.OPTIONS:
+            continue
+        try:
+            with open(item.dest, "rb") as fh:
+                data = fh.read()
+            new = optionsfile.retarget(data, db_dir, wal_dir, source=f"backup {backup_id}: {item.src}")
+            if new != data:
+                tmp = item.dest + ".rbackup.tmp"
+                try:
+                    _write_file(tmp, new, sync)
+                    os.replace(tmp, item.dest)
+                finally:
+                    _unlink_quiet(tmp)
+        except OSError as exc:
+            raise StorageError(f"restore of backup {backup_id}: cannot rewrite {item.dest} "
+                               f"(from {item.src}): {exc}") from exc
 
 
 def _copy_and_commit(env: BackupEnv, backup_id: int, items: list[_RestoreItem], current: _RestoreItem,
@@ -158,38 +245,61 @@ def _copy_and_commit(env: BackupEnv, backup_id: int, items: list[_RestoreItem], 
     tracker = ProgressTracker("restore", backup_id, sum(i.size for i in all_items), len(all_items),
                               progress_callback, options.callback_trigger_interval_size, stop)
     limiter = make_limiter(options.restore_rate_limit)
+    created: list[str] = []  # the files this restore created: removed again if it fails
 
     def copy_one(item: _RestoreItem) -> None:
         try:
-            src = env.open_read(item.src)
+            src = (item.env or env).open_read(item.src)
         except NotFound as exc:
             raise NotFound(f"backup {backup_id}: {item.src} is missing from the backup directory") from exc
         try:
-            with src, open(item.dest, "wb", buffering=0) as out:
+            with src, _open_target(item.dest, backup_id, item.src) as out:
+                created.append(item.dest)
                 result = stream_copy(src, out.write, buf=buffers.get(), stop=stop, limiter=limiter,
                                      tracker=tracker, limit=item.size + 1)
-                if result.size != item.size:
-                    raise Corruption(f"backup {backup_id}: {item.src} is {result.size} bytes, "
-                                     f"expected {item.size}")
-                if item.crc32c is not None and result.crc32c != item.crc32c:
-                    raise Corruption(f"backup {backup_id}: checksum mismatch in {item.src} "
-                                     f"(crc32c {result.crc32c}, the meta file says {item.crc32c})")
+                result.check(backup_id, item.src, item.size, item.crc32c)
                 if options.sync:
                     os.fsync(out.fileno())
+        except OSError as exc:
+            _unlink_quiet(item.dest)
+            raise StorageError(f"restore of backup {backup_id}: cannot write {item.dest} "
+                               f"(from {item.src}): {exc}") from exc
         except BaseException:
             _unlink_quiet(item.dest)
             raise
         tracker.file_done()
 
-    run_parallel(all_items, copy_one, workers, stop)
+    try:
+        run_parallel(all_items, copy_one, workers, stop)
+        _retarget_options(items, db_dir, wal_dir, backup_id, options.sync)
+        if options.sync:
+            for d in {db_dir, wal_dir}:
+                _fsync_dir(d)
+        os.replace(current.dest, os.path.join(db_dir, "CURRENT"))
+    except OSError as exc:
+        _remove_restored(created, log)
+        raise StorageError(f"restore of backup {backup_id}: cannot commit {os.path.join(db_dir, 'CURRENT')}: "
+                           f"{exc}") from exc
+    except BaseException:
+        _remove_restored(created, log)
+        raise
     if options.sync:
-        for d in {db_dir, wal_dir}:
-            _fsync_dir(d)
-    os.replace(current.dest, os.path.join(db_dir, "CURRENT"))
-    if options.sync:
-        _fsync_dir(db_dir)
+        try:
+            _fsync_dir(db_dir)
+        except OSError as exc:
+            raise StorageError(f"restore of backup {backup_id}: cannot sync {db_dir}: {exc}") from exc
     log.info("restored backup %d into %s (%d files, %d bytes)", backup_id, db_dir, len(all_items),
              tracker.bytes_done)
+
+
+@contextlib.contextmanager
+def _open_target(path: str, backup_id: int, src: str) -> Iterator[io.FileIO]:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise StorageError(f"restore of backup {backup_id}: cannot create {path} (from {src}): {exc}") from exc
+    with io.FileIO(fd, "wb") as out:
+        yield out
 
 
 def _inside(path: str, root: str) -> bool:
@@ -231,9 +341,7 @@ def verify_backup(env: BackupEnv, backup: LoadedBackup, verify_with_checksum: bo
     def check(entry) -> None:
         with env.open_read(entry.path) as src:
             result = stream_copy(src, None, buf=buffers.get(), stop=stop, tracker=tracker)
-        if result.crc32c != entry.crc32c:
-            raise Corruption(f"backup {backup_id}: checksum mismatch in {entry.path} "
-                             f"(crc32c {result.crc32c}, the meta file says {entry.crc32c})")
+        result.check(backup_id, entry.path, None, entry.crc32c)
         tracker.file_done()
 
     run_parallel(checked, check, workers, stop)

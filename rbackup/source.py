@@ -8,26 +8,26 @@ can read at leisure while the live DB moves on.
 
 Two ways in:
 - an open `rocksdict.Rdict` (the normal case): checkpoint it;
-- a DB directory no process holds open (the CLI): take RocksDB's own LOCK so
-  nobody opens it for writing meanwhile, open it read-only (nothing in the DB
-  changes), checkpoint, and add its WAL files, which a read-only checkpoint
-  leaves out but which may hold the newest writes.
+- a DB directory no process holds open (the CLI): hold RocksDB's own LOCK
+  (`dblock`) so no RocksDB opens it meanwhile, and read which files are live
+  from CURRENT, the MANIFEST and OPTIONS (`dbdir`) without opening the DB: any
+  RocksDB version's DB works, and nothing in the DB or WAL directory is created
+  or changed.  The files are copied from where they are, while the lock holds.
 """
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .errors import InvalidArgument, LockError, NotFound, NotSupported, StorageError
+from .checkpointdir import checkpoint_dir
+from .dbdir import ClosedDb, read_closed_db
+from .dblock import hold_db_lock
+from .errors import InvalidArgument, NotFound, NotSupported, StorageError
 from .naming import SIDE_FILES, FileKind, classify, file_number
+from .sidecar import LiveDbPath, live_db_files
 
 log = logging.getLogger("rbackup")
 
@@ -54,50 +54,12 @@ class Snapshot:
     """Files rocksdict needs but RocksDB does not know (rocksdict-config.json)."""
 
 
-_CHECKPOINT_PREFIX = ".rbackup-checkpoint-"
-
-
-def _checkpoint_dir_for(db_path: str) -> str:
-    """A not-yet-existing directory on the DB's filesystem (hard links need that)."""
-    db_dev = os.stat(db_path).st_dev
-    parent = os.path.dirname(os.path.abspath(db_path))
-    for candidate in (parent, tempfile.gettempdir()):
-        try:
-            if os.stat(candidate).st_dev == db_dev and os.access(candidate, os.W_OK):
-                _remove_dead_checkpoints(candidate)
-                return os.path.join(candidate, f"{_CHECKPOINT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
-        except OSError:
-            continue
-    raise NotSupported(f"no writable directory on the filesystem of {db_path} to hold a checkpoint "
-                       f"(tried {parent} and {tempfile.gettempdir()})")
-
-
-def _remove_dead_checkpoints(directory: str) -> None:
-    """Remove checkpoints left by backups whose process was killed: their hard links
-    would keep the space of SSTs the DB has deleted since.  A pid that is alive (or
-    reused) keeps its directory; it goes once that process is gone."""
-    for name in os.listdir(directory):
-        pid = name[len(_CHECKPOINT_PREFIX):].split("-", 1)[0]
-        if not name.startswith(_CHECKPOINT_PREFIX) or not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # alive (or not ours to signal): maybe mid-backup
-        except ProcessLookupError:
-            pass
-        except OSError:
-            continue
-        log.info("removing the checkpoint %s left by a backup that was killed", os.path.join(directory, name))
-        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-
-
-def _scan(directory: str, *, backup_log_files: bool, extra_wal_dir: str | None = None) -> tuple[
+def _scan(directory: str, *, backup_log_files: bool) -> tuple[
         list[SourceFile], list[SourceFile]]:
     files: list[SourceFile] = []
     side: list[SourceFile] = []
     manifests: list[SourceFile] = []
     options: list[SourceFile] = []
-    wal_dirs = [directory] + ([extra_wal_dir] if extra_wal_dir else [])
     for name in sorted(os.listdir(directory)):
         path = os.path.join(directory, name)
         if not os.path.isfile(path):
@@ -124,77 +86,35 @@ def _scan(directory: str, *, backup_log_files: bool, extra_wal_dir: str | None =
     files.append(manifest)
     if options:  # only the latest OPTIONS file, as GetLiveFilesStorageInfo reports
         files.append(max(options, key=lambda f: file_number(f.name) or 0))
-    if backup_log_files:
-        seen: set[str] = set()
-        for wal_dir in wal_dirs:
-            for name in sorted(os.listdir(wal_dir)):
-                path = os.path.join(wal_dir, name)
-                if classify(name) is FileKind.WAL and name not in seen and os.path.isfile(path):
-                    size = os.path.getsize(path)
-                    if size > 0:  # RocksDB never lists empty WALs
-                        seen.add(name)
-                        files.append(SourceFile(name, path, size, FileKind.WAL))
+    if backup_log_files:  # the checkpoint's own WALs (RocksDB's Checkpoint copies the live ones in)
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            if classify(name) is FileKind.WAL and os.path.isfile(path):
+                size = os.path.getsize(path)
+                if size > 0:  # RocksDB never lists empty WALs
+                    files.append(SourceFile(name, path, size, FileKind.WAL))
     files.sort(key=lambda f: (_KIND_ORDER.get(f.kind, 9), f.name))
     return files, side
 
 
 @contextlib.contextmanager
-def db_lock(db_path: str, purpose: str = "back it up") -> Iterator[None]:
-    """Hold RocksDB's own LOCK (a POSIX record lock, as RocksDB takes it) so no
-    process opens the DB for writing while we copy its files or restore into it."""
-    lock_path = os.path.join(db_path, "LOCK")
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise StorageError(f"cannot open {lock_path}: {exc}") from exc
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EAGAIN):
-                raise LockError(f"the DB at {db_path} is open in another process (its LOCK is held): "
-                                f"cannot {purpose}") from exc
-            raise StorageError(f"cannot lock {lock_path}: {exc}") from exc
-        yield
-    finally:
-        os.close(fd)
-
-
-def _open_read_only(db_path: str):
-    import rocksdict
-
-    config = os.path.join(db_path, "rocksdict-config.json")
-    access = rocksdict.AccessType.read_only()
-    if os.path.exists(config):
-        return rocksdict.Rdict(db_path, access_type=access)
-    # A DB written by RocksDB's own tools: raw bytes, bytewise comparator,
-    # column families from the DB itself.
-    names = rocksdict.Rdict.list_cf(db_path)
-    cfs = {name: rocksdict.Options(raw_mode=True) for name in names if name != "default"}
-    return rocksdict.Rdict(db_path, rocksdict.Options(raw_mode=True), column_families=cfs or None,
-                           access_type=access)
-
-
-@contextlib.contextmanager
 def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = False) -> Iterator[Snapshot]:
-    """Yield a consistent Snapshot of `db` (an open Rdict, or a closed DB's path);
-    the checkpoint is removed afterwards whatever happens."""
+    """Yield a consistent Snapshot of `db` (an open Rdict, a closed DB's path, or a
+    `LiveDbPath` of a DB open elsewhere); what was staged is removed afterwards whatever happens."""
+    if isinstance(db, LiveDbPath):
+        if not os.path.exists(os.path.join(db.path, "CURRENT")):
+            raise InvalidArgument(f"{db.path} is not a RocksDB directory (no CURRENT file)")
+        with live_db_files(db.path, with_wals=backup_log_files) as found:
+            yield _snapshot_of(db.path, found)
+        return
     if isinstance(db, (str, os.PathLike)):
         db_path = os.fspath(db)
         if not os.path.isdir(db_path):
             raise NotFound(f"DB directory {db_path} does not exist")
         if not os.path.exists(os.path.join(db_path, "CURRENT")):
             raise InvalidArgument(f"{db_path} is not a RocksDB directory (no CURRENT file)")
-        with db_lock(db_path):
-            try:
-                handle = _open_read_only(db_path)
-            except Exception as exc:
-                raise StorageError(f"cannot open the DB at {db_path} read-only: {exc}") from exc
-            try:
-                with _checkpoint(handle, db_path, backup_log_files, wal_dir=db_path) as snap:
-                    yield snap
-            finally:
-                handle.close()
+        with hold_db_lock(db_path, exclusive=False):
+            yield _snapshot_of(db_path, read_closed_db(db_path, with_wals=backup_log_files))
         return
     path_of = getattr(db, "path", None)
     if path_of is None:
@@ -203,21 +123,59 @@ def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = F
         db_path = path_of()
     except Exception as exc:
         raise InvalidArgument(f"the DB is not open: {exc}") from exc
+    _refuse_partial_views(db, db_path)
     if flush_before_backup:
         try:
             db.flush()
         except Exception as exc:
             raise InvalidArgument(f"the DB is not open: {exc}") from exc
-    with _checkpoint(db, db_path, backup_log_files, wal_dir=None) as snap:
+    with _checkpoint(db, db_path, backup_log_files) as snap:
         yield snap
 
 
+_PARTIAL_MODES = {"read only mode": "read-only (AccessType.read_only())",
+                  "secondary mode": "as a secondary (AccessType.secondary(...))"}
+
+
+def _refuse_partial_views(db, db_path: str) -> None:
+    """A read-only or secondary Rdict sees writes its checkpoint cannot hold: its
+    memtable, replayed from WALs it neither flushes nor copies (and a secondary's
+    checkpoint lacks OPTIONS).  Backing it up would silently restore a subset of
+    what it shows, so refuse, naming the mode.  The probe, flush(wait=False), only
+    schedules on a read-write DB the flush that its checkpoint does anyway."""
+    try:
+        db.flush(False)
+    except Exception as exc:
+        text = str(exc).lower()
+        for marker, mode in _PARTIAL_MODES.items():
+            if marker in text:
+                raise NotSupported(
+                    f"cannot back up the DB at {db_path} through an Rdict opened {mode}: its checkpoint would "
+                    "hold only the flushed writes, not all the handle sees. Back up the read-write Rdict, or "
+                    "the DB's path once no process has it open for writing") from exc
+        if "closed" in text or type(exc).__name__ == "DbClosedError":
+            raise InvalidArgument(f"the DB at {db_path} is not open: {exc}") from exc
+        raise StorageError(f"cannot back up the DB at {db_path}: its flush failed: {exc}") from exc
+
+
+def _snapshot_of(db_path: str, db: ClosedDb) -> Snapshot:
+    """A Snapshot of the live files found without opening the DB (closed, or live beside its owner)."""
+    kinds = [(db.tables, FileKind.TABLE), (db.blobs, FileKind.BLOB), ([db.manifest], FileKind.MANIFEST),
+             ([db.current], FileKind.CURRENT), ([db.options] if db.options else [], FileKind.OPTIONS),
+             (db.wals, FileKind.WAL)]
+    files = [SourceFile(f.name, f.path, f.size, kind) for group, kind in kinds for f in group]
+    side = [SourceFile(name, os.path.join(db_path, name), os.path.getsize(os.path.join(db_path, name)),
+                       classify(name)) for name in SIDE_FILES if os.path.isfile(os.path.join(db_path, name))]
+    log.info("backing up the DB at %s from %s: %d SSTs, %d blob files, %d WALs (from %s), sequence %d",
+             db_path, db.manifest.name, len(db.tables), len(db.blobs), len(db.wals), db.wal_dir, db.sequence_number)
+    return Snapshot(db.sequence_number, files, side)
+
+
 @contextlib.contextmanager
-def _checkpoint(handle, db_path: str, backup_log_files: bool, wal_dir: str | None) -> Iterator[Snapshot]:
+def _checkpoint(handle, db_path: str, backup_log_files: bool) -> Iterator[Snapshot]:
     import rocksdict
 
-    ckpt = _checkpoint_dir_for(db_path)
-    try:
+    with checkpoint_dir(db_path) as ckpt:
         try:
             seq = handle.latest_sequence_number()
             rocksdict.Checkpoint(handle).create_checkpoint(ckpt)
@@ -225,7 +183,5 @@ def _checkpoint(handle, db_path: str, backup_log_files: bool, wal_dir: str | Non
             if "closed" in str(exc).lower() or type(exc).__name__ == "DbClosedError":
                 raise InvalidArgument(f"the DB at {db_path} is not open: {exc}") from exc
             raise StorageError(f"checkpoint of {db_path} failed: {exc}") from exc
-        files, side = _scan(ckpt, backup_log_files=backup_log_files, extra_wal_dir=wal_dir)
+        files, side = _scan(ckpt, backup_log_files=backup_log_files)
         yield Snapshot(seq, files, side)
-    finally:
-        shutil.rmtree(ckpt, ignore_errors=True)

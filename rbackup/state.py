@@ -10,13 +10,17 @@ valid backup also uses them.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import logging
+import threading
+from array import array
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .env.base import BackupEnv
-from .errors import BackupError, Corruption, InvalidArgument, NotFound, NotSupported
-from .meta import MAX_META_FILE_SIZE, BackupMeta, parse_meta
-from .naming import META_DIR, meta_path, parse_backup_id
+from .errors import BackupError, Corruption, InvalidArgument, NotFound, NotSupported, PermissionDenied
+from .meta import MAX_META_FILE_SIZE, BackupMeta, EntryList, EntryTable, parse_meta
+from .naming import ENCRYPTION_MARKER, META_DIR, meta_path, parse_backup_id
 
 
 @dataclass
@@ -25,7 +29,7 @@ class LoadedBackup:
     meta: BackupMeta | None = None
     error: BackupError | None = None
     """Set for a corrupt backup: why it failed to load."""
-    sizes: dict[str, int] = field(default_factory=dict)
+    sizes: Mapping[str, int] = field(default_factory=dict)
     """Size of every (non-excluded) file of the backup, as found in the store."""
 
     @property
@@ -36,6 +40,53 @@ class LoadedBackup:
     def live_paths(self) -> list[str]:
         assert self.meta is not None
         return [e.path for e in self.meta.files if not e.excluded]
+
+    @property
+    def live_bytes(self) -> int:
+        """Total size of the (non-excluded) files: RocksDB's `BackupInfo::size`."""
+        sizes = self.sizes
+        return sizes.total if isinstance(sizes, StoreSizes) else sum(sizes.values())
+
+
+class StoreSizes(Mapping[str, int]):
+    """`LoadedBackup.sizes` of a loaded backup, without a dict per backup.
+
+    The sizes live once per distinct file (`entry_sizes`, by `EntryTable`
+    index); the total and the count come from them in C at load, and the
+    path -> size dict that restore and verify look up is built on first use,
+    for the one backup they work on.
+    """
+
+    __slots__ = ("_by_path", "_count", "_entry_sizes", "_files", "_total")
+
+    def __init__(self, files: EntryList, entry_sizes: array) -> None:
+        self._files = files
+        self._entry_sizes = entry_sizes
+        self._total: int | None = None
+        excluded = files.table.excluded
+        self._count = len(files) - (sum(map(excluded.__contains__, files.indices)) if excluded else 0)
+        self._by_path: dict[str, int] | None = None
+
+    @property
+    def total(self) -> int:
+        if self._total is None:  # excluded entries have size 0
+            self._total = sum(map(self._entry_sizes.__getitem__, self._files.indices))
+        return self._total
+
+    def _dict(self) -> dict[str, int]:
+        if self._by_path is None:
+            entries, sizes = self._files.table.entries, self._entry_sizes
+            self._by_path = {entries[i].path: sizes[i] for i in self._files.indices if not entries[i].excluded}
+        return self._by_path
+
+    def __getitem__(self, path: str) -> int:
+        return self._dict()[path]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return self._count
 
 
 @dataclass
@@ -56,12 +107,36 @@ class BackupState:
         return sorted(i for i, b in self.backups.items() if b.corrupt)
 
     def referenced(self) -> dict[str, tuple[int, int | None]]:
-        """path -> (size, crc32c) for every file a valid backup uses."""
+        """path -> (size, crc32c) for every file a valid backup uses (the oldest
+        backup's crc if two disagree).  Each distinct entry is looked at once,
+        however many backups share it: the union of their indices is C work."""
+        valid = self.valid
+        lists = [b.meta.files for b in valid if b.meta is not None and isinstance(b.meta.files, EntryList)]
+        if len(lists) != len(valid) or len({id(lst.table) for lst in lists}) > 1:
+            return self._referenced_in_order(valid, None)
         refs: dict[str, tuple[int, int | None]] = {}
-        for backup in self.valid:
+        disputed: set[str] = set()
+        listing = self.listing
+        entries = lists[0].table.entries if lists else []
+        for i in set().union(*(lst.indices for lst in lists)):
+            entry = entries[i]
+            if entry.excluded:
+                continue
+            if entry.path in refs:
+                disputed.add(entry.path)  # two lines for one path: the oldest backup decides, below
+            else:
+                refs[entry.path] = (listing[entry.path], entry.crc32c)
+        if disputed:
+            refs.update(self._referenced_in_order(valid, disputed))
+        return refs
+
+    def _referenced_in_order(self, valid: list[LoadedBackup],
+                             only: set[str] | None) -> dict[str, tuple[int, int | None]]:
+        refs: dict[str, tuple[int, int | None]] = {}
+        for backup in valid:
             assert backup.meta is not None
             for entry in backup.meta.files:
-                if not entry.excluded and entry.path not in refs:
+                if not entry.excluded and entry.path not in refs and (only is None or entry.path in only):
                     refs[entry.path] = (backup.sizes[entry.path], entry.crc32c)
         return refs
 
@@ -70,87 +145,204 @@ class BackupState:
         return valid[-1] if valid else None
 
 
-MetaCache = dict[int, tuple[int, BackupMeta | BackupError]]
-"""backup id -> (meta file size, parsed meta or the parse error): a reload
-after another writer's commit re-reads only meta files it has not seen."""
+class MetaCache:
+    """What a reload after another writer's commit reuses: each meta file parsed
+    (by id, with its size then, or its parse error) and the `EntryTable` their
+    entries live in, so it re-reads only meta files it has not seen."""
+
+    _MIN_COMPACT = 4096
+
+    def __init__(self) -> None:
+        self.table = EntryTable()
+        self.metas: dict[int, tuple[int, BackupMeta | BackupError]] = {}
+        self.lock = threading.Lock()
+        """Held by a load: parsing adds to the shared table."""
+        self._compact_at: int | None = None
+        """Table size that triggers a compaction: twice the size after the first load or the last compaction."""
+
+    def pop(self, backup_id: int, default: object = None) -> object:
+        return self.metas.pop(backup_id, default)
+
+    def compact_if_due(self) -> None:
+        """Drop the entries only forgotten backups used, once the table doubled since last time."""
+        if self._compact_at is None:
+            self._compact_at = max(self._MIN_COMPACT, 2 * len(self.table))
+        if len(self.table) < self._compact_at:
+            return
+        parsed: list[tuple[int, int, BackupMeta, EntryList]] = []
+        for i, (size, m) in self.metas.items():
+            if isinstance(m, BackupMeta) and isinstance(m.files, EntryList):
+                parsed.append((i, size, m, m.files))
+        table, lists = self.table.compacted([files for _, _, _, files in parsed])
+        for (i, size, m, _), files in zip(parsed, lists, strict=True):
+            self.metas[i] = (size, dataclasses.replace(m, files=files))
+        self.table = table
+        self._compact_at = max(self._MIN_COMPACT, 2 * len(table))
+
+
+class _FileCheck:
+    """Each distinct entry checked against the listing once per load, however many
+    backups name it; a backup is then checked with one C pass over its indices."""
+
+    def __init__(self, table: EntryTable, listing: dict[str, int]) -> None:
+        self.table = table
+        self.listing = listing
+        self.sizes = array("q")
+        """Store size by entry index; 0 for excluded and missing entries."""
+        self.bad: dict[int, str] = {}
+
+    def _catch_up(self) -> None:
+        entries, listing, sizes, bad = self.table.entries, self.listing, self.sizes, self.bad
+        for i in range(len(sizes), len(entries)):
+            entry = entries[i]
+            size = 0 if entry.excluded else listing.get(entry.path)
+            if size is None:
+                bad[i] = f"{entry.path} is named in the meta file but not found"
+                size = 0
+            elif entry.size is not None and entry.size != size and not entry.excluded:
+                bad[i] = f"{entry.path} is {size} bytes, the meta file says {entry.size}"
+            sizes.append(size)
+
+    def check(self, backup_id: int, meta: BackupMeta) -> tuple[BackupError | None, Mapping[str, int]]:
+        """(why the backup is corrupt or None, its sizes)."""
+        files = meta.files
+        assert isinstance(files, EntryList) and files.table is self.table
+        self._catch_up()
+        bad = self.bad
+        if bad and any(map(bad.__contains__, files.indices)):
+            first = next(i for i in files.indices if i in bad)
+            return Corruption(f"backup {backup_id}: {bad[first]}"), {}
+        return None, StoreSizes(files, self.sizes)
+
+
+_Fetched = BackupMeta | BackupError | bytes | None
+"""A meta file as read: parsed already (cache), its error, its bytes, or None (deleted meanwhile)."""
 
 
 def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8,
                logger: logging.Logger | None = None, cache: MetaCache | None = None) -> BackupState:
+    """Load the directory: newest backup first, each meta file parsed as soon as it
+    is read (up to `workers` reads in flight), stopping after `max_valid` valid
+    backups, so opening the newest N costs N meta files, not all of them."""
     log = logger or logging.getLogger("rbackup")
+    cache = cache if cache is not None else MetaCache()
     # meta/ on its own, first: a backup whose meta file shows here was committed, files and
     # all, before the full listing starts, so a commit racing that (non-atomic) listing is
     # missed whole rather than seen without its files, i.e. as a corrupt backup.
     committed = {fi.path for fi in env.list(META_DIR)}
     listing = {fi.path: fi.size for fi in env.list("")}
+    if ENCRYPTION_MARKER in listing:  # an EncryptedEnv hides its marker: this env cannot decrypt
+        raise PermissionDenied(f"{env.describe()} is encrypted ({ENCRYPTION_MARKER} found): open it with its key, "
+                               "the storage option encryption_key_file=PATH")
     ids: dict[int, int] = {}
-    for path, size in listing.items():
-        directory, _, name = path.partition("/")
-        if directory == META_DIR and "/" not in name and path in committed:
+    for path in committed:
+        size = listing.get(path)
+        _, _, name = path.partition("/")
+        if size is not None and "/" not in name:
             backup_id = parse_backup_id(name)
             if backup_id is not None:
                 ids[backup_id] = size
             # non-canonical names (.1.tmp, 01, x) are skipped and never deleted, as RocksDB does
-    cache = cache if cache is not None else {}
 
-    def read(backup_id: int) -> tuple[int, BackupMeta | BackupError | None]:
-        hit = cache.get(backup_id)
-        if hit is not None and hit[0] == ids[backup_id]:
-            return backup_id, hit[1]
+    def read(backup_id: int) -> _Fetched:
         too_big = Corruption(f"backup {backup_id}: meta file larger than {MAX_META_FILE_SIZE} bytes")
         if ids[backup_id] > MAX_META_FILE_SIZE:  # this backup's damage, not the whole directory's
-            return backup_id, too_big
+            return too_big
         try:
-            data = env.read_bytes(meta_path(backup_id), MAX_META_FILE_SIZE)
+            return env.read_bytes(meta_path(backup_id), MAX_META_FILE_SIZE)
         except NotFound:
-            return backup_id, None  # deleted between listing and reading
+            return None  # deleted between listing and reading
         except InvalidArgument:  # it grew after the listing
-            return backup_id, too_big
-        try:
-            parsed: BackupMeta | BackupError = parse_meta(data, backup_id)
-        except (Corruption, NotSupported) as exc:
-            parsed = exc
-        cache[backup_id] = (ids[backup_id], parsed)
-        return backup_id, parsed
+            return too_big
 
-    results: dict[int, BackupMeta | BackupError | None] = {}
-    if len(ids) > 1 and workers > 1:
-        with cf.ThreadPoolExecutor(max_workers=min(workers, len(ids)), thread_name_prefix="rbackup-meta") as pool:
-            results = dict(pool.map(read, sorted(ids)))
-    else:
-        results = dict(read(i) for i in sorted(ids))
+    with cache.lock:
+        for gone in [i for i in cache.metas if i not in ids]:
+            del cache.metas[gone]
+        check = _FileCheck(cache.table, listing)
+        backups: dict[int, LoadedBackup] = {}
 
-    backups: dict[int, LoadedBackup] = {}
-    valid_count = 0
-    for backup_id in sorted(results, reverse=True):
-        parsed = results[backup_id]
-        if parsed is None:
-            continue
-        if max_valid is not None and valid_count >= max_valid:
-            break  # read-only engines may open only the newest N valid backups
-        backup = LoadedBackup(backup_id)
-        if isinstance(parsed, BackupError):
-            backup.error = parsed
-        else:
-            backup.meta = parsed
-            backup.error = _check_files(backup_id, parsed, listing, backup.sizes)
-        if backup.error is not None:
-            log.info("backup %d is corrupt: %s", backup_id, backup.error)
-        else:
-            valid_count += 1
-        backups[backup_id] = backup
+        def load(backup_id: int, fetched: _Fetched) -> bool:
+            """Parse and check one backup as it arrives; True if it is valid."""
+            if fetched is None:
+                return False
+            if isinstance(fetched, bytes):
+                try:
+                    fetched = parse_meta(fetched, backup_id, table=cache.table)
+                except (Corruption, NotSupported) as exc:
+                    fetched = exc
+                cache.metas[backup_id] = (ids[backup_id], fetched)
+            backup = LoadedBackup(backup_id)
+            if isinstance(fetched, BackupError):
+                backup.error = fetched
+            else:
+                backup.meta = fetched
+                backup.error, backup.sizes = check.check(backup_id, fetched)
+            if backup.error is not None:
+                log.info("backup %d is corrupt: %s", backup_id, backup.error)
+            backups[backup_id] = backup
+            return backup.error is None
+
+        def cached(backup_id: int) -> _Fetched | None:
+            hit = cache.metas.get(backup_id)
+            return hit[1] if hit is not None and hit[0] == ids[backup_id] else None
+
+        newest_first = sorted(ids, reverse=True)
+        kept = _load_newest_first(newest_first, cached, read, load, max_valid, workers)
+        for backup_id in newest_first[kept:]:
+            backups.pop(backup_id, None)  # read ahead of the cut: read-only engines see the newest N valid only
+        cache.compact_if_due()
     return BackupState(listing, backups, max(ids, default=0))
 
 
-def _check_files(backup_id: int, meta: BackupMeta, listing: dict[str, int],
-                 sizes: dict[str, int]) -> BackupError | None:
-    for entry in meta.files:
-        if entry.excluded:
-            continue
-        size = listing.get(entry.path)
-        if size is None:
-            return Corruption(f"backup {backup_id}: {entry.path} is named in the meta file but not found")
-        if entry.size is not None and entry.size != size:
-            return Corruption(f"backup {backup_id}: {entry.path} is {size} bytes, the meta file says {entry.size}")
-        sizes[entry.path] = size
-    return None
+def _load_newest_first(newest_first: list[int], cached: Callable[[int], _Fetched | None],
+                       read: Callable[[int], _Fetched], load: Callable[[int, _Fetched], bool],
+                       max_valid: int | None, workers: int) -> int:
+    """Feed every backup to `load`, reading meta files up to `workers` at a time (and
+    never more than `workers` past the newest ones already loaded) and handing each
+    over the moment it arrives, until the newest `max_valid` valid ones are known;
+    returns how many of `newest_first` that took (the rest are cut)."""
+    valid: dict[int, bool] = {}
+    done = 0  # newest_first[:done] are loaded, in order
+    count = 0
+
+    def advance() -> bool:
+        """Move the cut past loaded backups; True once max_valid valid are behind it."""
+        nonlocal done, count
+        while done < len(newest_first) and newest_first[done] in valid:
+            if max_valid is not None and count >= max_valid:
+                return True
+            count += valid.pop(newest_first[done])
+            done += 1
+        return max_valid is not None and count >= max_valid
+
+    pending: dict[cf.Future[_Fetched], int] = {}
+    upcoming = 0  # newest_first[:upcoming] are loaded or being read
+    pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rbackup-meta") if workers > 1 else None
+    try:
+        while True:
+            # read at most `workers` ahead of the loaded prefix: a stalled read cannot pull in
+            # the whole directory past the cut; cached ones need no read
+            while upcoming < len(newest_first) and (pool is None or upcoming < done + workers):
+                backup_id = newest_first[upcoming]
+                upcoming += 1
+                hit = cached(backup_id)
+                if hit is not None:
+                    valid[backup_id] = load(backup_id, hit)
+                elif pool is None:
+                    valid[backup_id] = load(backup_id, read(backup_id))
+                else:
+                    pending[pool.submit(read, backup_id)] = backup_id
+                if advance():
+                    return done
+            if not pending:  # everything up to `upcoming` is loaded, and that is all of it
+                advance()
+                return done
+            finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                backup_id = pending.pop(future)
+                valid[backup_id] = load(backup_id, future.result())
+            if advance():
+                return done
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

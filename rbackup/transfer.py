@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, TypeVar
 
 from .checksum import crc32c
 from .env.base import Capabilities, ReadStream
-from .errors import Aborted, Incomplete
+from .errors import Aborted, Corruption, Incomplete
 from .options import Progress, ProgressCallback
 from .ratelimit import RateLimiter
 
@@ -37,6 +37,16 @@ R = TypeVar("R")
 class CopyResult:
     size: int
     crc32c: int
+
+    def check(self, backup_id: int | None, what: str, size: int | None, crc32c: int | None) -> None:
+        """Corruption unless the copy has the size and CRC-32C the meta file records
+        (None: not recorded), naming the backup and the file `what`."""
+        prefix = f"backup {backup_id}: " if backup_id is not None else ""
+        if size is not None and self.size != size:
+            raise Corruption(f"{prefix}{what} is {self.size} bytes, expected {size}")
+        if crc32c is not None and self.crc32c != crc32c:
+            raise Corruption(f"{prefix}checksum mismatch in {what} (crc32c {self.crc32c}, "
+                             f"the meta file says {crc32c})")
 
 
 class ProgressTracker:

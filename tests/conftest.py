@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.db_fixtures", "tests.s3_fixtures", "tests.s3_servers", "tests.crash_worker"]
+pytest_plugins = ["tests.db_fixtures", "tests.s3_fixtures", "tests.s3_servers", "tests.hdfs_fixtures",
+                  "tests.crash_worker"]
 
 SLOW_MODULES = frozenset({
     "test_crash",        # SIGKILL and in-process fault sweeps
@@ -20,6 +21,7 @@ SLOW_MODULES = frozenset({
 })
 SLOW_FIXTURES = frozenset({
     "moto_server",       # a real S3 server over HTTP
+    "real_hdfs",         # a MiniDFSCluster and libhdfs's JVM
     "seaweedfs_server",  # SeaweedFS (weed server -s3), started per session
     "s3rver_server",     # s3rver (npm), installed on first use
 })

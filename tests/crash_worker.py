@@ -36,7 +36,14 @@ if ROOT not in sys.path:  # run as a script from anywhere
 import pytest  # noqa: E402
 import rocksdict  # noqa: E402
 
-from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly, BackupError  # noqa: E402
+from rbackup import (  # noqa: E402
+    BackupableDBOptions,
+    BackupEngine,
+    BackupEngineReadOnly,
+    BackupError,
+    RestoreMode,
+    RestoreOptions,
+)
 from rbackup.checksum import crc32c  # noqa: E402
 from rbackup.env.base import BackupEnv  # noqa: E402
 from rbackup.env.registry import open_env  # noqa: E402
@@ -359,7 +366,8 @@ def _dispatch(spec: dict[str, Any], op: str, engine: BackupEngine, env: BackupEn
     elif op == "gc":
         engine.garbage_collect()
     elif op == "restore":
-        engine.restore_db_from_backup(spec["backup_id"], spec["target"])
+        mode = RestoreMode(spec.get("mode", RestoreMode.PURGE_ALL_FILES))
+        engine.restore_db_from_backup(spec["backup_id"], spec["target"], options=RestoreOptions(mode=mode))
     elif op == "hold_lock":
         # Hold the writer lock until killed (or for `seconds`), as a long create would.
         with writer_lock(env, "hold_lock", timeout=0, ttl=spec.get("lock_ttl", 300.0)):

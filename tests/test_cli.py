@@ -171,7 +171,19 @@ def test_operation_failures_exit_1(closed_db, tmp_path):
     assert "backup 42 not found" in line and bdir in line
     assert "backup 42" in failed(1, "restore", "--backup-dir", bdir, "--db", str(tmp_path / "r"), "--backup-id", "42")
     assert "unknown storage protocol" in failed(1, "list", "--backup-dir", "nosuchproto://x/y")
+    (tmp_path / "empty").mkdir()
     assert ok("list", "--backup-dir", str(tmp_path / "empty")).stdout == f"no backups in {tmp_path / 'empty'}\n"
+
+
+def test_list_of_a_missing_path_or_a_file_exits_1(tmp_path):
+    """Before: exit 0 and "no backups in ...", so a typo in a cron job looked like an empty directory."""
+    missing = str(tmp_path / "typo")
+    assert failed(1, "list", "--backup-dir", missing) == f"rbackup: error: backup directory {missing} does not exist"
+    a_file = tmp_path / "a-file"
+    a_file.write_bytes(b"")
+    assert failed(1, "list", "--backup-dir", str(a_file)) == \
+        f"rbackup: error: backup directory {a_file} is not a directory"
+    assert not os.path.exists(missing)
 
 
 def test_db_held_open_by_another_process(live_db, tmp_path):

@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 import rocksdict
 
-from rbackup import BackupEngine, BackupError, RestoreOptions
+from rbackup import BackupEngine, BackupError, RestoreMode, RestoreOptions
 from rbackup.env.base import AtomicWriter, BackupEnv
 from rbackup.env.local import LocalEnv
 from rbackup.lock import is_lock_file
@@ -364,7 +364,7 @@ def test_sigkill_at_random_times_local(world: World, scratch: Path) -> None:
 
 # -- restore ---------------------------------------------------------------------------------------
 def check_killed_restore(target: str, expected: dict[str, bytes], old: dict[str, bytes], touched: bool,
-                         backup_dir: str, so: Any) -> str:
+                         backup_dir: str, so: Any, rerun: RestoreOptions | None = None) -> str:
     """After a killed restore the target, opened as a user would (a plain writable
     Rdict(target), which would create an empty DB were CURRENT missing), holds either
     nothing that opens, or exactly the backup's data, or - only when the kill came
@@ -388,7 +388,7 @@ def check_killed_restore(target: str, expected: dict[str, bytes], old: dict[str,
                 f"{len(expected)} nor, untouched, the old DB's {len(old)}"
             outcome = "untouched"
     with BackupEngine(engine_options(backup_dir, so)) as eng:
-        eng.restore_db_from_backup(2, target)
+        eng.restore_db_from_backup(2, target, options=rerun or RestoreOptions())
     assert read_db(target) == expected
     return outcome
 
@@ -418,6 +418,31 @@ def test_sigkill_restore_local(world: World, scratch: Path) -> None:
         outcome = check_killed_restore(target, world.data["B"], world.data["C"], k > first_touch, d, None)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     count("SIGKILL points, restore, local", len(points))
+    assert outcomes.get("refused", 0) > len(points) // 2, outcomes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [RestoreMode.KEEP_LATEST_DB_SESSION_ID_FILES, RestoreMode.VERIFY_CHECKSUM])
+def test_sigkill_incremental_restore_local(world: World, scratch: Path, mode: RestoreMode) -> None:
+    """Kill an incremental restore (of backup 2 over DB C, which holds all of B's SSTs and two
+    more) at its ticks: as with a full restore the target never opens with wrong or partial
+    data, and an incremental re-run (reusing what the killed one kept or copied) restores it exactly."""
+    d = fresh_copy(world.tmpl3, scratch / "bk")
+    spec = {"op": "restore", "url": d, "backup_id": 2, "target": prepare_target(world, scratch / "t"),
+            "mode": int(mode)}
+    ticks = record_ticks(spec, scratch)
+    assert any(t.startswith("restore._unlink") for t in ticks)  # C's two extra SSTs go
+    points = pick_kill_points(ticks, 20, around=("restore._write_file", "os.replace"))
+    first_touch = next(i for i, t in enumerate(ticks) if t.startswith(("restore._unlink", "os.replace")))
+    outcomes: dict[str, int] = {}
+    for k in points:
+        target = prepare_target(world, scratch / "t")
+        proc = run_worker({**spec, "kill_at": k})
+        assert proc.returncode == -9, f"tick {k} ({ticks[k]}): {proc.returncode}: {proc.stderr}"
+        outcome = check_killed_restore(target, world.data["B"], world.data["C"], k > first_touch, d, None,
+                                       RestoreOptions(mode=mode))
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    count(f"SIGKILL points, incremental restore ({mode.name}), local", len(points))
     assert outcomes.get("refused", 0) > len(points) // 2, outcomes
 
 

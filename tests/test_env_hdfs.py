@@ -1,19 +1,19 @@
-"""HdfsEnv (backends/hdfs): what can honestly be tested without a NameNode, and the real suite.
+"""HdfsEnv (backends/hdfs): the glue without a NameNode, and the conformance kit on a real one.
 
-No HDFS cluster can run here, so the tests are in three parts:
+The tests are in three parts (tests/test_hdfs_live.py has the rest against the live cluster):
 
 1. The whole conformance kit (storage contract and engine round trip) over
-   `HdfsEnv` built with a connector returning `pyarrow.fs.LocalFileSystem()`:
-   the same ArrowFSWrapper code path HDFS uses, on local disk.  What differs
-   on HDFS (pyarrow's clobbering move, no fsync, NameNode errors) is in the
-   README, not proven here.
+   `HdfsEnv` built with a connector returning `pyarrow.fs.LocalFileSystem()`
+   and a local no-clobber rename: the same ArrowFSWrapper code path, on local
+   disk, fast and without Java.
 2. The glue, unit-tested: URL parsing, option mapping (a test double stands in
    for the connection, never for storage), error translation, the registry,
    and pyarrow's real libhdfs loading failing cleanly (in a subprocess, because
    pyarrow remembers a failed load for the rest of the process).
-3. The same kit against a real cluster, only when RBACKUP_TEST_HDFS_URL is set
-   and its NameNode answers a TCP connect within 2 s; otherwise skipped with a
-   reason that says HDFS itself was not exercised.
+3. The same kit against a real cluster: the MiniDFSCluster that
+   tests/hdfs_fixtures.py builds and starts (or RBACKUP_TEST_HDFS_URL); skipped
+   with the reason when it cannot be built here, a failure under
+   RBACKUP_REQUIRE_HDFS=1.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import errno
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import pytest
 from rbackup_hdfs import (
     HdfsEnv,
     HdfsSettings,
+    classpath_problems,
     ensure_hadoop_classpath,
     hadoop_fs_kwargs,
     parse_hdfs_url,
@@ -55,8 +55,7 @@ from rbackup.errors import (
 from rbackup.testing import BackendConformance
 
 from .db_fixtures import read_all
-
-HDFS_URL_VAR = "RBACKUP_TEST_HDFS_URL"
+from .hdfs_fixtures import RealHdfs
 
 
 def local_connector(**kwargs: Any) -> pyarrow.fs.FileSystem:
@@ -64,9 +63,16 @@ def local_connector(**kwargs: Any) -> pyarrow.fs.FileSystem:
     return pyarrow.fs.LocalFileSystem()
 
 
+def local_exclusive_rename(source: str, destination: str) -> None:
+    """Stands in for HDFS's no-clobber rename: a hard link refuses an existing name (EEXIST)."""
+    os.link(source, destination)
+    os.unlink(source)
+
+
 def local_hdfs_env(root: Path, **storage_options: Any) -> HdfsEnv:
     """An HdfsEnv for `hdfs:///<root>` whose file system is local disk."""
-    return HdfsEnv(f"hdfs://{root}", storage_options=storage_options, connect=local_connector)
+    return HdfsEnv(f"hdfs://{root}", storage_options=storage_options, connect=local_connector,
+                   rename_exclusive=local_exclusive_rename)
 
 
 # -- 1. the conformance kit over the ArrowFSWrapper code path ----------------------
@@ -130,26 +136,27 @@ def test_create_exclusive_refuses_a_name_that_appears_during_the_write(tmp_path:
     assert [f.path for f in env.list()] == ["meta/5"], "our temp file was left behind"
 
 
-def test_create_exclusive_detects_a_racing_rename(tmp_path: Path) -> None:
-    """A racer that passed its own check renames right after us: we must not claim the name."""
+def test_create_exclusive_takes_a_lost_reply_for_success(tmp_path: Path) -> None:
+    """A retried rename whose first try went through is refused: the temp being gone and the
+    name holding our bytes proves the name is ours."""
+    calls: list[str] = []
+
+    def renamed_then_refused(source: str, destination: str) -> None:
+        calls.append(destination)
+        local_exclusive_rename(source, destination)
+        raise FileExistsError(errno.EEXIST, "rename destination already exists", destination)
+
+    env = HdfsEnv(f"hdfs://{tmp_path}/b", connect=local_connector, rename_exclusive=renamed_then_refused)
+    env.create_exclusive("meta/1", b"ours")
+    assert calls and env.read_bytes("meta/1", 100) == b"ours"
+    with pytest.raises(AlreadyExists):
+        env.create_exclusive("meta/1", b"again")
+
+
+def test_create_exclusive_racing_threads_have_one_winner(tmp_path: Path) -> None:
+    """20 rounds of 8 racing creators: exactly one succeeds, its bytes stay, no temp is left."""
     env = local_hdfs_env(tmp_path / "b")
-    real_mv = env.fs.mv
-
-    def mv_then_racer(src: str, dst: str, **kw: Any) -> None:
-        real_mv(src, dst, **kw)
-        env.fs.pipe_file(dst, b"racer")  # the racer's rename replaces ours (pyarrow's clobbering move)
-
-    env.fs.mv = mv_then_racer  # type: ignore[method-assign]
-    with pytest.raises(AlreadyExists, match="at the same time"):
-        env.create_exclusive("rbackup.lock", b"ours")
-    assert env.read_bytes("rbackup.lock", 100) == b"racer"
-
-
-def test_create_exclusive_racing_threads_leave_one_whole_winner(tmp_path: Path) -> None:
-    """Not atomic (conditional_create is False), but never a mixed file, and what stays
-    is always the data of a creator that was told it succeeded."""
-    env = local_hdfs_env(tmp_path / "b")
-    assert env.capabilities.conditional_create is False
+    assert env.capabilities.conditional_create is True
     for rnd in range(20):
         name = f"meta/{rnd + 1}"
         start = threading.Barrier(8)
@@ -173,8 +180,8 @@ def test_create_exclusive_racing_threads_leave_one_whole_winner(tmp_path: Path) 
         for t in threads:
             t.join()
         assert errors == []
-        assert winners
-        assert env.read_bytes(name, 1 << 20) in winners
+        assert len(winners) == 1
+        assert env.read_bytes(name, 1 << 20) == winners[0]
     assert all(".tmp" not in f.path for f in env.list()), "temp files left behind"
 
 
@@ -262,7 +269,7 @@ def test_option_mapping_reaches_hadoop_filesystem(tmp_path: Path) -> None:
     assert env.describe("meta/1") == "hdfs://nn1.example.com:9000/backups/db1/meta/1"
     caps = env.capabilities
     assert (caps.atomic_rename, caps.conditional_create, caps.durable_sync, caps.directories, caps.concurrency) == (
-        True, False, False, True, 3)
+        True, True, False, True, 3)
 
 
 def test_default_options_keep_the_cluster_configuration() -> None:
@@ -435,58 +442,38 @@ def test_ensure_hadoop_classpath(tmp_path: Path) -> None:
     assert "CLASSPATH" not in environ
 
 
-# -- 3. the real suite: only against a reachable cluster -----------------------------------------
-def _real_hdfs() -> tuple[str | None, str]:
-    """(base URL, "") when a NameNode is reachable, else (None, the reason to skip)."""
-    not_exercised = "HDFS itself is not exercised"
-    url = os.environ.get(HDFS_URL_VAR)
-    if not url:
-        return None, (f"{not_exercised}: {HDFS_URL_VAR} is not set (e.g. hdfs://namenode:8020/tmp/rbackup-test, "
-                      "with JAVA_HOME, libhdfs and Hadoop's CLASSPATH); HdfsEnv's code path ran over pyarrow's "
-                      "LocalFileSystem instead")
-    try:
-        location = parse_hdfs_url(url)
-    except InvalidArgument as exc:
-        return None, f"{not_exercised}: {HDFS_URL_VAR} is invalid: {exc}"
-    if location.scheme != "hdfs" or location.namenode == "default":
-        return None, f"{not_exercised}: {HDFS_URL_VAR} must name the NameNode host for the reachability check"
-    host, port = location.namenode.strip("[]"), location.port or 8020
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-    except OSError as exc:
-        return None, f"{not_exercised}: no NameNode answered at {host}:{port} within 2 s ({exc})"
-    return url.rstrip("/"), ""
-
-
-REAL_HDFS_URL, REAL_HDFS_SKIP = _real_hdfs()
-
-
+# -- 3. the real suite: against the MiniDFSCluster of tests/hdfs_fixtures.py (or RBACKUP_TEST_HDFS_URL) ------
 @pytest.mark.hdfs
+@pytest.mark.slow
 class TestRealHdfs(BackendConformance):
-    """The conformance kit and the engine round trip against the cluster in RBACKUP_TEST_HDFS_URL."""
+    """The conformance kit and the engine round trip against a real NameNode and DataNodes."""
 
-    __test__ = REAL_HDFS_URL is not None
     large_file_size = 8 << 20
 
     @pytest.fixture(autouse=True)
-    def _cleanup(self) -> Iterator[None]:
+    def _cluster(self, real_hdfs: RealHdfs) -> Iterator[None]:
+        self._base = real_hdfs.url
         self._made: list[HdfsEnv] = []
         yield
         for env in self._made:
-            try:
+            if env.fs.exists(env.root):  # pyarrow's delete of a missing path is EIO, not ENOENT
                 env.fs.rm(env.root, recursive=True)
-            except FileNotFoundError:
-                pass
 
     def make_env(self, tmp_path: Path) -> HdfsEnv:
-        env = HdfsEnv(f"{REAL_HDFS_URL}/{uuid.uuid4().hex}")
+        env = HdfsEnv(f"{self._base}/{uuid.uuid4().hex}")
         self._made.append(env)
         return env
 
 
-if REAL_HDFS_URL is None:
-
-    @pytest.mark.hdfs
-    def test_real_hdfs() -> None:
-        """Stands for the uncollected TestRealHdfs: one summary line saying HDFS was not exercised."""
-        pytest.skip(REAL_HDFS_SKIP)
+def test_classpath_problems(tmp_path: Path) -> None:
+    """The two CLASSPATH lacks that do not fail cleanly are named before libhdfs starts."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "commons-lang3-3.17.0.jar").write_bytes(b"")
+    conf = str(tmp_path / "conf")
+    good = {"CLASSPATH": f"{conf}:/j/hadoop-client-api.jar:{tmp_path}/lib/*", "HADOOP_CONF_DIR": conf}
+    assert classpath_problems(good) == []
+    no_lang = {"CLASSPATH": f"{conf}:/j/hadoop-client-api.jar", "HADOOP_CONF_DIR": conf}
+    assert ["commons-lang3" in p and "kill" in p for p in classpath_problems(no_lang)] == [True]
+    no_conf = {"CLASSPATH": "/j/commons-lang3-3.17.0.jar", "HADOOP_CONF_DIR": conf}
+    assert ["not on CLASSPATH" in p for p in classpath_problems(no_conf)] == [True]
+    assert classpath_problems({}) == []

@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 from rbackup import _snappy, sstprops
 from rbackup.errors import BackupError, Corruption, NotSupported
 
+from .rbpeer import needs_rbpeer, peer
+
 N_KEYS = 600
 SESSION_ID = re.compile(r"[0-9A-Z]{20}")
 FUZZ = settings(max_examples=300, deadline=500,
@@ -678,3 +680,18 @@ def test_fuzz_random_properties_payload(sst_bytes, payload):
     """Arbitrary properties-block bytes, stored raw and as 'snappy'."""
     _only_backup_errors(_rebuild(sst_bytes["fv5"], payload=payload))
     _only_backup_errors(_rebuild(sst_bytes["fv5"], payload=payload, ctype=1))
+
+
+@needs_rbpeer
+@pytest.mark.slow
+def test_names_match_rocksdb_11_backup_of_format_version_7_ssts(tmp_path):
+    """Real fv7 SSTs with zstd data blocks (RocksDB 11.1.2's defaults): the names its BackupEngine gives."""
+    db = tmp_path / "db"
+    peer("makedb", str(db), "2000", "3", "0", "--compression", "zstd", "--format-version", "7")
+    peer("backup", str(db), str(tmp_path / "bk"), "--format-version", "7")
+    for sst in _ssts(db):
+        assert _props(sst)["rocksdb.format.version"] == b"\x07"
+    peer_names = sorted(p.name for p in (tmp_path / "bk" / "shared_checksum").iterdir())
+    ours = sorted(f"{sst.stem}_s{_sid(sst)}_{sst.stat().st_size}.sst" for sst in _ssts(db))
+    assert len(ours) == 3
+    assert ours == peer_names

@@ -1,5 +1,6 @@
 """Storage envs: the BackupEnv contract and the envs that ship with the core."""
 from .base import AtomicWriter, BackendFactory, BackupEnv, Capabilities, FileInfo, ReadStream, check_path
+from .encrypted import EncryptedEnv
 from .fsspec_env import FsspecEnv
 from .local import LocalEnv
 from .memory import MemoryEnv
@@ -10,6 +11,7 @@ __all__ = [
     "BackendFactory",
     "BackupEnv",
     "Capabilities",
+    "EncryptedEnv",
     "FileInfo",
     "FsspecEnv",
     "LocalEnv",

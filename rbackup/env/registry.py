@@ -18,6 +18,7 @@ import fsspec
 
 from ..errors import InvalidArgument, NotSupported
 from .base import BackendFactory, BackupEnv, Capabilities
+from .encrypted import EncryptedEnv
 from .fsspec_env import FsspecEnv
 
 log = logging.getLogger("rbackup")
@@ -67,8 +68,26 @@ def backend_class(protocol: str) -> type[BackupEnv] | None:
     return cls
 
 
+ENCRYPTION_KEY_FILE = "encryption_key_file"
+"""The storage option that wraps any backend in an EncryptedEnv; the backend never sees it."""
+
+
 def open_env(backup_dir: str | os.PathLike, *, storage_options: dict[str, Any] | None = None) -> BackupEnv:
-    """The env for a path or URL: a registered backend, else generic fsspec."""
+    """The env for a path or URL: a registered backend, else generic fsspec;
+    wrapped in an EncryptedEnv when the options name an encryption key file."""
+    options = dict(storage_options or {})
+    key_file = options.pop(ENCRYPTION_KEY_FILE, None)
+    env = _open_store(backup_dir, options)
+    if key_file is None:
+        return env
+    try:
+        return EncryptedEnv.from_key_file(env, key_file)
+    except BaseException:
+        env.close()
+        raise
+
+
+def _open_store(backup_dir: str | os.PathLike, storage_options: dict[str, Any]) -> BackupEnv:
     protocol, location = split_protocol(backup_dir)
     if not location:
         raise InvalidArgument(f"empty backup location {os.fspath(backup_dir)!r}")

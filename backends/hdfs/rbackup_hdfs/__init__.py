@@ -6,11 +6,19 @@ imports it.  The store is pyarrow's libhdfs binding behind fsspec's
 ArrowFSWrapper, driven by rbackup's generic FsspecEnv.
 """
 from .config import HdfsLocation, HdfsSettings, hadoop_fs_kwargs, parse_hdfs_url
-from .env import HdfsEnv, connect_hadoop, ensure_hadoop_classpath
+from .env import HdfsEnv, classpath_problems, connect_hadoop, ensure_hadoop_classpath, native_exclusive_rename
 from .errors import translate_hdfs_error
 
 __all__ = [
-    "HdfsEnv", "HdfsLocation", "HdfsSettings", "connect_hadoop", "ensure_hadoop_classpath",
-    "hadoop_fs_kwargs", "parse_hdfs_url", "translate_hdfs_error",
+    "HdfsEnv",
+    "HdfsLocation",
+    "HdfsSettings",
+    "classpath_problems",
+    "connect_hadoop",
+    "ensure_hadoop_classpath",
+    "hadoop_fs_kwargs",
+    "native_exclusive_rename",
+    "parse_hdfs_url",
+    "translate_hdfs_error",
 ]
 __version__ = "0.1.0"

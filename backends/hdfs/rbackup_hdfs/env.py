@@ -18,21 +18,29 @@ What each promise of the contract rests on, as pyarrow really does it:
   the data is on `replication` DataNodes, in their memory, not fsynced, so
   `durable_sync` is False and the `sync` flags change nothing (DataNodes run
   with dfs.datanode.synconclose=true do fsync on close).
-- create-if-absent: not atomic, see `HdfsEnv.create_exclusive`.
+- create-if-absent: atomic.  pyarrow has none (libhdfs always creates with
+  overwrite=true, `move` clobbers), so `create_exclusive` writes through
+  pyarrow to a private temp and publishes it with HDFS's rename that refuses
+  an existing destination, called through `hdfs-native` (a JVM-free client
+  of the NameNode's RPC); see `HdfsEnv.create_exclusive`.
+- deleting a missing file: libhdfs reports it as EIO (Java's `delete`
+  returned false), which `delete` treats as "already gone" after a check.
 - listings are never cached (ArrowFSWrapper has no listing cache).
 """
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import posixpath
 import secrets
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
+import hdfs_native
 import pyarrow.fs
 from fsspec.implementations.arrow import ArrowFSWrapper
 
@@ -40,13 +48,16 @@ from rbackup.env.base import Capabilities, check_path
 from rbackup.env.fsspec_env import FsspecEnv
 from rbackup.errors import AlreadyExists, BackupError, InvalidArgument, NotFound
 
-from .config import HdfsLocation, HdfsSettings, hadoop_fs_kwargs, parse_hdfs_url
+from .config import DEFAULT_NAMENODE, HdfsLocation, HdfsSettings, hadoop_fs_kwargs, parse_hdfs_url
 from .errors import translate_hdfs_error
 
 log = logging.getLogger(__name__)
 
 Connector = Callable[..., pyarrow.fs.FileSystem]
 """Called with `pyarrow.fs.HadoopFileSystem`'s keyword arguments; returns a pyarrow file system."""
+ExclusiveRename = Callable[[str, str], None]
+"""`(source, destination)`, absolute paths: rename in one step, raising FileExistsError (and
+changing nothing) if the destination exists."""
 
 
 def ensure_hadoop_classpath(environ: MutableMapping[str, str] = os.environ) -> None:
@@ -76,12 +87,41 @@ def ensure_hadoop_classpath(environ: MutableMapping[str, str] = os.environ) -> N
     log.info("CLASSPATH for libhdfs set from `%s classpath --glob`", hadoop)
 
 
+def classpath_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """What the CLASSPATH libhdfs will read visibly lacks, judged by jar file names.
+
+    Two lacks do not fail cleanly: without commons-lang3 the JVM kills the
+    whole process at the first Java exception (libhdfs formats exceptions with
+    the unshaded ExceptionUtils), and without HADOOP_CONF_DIR's directory on the
+    CLASSPATH libhdfs silently ignores that configuration.  A jar that bundles
+    commons-lang3 under another name is not seen, hence warnings, not errors.
+    """
+    entries = [e for e in environ.get("CLASSPATH", "").split(os.pathsep) if e]
+    names: list[str] = []
+    for entry in entries:
+        if entry.endswith("*") and os.path.isdir(entry[:-1] or "."):
+            names.extend(os.listdir(entry[:-1] or "."))
+        else:
+            names.append(os.path.basename(entry))
+    problems = []
+    if entries and not any(n.startswith("commons-lang3") for n in names):
+        problems.append("CLASSPATH has no commons-lang3 jar: the JVM will kill this process at the first "
+                        "Java exception (libhdfs needs the unshaded org.apache.commons.lang3)")
+    conf_dir = environ.get("HADOOP_CONF_DIR")
+    if conf_dir and os.path.realpath(conf_dir) not in {os.path.realpath(e) for e in entries}:
+        problems.append(f"HADOOP_CONF_DIR={conf_dir} is not on CLASSPATH: libhdfs reads its configuration "
+                        "only from the CLASSPATH, so it ignores that directory")
+    return problems
+
+
 def connect_hadoop(location: HdfsLocation, settings: HdfsSettings,
                    factory: Connector | None = None) -> pyarrow.fs.FileSystem:
     """The pyarrow file system for `location`; load and connection failures become rbackup errors."""
     kwargs = hadoop_fs_kwargs(location, settings)
     if factory is None:
         ensure_hadoop_classpath()
+        for problem in classpath_problems():
+            log.warning("%s: %s", location.url, problem)
         factory = pyarrow.fs.HadoopFileSystem
     log.debug("connecting to %s (namenode %r, port %d) as %s", location.url, location.namenode,
               location.port, settings.user or "the login user")
@@ -89,6 +129,36 @@ def connect_hadoop(location: HdfsLocation, settings: HdfsSettings,
         return factory(**kwargs)
     except (OSError, ValueError) as exc:  # pyarrow: OSError (ArrowIOError), ArrowInvalid
         raise translate_hdfs_error(exc, f"connect {location.url}") from exc
+
+
+def hdfs_native_url(location: HdfsLocation) -> str | None:
+    """The NameNode URL for hdfs-native; None: fs.defaultFS from HADOOP_CONF_DIR (hdfs:///path)."""
+    if location.namenode == DEFAULT_NAMENODE:
+        return None
+    if "://" in location.namenode:  # viewfs://cluster
+        return location.namenode
+    port = f":{location.port}" if location.port else ""
+    return f"hdfs://{location.namenode}{port}"
+
+
+def native_exclusive_rename(location: HdfsLocation, settings: HdfsSettings) -> ExclusiveRename:
+    """HDFS's no-clobber rename (`rename2` without OVERWRITE) through an hdfs-native client.
+
+    The client connects lazily and reads HADOOP_CONF_DIR itself; `extra_conf`
+    is passed on.  Under simple authentication it acts as HADOOP_USER_NAME or
+    the login user, not as `settings.user`.  hdfs-native takes a ticket cache
+    only with its principal: given `kerb_ticket` and `user` both, it gets
+    them; given `kerb_ticket` alone, it uses the default cache (KRB5CCNAME).
+    """
+    kerberos: dict[str, str] = {}
+    if settings.kerb_ticket is not None and settings.user is not None:
+        kerberos = {"kerberos_cache": settings.kerb_ticket, "kerberos_principal": settings.user}
+    client = hdfs_native.Client(hdfs_native_url(location), dict(settings.extra_conf) or None, **kerberos)
+
+    def rename(source: str, destination: str) -> None:
+        client.rename(source, destination, overwrite=False)
+
+    return rename
 
 
 def exclusive_temp_name(path: str) -> str:
@@ -108,20 +178,22 @@ class HdfsEnv(FsspecEnv):
     command when unset) and usually HADOOP_CONF_DIR; without them the
     constructor raises NotSupported naming what is missing.
 
-    `connect` replaces `pyarrow.fs.HadoopFileSystem` (same keyword arguments):
-    the tests pass one returning `pyarrow.fs.LocalFileSystem()`, which runs
-    this env's whole code path over ArrowFSWrapper on local disk.
+    `connect` replaces `pyarrow.fs.HadoopFileSystem` (same keyword arguments)
+    and `rename_exclusive` the hdfs-native no-clobber rename: the tests pass a
+    connector returning `pyarrow.fs.LocalFileSystem()` and a local no-clobber
+    rename, which runs this env's whole code path on local disk.
     """
 
-    capabilities = Capabilities(atomic_rename=True, conditional_create=False, durable_sync=False,
+    capabilities = Capabilities(atomic_rename=True, conditional_create=True, durable_sync=False,
                                 directories=True, concurrency=HdfsSettings.concurrency)
     """The defaults, for `rbackup backends`; an instance reflects its own settings."""
 
     def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None,
-                 connect: Connector | None = None) -> None:
+                 connect: Connector | None = None, rename_exclusive: ExclusiveRename | None = None) -> None:
         location = parse_hdfs_url(url)
         settings = HdfsSettings.from_options(storage_options, url_user=location.user)
         arrow_fs = connect_hadoop(location, settings, connect)
+        self.rename_exclusive = rename_exclusive or native_exclusive_rename(location, settings)
         super().__init__(
             ArrowFSWrapper(arrow_fs, skip_instance_cache=True),
             location.path,
@@ -138,28 +210,34 @@ class HdfsEnv(FsspecEnv):
     def _error(self, exc: BaseException, path: str, action: str) -> BackupError:
         return translate_hdfs_error(exc, f"{action} {self.describe(path)}")
 
+    def delete(self, paths: Iterable[str]) -> None:
+        """Delete files, missing ones included: libhdfs reports deleting a missing file as EIO
+        (Java's `delete` returned false), so an EIO is checked against the file still being there."""
+        checked = [check_path(p) for p in paths]
+        for path in checked:
+            full = self._full(path)
+            try:
+                self.fs.rm_file(full)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno == errno.EIO and not self.fs.exists(full):
+                    continue
+                raise self._error(exc, path, "delete") from exc
+
     def create_exclusive(self, path: str, data: bytes, *, sync: bool = True) -> None:
-        """Create `path` holding `data` unless it exists: as safe as pyarrow allows, not atomic.
+        """Create `path` holding `data` unless it exists, atomically: exactly one racing creator wins.
 
-        HDFS has an atomic create-if-absent (create with overwrite=false) and a
-        rename that refuses an existing destination, but pyarrow exposes
-        neither: libhdfs always creates with overwrite=true, and pyarrow's
-        `move` deletes an existing destination and renames again.  So:
+        1. AlreadyExists if `path` exists (saves writing the data for nothing);
+        2. write `data` whole through pyarrow to a temp name private to this call;
+        3. rename the temp onto `path` with HDFS's rename that refuses an existing
+           destination (one NameNode call, through hdfs-native: pyarrow's `move`
+           would delete the destination first); a refusal removes the temp and
+           raises AlreadyExists.
 
-        1. AlreadyExists if `path` exists;
-        2. write `data` whole to a temp name private to this call, so racing
-           creators never write into one file;
-        3. AlreadyExists (temp removed) if `path` appeared meanwhile;
-        4. rename the temp onto `path`;
-        5. read `path` back: other bytes mean a racing creator's rename
-           replaced ours, and this call reports AlreadyExists.
-
-        Guarantee: the name never holds a partial or mixed file, and whatever
-        it holds is the data of a creator that returned successfully.  Two
-        creators can both succeed, the first one's file then being replaced,
-        only if one of them passes step 3 before the other's rename and
-        renames after the other's read-back.  Hence
-        `capabilities.conditional_create` is False.
+        The name never holds a partial file, and a name once created is never
+        replaced by this method.  A refusal whose temp is gone means the rename
+        was ours and only its reply was lost (a retried RPC): that is success.
         """
         path = check_path(path)
         if self.exists(path):
@@ -170,17 +248,15 @@ class HdfsEnv(FsspecEnv):
             self.fs.makedirs(posixpath.dirname(full), exist_ok=True)
             with self.fs.open(tmp, "wb") as f:
                 f.write(data)
-            appeared = self.fs.exists(full)
-            if not appeared:
-                self.fs.mv(tmp, full)
+            self.rename_exclusive(tmp, full)
+        except FileExistsError:
+            if not self.fs.exists(tmp) and self._holds(path, data):
+                return
+            self._remove_quietly(tmp_path)
+            raise AlreadyExists(f"create {self.describe(path)}: already exists") from None
         except Exception as exc:
             self._remove_quietly(tmp_path)
             raise self._error(exc, path, "create") from exc
-        if appeared:
-            self._remove_quietly(tmp_path)
-            raise AlreadyExists(f"create {self.describe(path)}: already exists")
-        if not self._holds(path, data):
-            raise AlreadyExists(f"create {self.describe(path)}: another writer created it at the same time")
 
     def _holds(self, path: str, data: bytes) -> bool:
         """Whether `path` holds exactly `data` (False if it is gone or differs)."""

@@ -59,8 +59,9 @@ def translate_hdfs_error(exc: BaseException, what: str) -> BackupError:
     if message.startswith("HDFS connection failed"):
         return StorageError(
             f"{what}: libhdfs could not connect (its Java exception is on stderr); check that CLASSPATH "
-            "holds Hadoop's jars (`hadoop classpath --glob`), HADOOP_CONF_DIR, the NameNode address "
-            "and the Kerberos ticket")
+            "holds Hadoop's client jars and slf4j-api (`hadoop classpath --glob`, or hadoop-client-api, "
+            "hadoop-client-runtime, slf4j-api, commons-lang3), the configuration directory (HADOOP_CONF_DIR "
+            "counts only on the CLASSPATH), the NameNode address and the Kerberos ticket")
     code = getattr(exc, "errno", None)
     if code in _ERRNO_CAUSES:
         return StorageError(f"{what}: {_ERRNO_CAUSES[code]}: {message}")

@@ -1,0 +1,107 @@
+"""Backups of a DB another process has open and keeps writing to (`LiveDbPath`, the sidecar).
+
+The writer commits batches that each carry the next value of a counter and one key named after it,
+with a tiny write buffer so that flushes and compactions (files appearing and disappearing) happen
+all the time while the backups run.  Every restore must hold exactly the writes of one committed
+counter value: the counter c and the keys 1..c, no more, no less.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import rocksdict
+
+from rbackup import BackupableDBOptions, BackupEngine
+from rbackup.sidecar import LiveDbPath
+
+_COUNTER_WRITER = """
+import os, sys, rocksdict
+opts = rocksdict.Options(raw_mode=True)
+opts.create_if_missing(True)
+opts.set_write_buffer_size(64 * 1024)
+opts.set_target_file_size_base(64 * 1024)
+opts.set_level_zero_file_num_compaction_trigger(2)
+db = rocksdict.Rdict(sys.argv[1], opts)
+n = 0
+while True:
+    n += 1
+    batch = rocksdict.WriteBatch(raw_mode=True)
+    batch.put(b"counter", b"%d" % n)
+    batch.put(b"k%08d" % n, os.urandom(300))
+    db.write(batch)
+    if n == 2000:
+        print("committed 2000", flush=True)
+"""
+
+
+def committed_state(db_dir: str) -> tuple[int, set[int]]:
+    db = rocksdict.Rdict(db_dir, rocksdict.Options(raw_mode=True))
+    try:
+        counter = int(db[b"counter"])
+        names = db.keys()  # iterating an Rdict itself is not raw-mode safe
+        keys = {int(k[1:]) for k in names if k.startswith(b"k")}
+    finally:
+        db.close()
+    return counter, keys
+
+
+@pytest.mark.slow
+def test_backups_beside_a_running_writer_each_restore_one_committed_counter(tmp_path):
+    db_dir, backup_dir = str(tmp_path / "db"), str(tmp_path / "bk")
+    writer = subprocess.Popen([sys.executable, "-c", _COUNTER_WRITER, db_dir], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "committed 2000"
+        with BackupEngine.open(BackupableDBOptions(backup_dir)) as eng:
+            ids = [eng.create_new_backup(LiveDbPath(db_dir)) for _ in range(5)]
+        assert writer.poll() is None, "the writer must have run through every backup"
+    finally:
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+    counters = []
+    with BackupEngine.open(BackupableDBOptions(backup_dir)) as eng:
+        for backup_id in ids:
+            eng.verify_backup(backup_id, verify_with_checksum=True)
+            target = str(tmp_path / f"r{backup_id}")
+            eng.restore_db_from_backup(backup_id, target)
+            counter, keys = committed_state(target)
+            assert counter >= 2000 and keys == set(range(1, counter + 1)), (backup_id, counter, len(keys))
+            counters.append(counter)
+    assert counters == sorted(counters) and counters[-1] > counters[0]
+    files = {f.relative_filename for b in BackupEngine.open(BackupableDBOptions(backup_dir)).get_backup_info(True)
+             for f in b.files}
+    assert any(f.endswith(".log") for f in files) and len([f for f in files if f.endswith(".sst")]) > 3
+
+
+@pytest.mark.slow
+def test_cli_live_backs_up_a_db_this_test_holds_open(tmp_path):
+    """`rbackup create --live` beside an open DB (here: open in the test process, another process to
+    the command): it succeeds where the plain command refuses, and holds the unflushed writes too."""
+    db_dir, backup_dir = str(tmp_path / "db"), str(tmp_path / "bk")
+    rbackup = os.path.join(os.path.dirname(sys.executable), "rbackup")
+    db = rocksdict.Rdict(db_dir, rocksdict.Options(raw_mode=True))
+    try:
+        for i in range(300):
+            db[b"k%04d" % i] = b"v" * 100
+        db.flush()
+        db[b"only-in-the-wal"] = b"yes"
+        plain = subprocess.run([rbackup, "create", "--db", db_dir, "--backup-dir", backup_dir],
+                               capture_output=True, text=True, check=False)
+        assert plain.returncode == 1 and "LOCK" in plain.stderr
+        live = subprocess.run([rbackup, "create", "--db", db_dir, "--backup-dir", backup_dir, "--live"],
+                              capture_output=True, text=True, check=False)
+        assert live.returncode == 0, live.stderr
+        db[b"after"] = b"the backup"
+    finally:
+        db.close()
+    with BackupEngine.open(BackupableDBOptions(backup_dir)) as eng:
+        eng.restore_db_from_latest_backup(str(tmp_path / "r"))
+    restored = rocksdict.Rdict(str(tmp_path / "r"), rocksdict.Options(raw_mode=True))
+    try:
+        keys = set(restored.keys())
+    finally:
+        restored.close()
+    assert len(keys) == 301 and b"only-in-the-wal" in keys and b"after" not in keys
