@@ -150,34 +150,48 @@ def weed_binary() -> str:
     return found
 
 
+STARTUP_ATTEMPTS = 3
+"""Free ports are picked, then bound by the server: another process may take one in between
+(seen: weed exits at startup); a start that fails that way is retried on fresh ports."""
+
+
 @contextlib.contextmanager
 def run_seaweedfs(root: Path) -> Iterator[str]:
     """`weed server -s3` on loopback (every listener on its own free port); yields the S3 endpoint."""
-    data = root / "data"
-    data.mkdir(parents=True)
     identities = root / "identities.json"
     identities.write_text(json.dumps({"identities": [{
         "name": "rbackup-tests",
         "credentials": [{"accessKey": DUMMY_AWS_ENV["AWS_ACCESS_KEY_ID"],
                          "secretKey": DUMMY_AWS_ENV["AWS_SECRET_ACCESS_KEY"]}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    s3_port = free_port()
-    ports = {name: free_port() for name in ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-                                            "filer.port", "filer.port.grpc", "s3.port.grpc", "debug.port")}
-    args = [weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-master.telemetry=false", "-master.volumeSizeLimitMB=128", "-volume.max=400", "-filer",
-            f"-filer.localSocket={root / 'filer.sock'}", "-s3", f"-s3.port={s3_port}", "-s3.port.iceberg=0",
-            "-s3.port.lance=0", f"-s3.localSocket={root / 's3.sock'}", f"-s3.config={identities}"]
-    args += [f"-{name}={port}" for name, port in ports.items()]
-    log_path = root / "weed.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    try:
-        _wait_for_s3(endpoint, proc, log_path, "seaweedfs")
-        yield endpoint
-    finally:
-        _stop(proc)
+    for attempt in range(1, STARTUP_ATTEMPTS + 1):
+        run = root / f"run{attempt}"
+        data = run / "data"
+        data.mkdir(parents=True)
+        s3_port = free_port()
+        ports = {name: free_port() for name in ("master.port", "master.port.grpc", "volume.port",
+                                                "volume.port.grpc", "filer.port", "filer.port.grpc", "s3.port.grpc",
+                                                "debug.port")}
+        args = [weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                "-master.telemetry=false", "-master.volumeSizeLimitMB=128", "-volume.max=400", "-filer",
+                f"-filer.localSocket={run / 'filer.sock'}", "-s3", f"-s3.port={s3_port}", "-s3.port.iceberg=0",
+                "-s3.port.lance=0", f"-s3.localSocket={run / 's3.sock'}", f"-s3.config={identities}"]
+        args += [f"-{name}={port}" for name, port in ports.items()]
+        log_path = run / "weed.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=run, start_new_session=True)
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        try:
+            try:
+                _wait_for_s3(endpoint, proc, log_path, "seaweedfs")
+            except RuntimeError:
+                if proc.poll() is None or attempt == STARTUP_ATTEMPTS:
+                    raise
+                continue  # exited at startup: most likely a port taken meanwhile
+            yield endpoint
+            return
+        finally:
+            _stop(proc)
 
 
 # -- s3rver ------------------------------------------------------------------------------------

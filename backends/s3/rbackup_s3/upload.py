@@ -387,8 +387,13 @@ class S3Writer(AtomicWriter):
     def _put(self) -> None:
         condition = self._condition()
         body = self._body()
+        # A small conditional PUT goes as bytes: botocore then sends no "Expect: 100-continue", so
+        # headers and body leave together.  SeaweedFS checks If-None-Match when the headers arrive;
+        # a writer stopped between its headers and its body (seen with SIGSTOP) would otherwise
+        # complete the PUT over an object made meanwhile.
+        sent: PartBody | bytes = bytes(body.whole()) if condition and self._fill <= UNBUDGETED_BYTES else body
         try:
-            self._env._call("put_object", Key=self._key, Body=body, **condition)
+            self._env._call("put_object", Key=self._key, Body=sent, **condition)
         except Exception as exc:
             # A lost response makes botocore's retry find our own object: 412 for it.
             if error_code(exc) != "PreconditionFailed" or not condition:
