@@ -50,6 +50,9 @@ import time
 import tracemalloc
 from dataclasses import dataclass
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark import DUMMY_AWS_ENV, MOTO_CHILD, say
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER_DIR = os.environ.get("RBPEER_DIR") or next(
     (d for d in (os.path.join(_REPO, "..", "shared", "tools", "rocksdb11"), "/work/shared/tools/rocksdb11")
@@ -58,10 +61,6 @@ PEER_DIR = os.environ.get("RBPEER_DIR") or next(
 SST_SIZE = 64 << 20
 SESSION_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 MiB = 1 << 20
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # -- the generated directory --------------------------------------------------------------------------------
@@ -303,19 +302,6 @@ def measure_shape(root: str, shape: Shape, peer: Peer, reps: int) -> list[Row]:
 
 
 # -- S3 -------------------------------------------------------------------------------------------------------
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-          "AWS_CONFIG_FILE": "/nonexistent/rbackup-bench-aws-config",
-          "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/rbackup-bench-aws-credentials"}
-MOTO_CHILD = """
-import sys
-from moto.server import ThreadedMotoServer
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-host, port = server.get_host_and_port()
-print(f"http://{host}:{port}", flush=True)
-sys.stdin.read()
-server.stop()
-"""
 
 
 def measure_s3(root: str, shape: Shape, reps: int) -> list[Row]:
@@ -326,7 +312,7 @@ def measure_s3(root: str, shape: Shape, reps: int) -> list[Row]:
 
     from rbackup.lock import is_lock_file
 
-    os.environ.update(S3_ENV)
+    os.environ.update(DUMMY_AWS_ENV)
     server = subprocess.Popen([sys.executable, "-c", MOTO_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True)
     try:
