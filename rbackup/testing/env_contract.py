@@ -84,6 +84,40 @@ class BackupEnvContract:
     def paths(env: BackupEnv, prefix: str = "") -> list[str]:
         return sorted(info.path for info in env.list(prefix))
 
+    def race_for_one_winner(self, prepare: Callable[[int], Callable[[], None]]) -> int:
+        """Run `concurrent_creators` threads: each prepares its attempt, all wait at one barrier,
+        then each makes it.  Exactly one may succeed; the others must get AlreadyExists and
+        nothing else.  Returns the winner's index."""
+        n = self.concurrent_creators
+        start = threading.Barrier(n)
+        winners: list[int] = []
+        errors: list[BaseException] = []
+
+        def attempt(i: int) -> None:
+            try:
+                go = prepare(i)
+            except BaseException as exc:
+                errors.append(exc)
+                start.abort()  # the others must not wait for this one forever
+                return
+            try:
+                start.wait()
+                go()
+                winners.append(i)
+            except AlreadyExists:
+                pass
+            except BaseException as exc:  # reported below, not lost in the thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert len(winners) == 1, f"{len(winners)} winners"
+        return winners[0]
+
     @staticmethod
     def infos(env: BackupEnv, prefix: str = "") -> list[FileInfo]:
         """`list` in path order (the contract does not promise an order)."""
@@ -271,30 +305,10 @@ class BackupEnvContract:
     def test_concurrent_create_exclusive_one_winner(self, env: BackupEnv) -> None:
         if not env.capabilities.conditional_create:
             pytest.skip("store has no atomic create-if-absent")
-        n = self.concurrent_creators
-        start = threading.Barrier(n)
-        winners: list[int] = []
-        errors: list[BaseException] = []
+        def create(i: int) -> Callable[[], None]:
+            return lambda: env.create_exclusive("meta/7", f"writer {i} ".encode() * (i + 1))
 
-        def create(i: int) -> None:
-            payload = f"writer {i} ".encode() * (i + 1)
-            start.wait()
-            try:
-                env.create_exclusive("meta/7", payload)
-                winners.append(i)
-            except AlreadyExists:
-                pass
-            except BaseException as exc:  # reported below, not lost in the thread
-                errors.append(exc)
-
-        threads = [threading.Thread(target=create, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
-        assert len(winners) == 1
-        (won,) = winners
+        won = self.race_for_one_winner(create)
         assert self.read_all(env, "meta/7") == f"writer {won} ".encode() * (won + 1)
         assert self.paths(env) == ["meta/7"], "temp files left behind"
 
@@ -320,30 +334,12 @@ class BackupEnvContract:
     def test_concurrent_open_write_new_one_winner(self, env: BackupEnv) -> None:
         if not env.capabilities.exclusive_publish:
             pytest.skip("store has no atomic publish-if-absent")
-        n = self.concurrent_creators
-        start = threading.Barrier(n)
-        winners: list[int] = []
-        errors: list[BaseException] = []
-
-        def publish(i: int) -> None:
+        def publish(i: int) -> Callable[[], None]:
             w = env.open_write_new("private/3/CURRENT")
             w.write(f"writer {i} ".encode() * (i + 1))
-            start.wait()
-            try:
-                w.commit()
-                winners.append(i)
-            except AlreadyExists:
-                pass
-            except BaseException as exc:  # reported below, not lost in the thread
-                errors.append(exc)
+            return w.commit
 
-        threads = [threading.Thread(target=publish, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == [] and len(winners) == 1
-        (won,) = winners
+        won = self.race_for_one_winner(publish)
         assert self.read_all(env, "private/3/CURRENT") == f"writer {won} ".encode() * (won + 1)
 
     # -- list, stat, exists ---------------------------------------------------------
