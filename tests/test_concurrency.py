@@ -331,7 +331,8 @@ def test_two_engines_of_one_process_exclude_each_other_locally(world: World, scr
     another writer, and gets a LockError while the first is inside an operation."""
     d = str(scratch / "bk")
     shutil.copytree(world.tmpl1, d)
-    first = BackupEngine(engine_options(d, None, backup_rate_limit=200_000))
+    # The first waits for the lock: the second's GC may hold it at the moment the first asks.
+    first = BackupEngine(engine_options(d, None, backup_rate_limit=200_000, lock_timeout=60))
     second = BackupEngine(engine_options(d, None, lock_timeout=0))
     errors: list[BaseException] = []
     t = threading.Thread(target=lambda: first.create_new_backup(world.dbs["B"]))
