@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from . import sstprops
 from .checksum import crc32c
 from .env.base import BackupEnv
-from .errors import Aborted, BackupError, Corruption, InvalidArgument, NotFound, NotSupported
+from .errors import Aborted, BackupError, Corruption, InvalidArgument, LockError, NotFound, NotSupported
 from .lock import WriterLock
 from .meta import BackupMeta, MetaFileEntry, serialize_meta
 from .naming import META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, FileKind, meta_path, private_dir
@@ -166,7 +166,7 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
         log.warning("backup %d: the commit reported %s: %s, but %s holds this backup: it is committed",
                     backup_id, type(exc).__name__, exc, env.describe(meta_path(backup_id)))
     if lock.can_be_taken_over:
-        _check_committed(env, backup_id, data, copied, workers, stop, log)
+        _check_committed(env, lock, backup_id, data, copied, workers, stop, log)
     # Committed: from here on a failure must not remove anything.
     if options.sync:
         for d in (private_dir(backup_id), PRIVATE_DIR, META_DIR, options.shared_dir, ""):
@@ -189,10 +189,15 @@ def _commit_outcome(env: BackupEnv, backup_id: int, data: bytes) -> bool | None:
         return None
 
 
-def _check_committed(env: BackupEnv, backup_id: int, data: bytes, copied: dict[str, tuple[int, int]],
-                     workers: int, stop: threading.Event, log: logging.Logger) -> None:
-    """After the commit under a lease: meta/<id> and the files this attempt copied are still
-    what it wrote.
+def _check_committed(env: BackupEnv, lock: WriterLock, backup_id: int, data: bytes,
+                     copied: dict[str, tuple[int, int]], workers: int, stop: threading.Event,
+                     log: logging.Logger) -> None:
+    """After the commit under a lease: this writer still holds the lease, and meta/<id> and the
+    files this attempt copied are still what it wrote.
+
+    A writer that stalled between its last check and its commit may commit
+    after a successor took the lease over; the successor's garbage collection
+    does not know that backup and may be deleting its files, so it is withdrawn.
 
     Where the store arbitrates this holds unless a writer stalled past its
     lease deleted something in the instant between its last check and its
@@ -218,12 +223,15 @@ def _check_committed(env: BackupEnv, backup_id: int, data: bytes, copied: dict[s
 
     problems: list[str] = []
     try:
+        lock.check(f"backup {backup_id}: after its commit")
         if not _holds(env, meta_path(backup_id), data):
             problems.append(f"{meta_path(backup_id)} holds another writer's commit")
         else:
             for path, problem in zip(to_check, run_parallel(to_check, check, workers, stop), strict=False):
                 if problem:
                     problems.append(f"{path} {problem}")
+    except LockError as exc:
+        problems.append(f"the commit landed after this writer lost the lock ({exc})")
     except NotFound as exc:
         problems.append(f"a file is gone ({exc})")
     if not problems:
