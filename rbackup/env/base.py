@@ -76,6 +76,18 @@ class BackendFactory(Protocol):
     def __call__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> BackupEnv: ...
 
 
+def refuse_unknown_options(what: str, options: Iterable[str], known: Iterable[str]) -> None:
+    """Raise `InvalidArgument` naming every option of `options` not in `known`.
+
+    Every backend calls it on its `storage_options`: a misspelt option that
+    was silently dropped would leave a setting the user thinks is in force
+    (a `part_sise` keeps the default part size without a word)."""
+    accepted = set(known)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise InvalidArgument(f"{what}: unknown storage_options {unknown}; accepted: {sorted(accepted) or 'none'}")
+
+
 @dataclass(frozen=True)
 class FileInfo:
     path: str
