@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from . import sstprops
 from .checksum import crc32c
 from .env.base import BackupEnv
-from .errors import Aborted, BackupError, Corruption, InvalidArgument, NotFound, NotSupported
+from .errors import Aborted, BackupError, Corruption, FileTooLarge, NotFound, NotSupported
 from .lock import WriterLock
 from .meta import BackupMeta, MetaFileEntry, serialize_meta
 from .naming import META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, FileKind, meta_path, private_dir
@@ -243,7 +243,7 @@ def _holds(env: BackupEnv, path: str, data: bytes) -> bool:
     """Whether `path` holds exactly `data` (False if it is gone or longer)."""
     try:
         return env.read_bytes(path, len(data)) == data
-    except (NotFound, InvalidArgument):
+    except (NotFound, FileTooLarge):
         return False
 
 

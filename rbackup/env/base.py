@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import (
     AlreadyExists,
     BackupError,
+    FileTooLarge,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -260,12 +261,12 @@ class BackupEnv(abc.ABC):
 
     # -- conveniences built on the contract ----------------------------------
     def read_bytes(self, path: str, limit: int) -> bytes:
-        """Read a small file whole, refusing one larger than `limit` (a lying store
-        or a tampered directory must not make us allocate without bound)."""
+        """Read a small file whole, refusing one larger than `limit` with `FileTooLarge`
+        (a lying store or a tampered directory must not make us allocate without bound)."""
         with self.open_read(path) as f:
             data = f.read(limit + 1)
         if len(data) > limit:
-            raise InvalidArgument(f"{self.describe(path)}: larger than {limit} bytes")
+            raise FileTooLarge(f"{self.describe(path)}: larger than {limit} bytes")
         return data
 
     def write_bytes(self, path: str, data: bytes, *, sync: bool = True) -> None:
