@@ -28,6 +28,7 @@ from .errors import Aborted, BackupError, Corruption, InvalidArgument, NotFound,
 from .lock import WriterLock
 from .meta import BackupMeta, MetaFileEntry, serialize_meta
 from .naming import META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, FileKind, meta_path, private_dir
+from .namingcache import PROCESS_CACHE
 from .options import BackupableDBOptions, ExcludeFilesCallback, MaybeExcludeBackupFile, ProgressCallback
 from .osutil import advise_sequential
 from .plan import NamingFacts, PlannedFile, needs_crc_for_name, needs_naming_facts, plan_backup
@@ -98,8 +99,8 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
             to_name = [f for f in snap.files if needs_naming_facts(
                 f, share_table_files=options.share_table_files,
                 share_files_with_checksum=options.share_files_with_checksum)]
-            facts = dict(zip([f.name for f in to_name], run_parallel(
-                to_name, lambda f: _naming_facts(f, buffers, log), workers, stop), strict=True))
+            facts = PROCESS_CACHE.facts(to_name, lambda files: run_parallel(
+                files, lambda f: _naming_facts(f, buffers, log), workers, stop))
             plan = plan_backup(snap.files, backup_id, share_table_files=options.share_table_files,
                                share_files_with_checksum=options.share_files_with_checksum,
                                facts=facts, referenced=state.referenced())
