@@ -1,7 +1,7 @@
 """What naming a DB file needed last time, kept per process so an incremental backup reads no SST twice.
 
 Why: a shared_checksum name needs each SST's DB session id (or, for blob files and SSTs without one,
-its crc32c), and reading the properties block of 10,000 SSTs in Python costs ~2.5 s on every backup,
+its crc32c), and reading the properties block of 10,000 SSTs in Python costs 1-2.5 s of CPU per backup,
 though RocksDB never changes a DB file once written.  So the facts read from a file are remembered
 under the file's identity and reused while that identity holds.
 
@@ -15,12 +15,13 @@ tick, a few ms) - or a file modified in place with its mtime forged back, which 
 Filesystems that report no inode number (st_ino 0) or no mtime are never cached.
 
 Only successful reads are remembered (a Corruption is raised again next time); the cache is bounded
-(`MAX_ENTRIES`, least recently used out first) and lives in memory only: nothing is written to the
-DB, the backup directory or anywhere else, so a stale or lost cache can cost speed, never a name.
+(`MAX_ENTRIES` beyond the latest backup's files, least recently used out first) and lives in memory
+only: nothing is written to the DB, the backup directory or anywhere else, so a lost cache costs speed.
 """
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,10 +30,15 @@ from dataclasses import dataclass
 from .plan import NamingFacts
 from .source import SourceFile
 
-MAX_ENTRIES = 200_000
-"""About 40 MB at most; a DB of up to this many shared files is named without any read."""
+MAX_ENTRIES = 100_000
+"""Entries kept beyond those of the latest backup (~300 bytes each): the files of other DBs, and of
+this one's earlier versions.  A backup's own files are always kept, however many, so a DB bigger than
+this does not make every backup miss (least-recently-used eviction would, backup after backup)."""
 
-Identity = tuple[int, int, int, int, str]
+Identity = bytes
+"""st_dev, st_ino, st_size, st_mtime_ns packed, then the DB file name: one small object per entry."""
+
+_IDENTITY = struct.Struct("<QQQq")
 
 
 def identity_of(f: SourceFile) -> Identity | None:
@@ -40,7 +46,11 @@ def identity_of(f: SourceFile) -> Identity | None:
     st = f.stat if f.stat is not None else _stat(f.path)
     if st is None or not st.st_ino or not st.st_mtime_ns or st.st_size != f.size:
         return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, f.name
+    try:
+        packed = _IDENTITY.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    except struct.error:  # out of 64 bits (a FUSE fs's odd numbers): not worth a special key
+        return None
+    return packed + f.name.encode("utf-8", "surrogateescape")
 
 
 def _stat(path: str) -> os.stat_result | None:
@@ -95,7 +105,7 @@ class NamingCache:
                 if key is not None:
                     self._facts[key] = facts
                     self._facts.move_to_end(key)
-            while len(self._facts) > self._max:
+            while len(self._facts) > max(self._max, len(files)):  # files: the most recently used
                 self._facts.popitem(last=False)
         return found
 

@@ -186,10 +186,25 @@ def test_a_read_that_fails_is_not_remembered_and_the_cache_stays_bounded(tmp_pat
         p = str(tmp_path / f"{i}.sst")
         shutil.copyfile(path, p)
         others.append(SourceFile(f"00010{i}.sst", p, good.size, FileKind.TABLE, os.stat(p)))
-    cache.facts(others, read_facts)
+    cache.facts(others[:2], read_facts)
+    cache.facts(others[2:], read_facts)
     assert len(cache) == 2
     cache.facts(others[1:], read_facts)
     assert cache.stats.hits == 2  # the least recently used one went first
+
+
+def test_a_backup_of_more_files_than_the_bound_keeps_them_all(tmp_path):
+    """Least-recently-used eviction alone would make every backup of a DB bigger than the bound miss
+    every file; the files of the latest backup are kept whatever their number."""
+    cache = NamingCache(max_entries=2)
+    files = []
+    for i in range(5):
+        files.append(sst(str(tmp_path / f"{i}.sst"), seed=1))
+        files[-1] = SourceFile(f"00020{i}.sst", files[-1].path, files[-1].size, FileKind.TABLE, files[-1].stat)
+    cache.facts(files, read_facts)
+    assert len(cache) == 5
+    cache.facts(files, read_facts)
+    assert (cache.stats.misses, cache.stats.hits) == (5, 5)
 
 
 def test_files_without_an_inode_number_or_whose_size_moved_are_not_cached(tmp_path):
