@@ -61,6 +61,7 @@ RocksDB's own format and tools accept gaps, as deleted backups leave them.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import fcntl
 import json
@@ -210,19 +211,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_reason(holder: Holder | None, now: float) -> str | None:
+class Staleness(enum.Enum):
+    """Why a lease no longer binds anyone: only RELEASED is the normal end of a lease,
+    every other is a take-over worth a warning."""
+
+    UNREADABLE = enum.auto()
+    """Not written by rbackup's atomic create: there is no holder to protect."""
+    RELEASED = enum.auto()
+    EXPIRED = enum.auto()
+    PROCESS_GONE = enum.auto()
+    """Its holder's process on this machine no longer exists."""
+    LEFT_BEHIND = enum.auto()
+    """This process's own lease that it no longer holds (its release failed)."""
+
+
+@dataclass(frozen=True)
+class StaleLease:
+    """A lease that binds no one: why (for decisions) and how it reads (for the log)."""
+
+    kind: Staleness
+    detail: str
+
+
+def stale_reason(holder: Holder | None, now: float) -> StaleLease | None:
     """Why a lease no longer binds anyone, or None while its holder is in force."""
     if holder is None:
-        return "unreadable lease"  # not written by rbackup's atomic create: no holder to protect
+        return StaleLease(Staleness.UNREADABLE, "unreadable lease")
     if holder.released:
-        return "released"
+        return StaleLease(Staleness.RELEASED, "released")
     if holder.expires < now:
-        return f"expired {now - holder.expires:.0f}s ago"
+        return StaleLease(Staleness.EXPIRED, f"expired {now - holder.expires:.0f}s ago")
     if holder.same_machine():
         if holder.process_gone():
-            return f"process {holder.pid} on this machine is gone"
+            return StaleLease(Staleness.PROCESS_GONE, f"process {holder.pid} on this machine is gone")
         if holder.pid == os.getpid() and not _is_active(holder.token):
-            return "left behind by this process (its release failed)"
+            return StaleLease(Staleness.LEFT_BEHIND, "left behind by this process (its release failed)")
     return None
 
 
@@ -417,13 +440,13 @@ class Lease:
                         raise _busy(self.env.describe(), current)
                     time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
                     continue
-                if reason != "released":
+                if reason.kind is not Staleness.RELEASED:
                     log.warning("taking over the lock of %s: %s (%s)", self.env.describe(),
-                                current.describe() if current else "?", reason)
-                self._inherit(current, reason)
+                                current.describe() if current else "?", reason.detail)
+                self._inherit(current, reason.kind)
                 candidate = top + 1
             else:
-                self._inherit(None, "released")  # no lease yet: nothing to inherit
+                self._inherit(None, Staleness.RELEASED)  # no lease yet: nothing to inherit
                 candidate = 1
             written_at = self._stamp()
             _set_active(self.holder.token, True)  # before it can be seen: ours is never "left behind"
@@ -463,12 +486,12 @@ class Lease:
         self._beat = threading.Thread(target=self._heartbeat, name="rbackup-lock-heartbeat", daemon=True)
         self._beat.start()
 
-    def _inherit(self, previous: Holder | None, reason: str) -> None:
+    def _inherit(self, previous: Holder | None, reason: Staleness) -> None:
         """Carry the ids the superseded lease reserved into ours, plus the id its holder was
         creating if that holder may still be alive: a lease that merely expired may belong to
         a writer that stalled and will resume with requests in flight (a dead process, a
         released lease or this process's own leftover lease cannot write any more)."""
-        may_live = previous is None or reason.startswith("expired")
+        may_live = previous is None or reason is Staleness.EXPIRED
         reserved = previous.reserved if previous is not None else 0
         if may_live and previous is not None and previous.backup_id is not None:
             reserved = max(reserved, previous.backup_id)
@@ -594,6 +617,8 @@ __all__ = [
     "LOCK_NAME",
     "Holder",
     "Lease",
+    "StaleLease",
+    "Staleness",
     "WriterLock",
     "hold_writer_lock",
     "is_lock_file",
