@@ -326,8 +326,9 @@ class S3Writer(AtomicWriter):
         return total
 
     def _grow(self, size: int, wanted: int) -> None:
-        """Make room in the buffer: privately up to UNBUDGETED_BYTES, else a whole budgeted part."""
-        if wanted <= UNBUDGETED_BYTES and not self._reserved:
+        """Make room in the buffer: privately up to UNBUDGETED_BYTES for a first part (a small
+        file), else a whole budgeted part."""
+        if wanted <= UNBUDGETED_BYTES and not self._reserved and self._number == 1:
             self._buffer.extend(bytes(min(wanted, UNBUDGETED_BYTES) - len(self._buffer)))
             return
         if self._budget is not None:
@@ -336,7 +337,7 @@ class S3Writer(AtomicWriter):
         elif self._inflight:
             self._collect(wait=True)  # no budget: one part in flight while the next fills
         grown = self._budget.buffer(size) if self._budget is not None else bytearray(size)
-        grown[: self._fill] = self._buffer[: self._fill]
+        grown[: self._fill] = memoryview(self._buffer)[: self._fill]
         if self._reserved and len(self._buffer) > UNBUDGETED_BYTES:
             self._budget.give_back(self._buffer)  # type: ignore[union-attr]
         self._buffer = grown
