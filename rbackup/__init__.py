@@ -4,6 +4,7 @@ from .errors import (
     AlreadyExists,
     BackupError,
     Corruption,
+    FileTooLarge,
     Incomplete,
     InvalidArgument,
     LockError,
@@ -34,7 +35,8 @@ from .retention import RetentionPlan, RetentionPolicy
 __all__ = [
     "Aborted", "AlreadyExists", "BackupEngine", "BackupEngineOptions", "BackupEngineReadOnly", "BackupEnv",
     "BackupError", "BackupFileInfo", "BackupInfo", "BackupStatistics", "BackupableDB", "BackupableDBOptions",
-    "Capabilities", "CopyReport", "Corruption", "FileInfo", "Incomplete", "InvalidArgument", "LockError",
+    "Capabilities", "CopyReport", "Corruption", "FileInfo", "FileTooLarge", "Incomplete", "InvalidArgument",
+    "LockError",
     "MaybeExcludeBackupFile", "NotFound", "NotSupported", "PermissionDenied", "Progress", "RestoreBackupableDB",
     "RestoreMode", "RestoreOptions", "RetentionPlan", "RetentionPolicy", "StorageError", "copy_backups",
 ]

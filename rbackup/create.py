@@ -16,15 +16,17 @@ damaged commit being withdrawn and reported as a failure.
 """
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from . import sstprops
 from .checksum import crc32c
 from .env.base import BackupEnv
-from .errors import Aborted, BackupError, Corruption, InvalidArgument, NotFound, NotSupported
+from .errors import Aborted, BackupError, Corruption, FileTooLarge, NotFound, NotSupported
 from .lock import WriterLock
 from .meta import BackupMeta, MetaFileEntry, serialize_meta
 from .naming import META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, FileKind, meta_path, private_dir
@@ -80,113 +82,212 @@ def _naming_facts(f: SourceFile, buffers: Buffers, log: logging.Logger) -> Namin
     return NamingFacts(session_id, crc)
 
 
+class CommitOutcome(enum.Enum):
+    """What a meta commit that raised did, as far as reading `meta/<id>` back can tell."""
+
+    COMMITTED = enum.auto()
+    """`meta/<id>` holds exactly this backup: the error came after the commit (a lost reply)."""
+    ABSENT = enum.auto()
+    """There is no `meta/<id>`: nothing was committed, the attempt's files may go."""
+    UNKNOWN = enum.auto()
+    """It cannot be read, or holds something else: delete nothing, garbage collection decides later."""
+
+
+@dataclass
+class _Attempt:
+    """One create attempt: what every step needs, and what it has published so far."""
+
+    env: BackupEnv
+    options: BackupableDBOptions
+    req: BackupRequest
+    lock: WriterLock
+    stop: threading.Event
+    workers: int
+    buffers: Buffers = field(init=False)
+    written: list[str] = field(default_factory=list)
+    """Files this attempt published: the only ones its cleanup may delete."""
+    written_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.buffers = Buffers.for_store(self.options.io_buffer_size, self.env.capabilities)
+
+    @property
+    def backup_id(self) -> int:
+        return self.req.backup_id
+
+    @property
+    def log(self) -> logging.Logger:
+        return self.options.logger
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """The plan of one backup: every file of its meta file, and what this attempt copies."""
+
+    files: list[PlannedFile]
+    """The snapshot's files in meta-file order, each with its destination."""
+    excluded: set[str]
+    """Destinations the exclude callback left out: recorded as `ni::excluded`, not copied."""
+    copies: list[PlannedFile]
+    """What to copy: planned files not already held nor excluded, plus the side files."""
+
+
 def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptions, req: BackupRequest,
                   stop: threading.Event, workers: int, lock: WriterLock) -> LoadedBackup:
-    log = options.logger
+    """Make backup `req.backup_id` of `req.db`: each step below is one function."""
+    attempt = _Attempt(env, options, req, lock, stop, workers)
     backup_id = req.backup_id
-    buffers = Buffers.for_store(options.io_buffer_size, env.capabilities)
-    written: list[str] = []
-    """Files this attempt published: the only ones its cleanup may delete."""
-    written_lock = threading.Lock()
     started = time.monotonic()
-    committing = False
     try:
         env.makedirs(private_dir(backup_id))
         timestamp = int(time.time())
         with snapshot(req.db, backup_log_files=options.backup_log_files,
                       flush_before_backup=req.flush_before_backup) as snap:
-            to_name = [f for f in snap.files if needs_naming_facts(
-                f, share_table_files=options.share_table_files,
-                share_files_with_checksum=options.share_files_with_checksum)]
-            facts = dict(zip([f.name for f in to_name], run_parallel(
-                to_name, lambda f: _naming_facts(f, buffers, log), workers, stop), strict=True))
-            plan = plan_backup(snap.files, backup_id, share_table_files=options.share_table_files,
-                               share_files_with_checksum=options.share_files_with_checksum,
-                               facts=facts, referenced=state.referenced())
-            side = [PlannedFile(f, f"{private_dir(backup_id)}/{f.name}", True, None) for f in snap.side_files]
-            excluded = _exclusions(plan, req.exclude_files_callback, backup_id)
-            copies = [p for p in plan if p.copy and p.dest not in excluded] + side
-            leftovers = [p.dest for p in copies if p.dest in state.listing]
-            if leftovers:  # of a crashed attempt: no valid backup references them (the plan copies them)
-                lock.check(f"backup {backup_id}: removing leftovers")
-                env.delete(leftovers)
-            tracker = ProgressTracker("backup", backup_id, sum(p.source.size for p in copies), len(copies),
-                                      req.progress_callback, options.callback_trigger_interval_size, stop)
-            limiter = make_limiter(options.backup_rate_limit)
-
-            def copy_one(item: PlannedFile) -> tuple[str, int, int]:
-                with open(item.source.path, "rb", buffering=0) as src:
-                    advise_sequential(src.fileno())
-                    writer = env.open_write_new(item.dest, sync=options.sync)
-                    with writer:
-                        result = stream_copy(src, writer.write, buf=buffers.get(), stop=stop,
-                                             limiter=limiter, tracker=tracker)
-                        if result.size != item.source.size:
-                            raise Corruption(f"backup {backup_id}: {item.source.name} changed size while "
-                                             f"being copied ({item.source.size} -> {result.size} bytes)")
-                        if item.expected_crc32c is not None and result.crc32c != item.expected_crc32c:
-                            raise Corruption(f"backup {backup_id}: checksum mismatch after copying "
-                                             f"{item.source.name} to {item.dest}")
-                        lock.check(f"backup {backup_id}: publishing {item.dest}", ask_store=False)
-                with written_lock:
-                    written.append(item.dest)
-                tracker.file_done()
-                return item.dest, result.size, result.crc32c
-
-            copied = {dest: (size, crc) for dest, size, crc in run_parallel(copies, copy_one, workers, stop)}
-            entries = []
-            sizes: dict[str, int] = {}
-            for p in plan:
-                if p.dest in excluded:  # recorded, not copied: written after the counted entries
-                    entries.append(MetaFileEntry(p.dest, None, excluded=True))
-                    continue
-                size, crc = copied[p.dest] if p.copy else (p.source.size, p.expected_crc32c)
-                if crc is None:  # the backup holding it was written without crcs (schema 2 allows that)
-                    with open(p.source.path, "rb") as fh:
-                        crc = file_crc32c(fh, buffers.get()).crc32c
-                entries.append(MetaFileEntry(p.dest, crc))
-                sizes[p.dest] = size
-            meta = BackupMeta(timestamp, snap.sequence_number, entries, req.app_metadata,
-                              schema_version=str(options.schema_version))
+            facts = _gather_naming_facts(attempt, snap.files)
+            planned = _plan(attempt, snap.files, snap.side_files, facts, state)
+            copied = _copy(attempt, planned, state.listing)
+            meta, sizes = _assemble_meta(attempt, planned, copied, timestamp, snap.sequence_number)
         data = serialize_meta(meta, options.schema_version)
         lock.check(f"backup {backup_id}: committing")
-        committing = True
-        env.create_exclusive(meta_path(backup_id), data, sync=options.sync)
-    except BaseException as exc:
-        # A failed commit may still have happened (a lost S3 response, an fsync error after
-        # the link): deleting the files then would corrupt a committed backup.
-        outcome = _commit_outcome(env, backup_id, data) if committing else False
-        if outcome is False:
-            _cleanup(env, lock, backup_id, written, log)
-        if outcome is not True or not isinstance(exc, Exception):
-            if outcome is None:
-                log.warning("backup %d: cannot tell whether the commit happened (%s); leaving the files "
-                            "to garbage collection", backup_id, exc)
-            raise
-        log.warning("backup %d: the commit reported %s: %s, but %s holds this backup: it is committed",
-                    backup_id, type(exc).__name__, exc, env.describe(meta_path(backup_id)))
-    if lock.can_be_taken_over:
-        _check_committed(env, backup_id, data, copied, workers, stop, log)
+    except BaseException:
+        _cleanup(env, lock, backup_id, attempt.written, attempt.log)
+        raise
+    _commit(attempt, data)
     # Committed: from here on a failure must not remove anything.
-    if options.sync:
-        for d in (private_dir(backup_id), PRIVATE_DIR, META_DIR, options.shared_dir, ""):
-            if d is not None:
-                env.sync_dir(d)
-    copied_bytes = sum(s for s, _ in copied.values())
-    log.info("backup %d: %d files (%d copied, %d bytes) in %.2fs", backup_id, len(entries), len(copies),
-             copied_bytes, time.monotonic() - started)
+    if lock.can_be_taken_over:
+        _check_committed(env, backup_id, data, copied, workers, stop, attempt.log)
+    _sync_dirs(attempt)
+    attempt.log.info("backup %d: %d files (%d copied, %d bytes) in %.2fs", backup_id, len(meta.files),
+                     len(planned.copies), sum(s for s, _ in copied.values()), time.monotonic() - started)
     return LoadedBackup(backup_id, meta, None, sizes)
 
 
-def _commit_outcome(env: BackupEnv, backup_id: int, data: bytes) -> bool | None:
-    """After the meta commit raised: True if meta/<id> holds exactly `data` (committed after
-    all), False if there is no meta/<id>, None if that cannot be told or it holds something else."""
+def _gather_naming_facts(attempt: _Attempt, files: list[SourceFile]) -> dict[str, NamingFacts]:
+    """Session ids (and CRCs where a legacy name needs one) of the files the naming rule asks
+    about, read in parallel: file name -> facts."""
+    options = attempt.options
+    to_name = [f for f in files if needs_naming_facts(f, share_table_files=options.share_table_files,
+                                                      share_files_with_checksum=options.share_files_with_checksum)]
+    facts = run_parallel(to_name, lambda f: _naming_facts(f, attempt.buffers, attempt.log), attempt.workers,
+                         attempt.stop)
+    return dict(zip([f.name for f in to_name], facts, strict=True))
+
+
+def _plan(attempt: _Attempt, files: list[SourceFile], side_files: list[SourceFile], facts: dict[str, NamingFacts],
+          state: BackupState) -> _Planned:
+    """Each file's destination and whether it must be copied (`plan_backup`), the side files,
+    and what the exclude callback leaves out."""
+    options, backup_id = attempt.options, attempt.backup_id
+    plan = plan_backup(files, backup_id, share_table_files=options.share_table_files,
+                       share_files_with_checksum=options.share_files_with_checksum,
+                       facts=facts, referenced=state.referenced())
+    side = [PlannedFile(f, f"{private_dir(backup_id)}/{f.name}", True, None) for f in side_files]
+    excluded = _exclusions(plan, attempt.req.exclude_files_callback, backup_id)
+    return _Planned(plan, excluded, [p for p in plan if p.copy and p.dest not in excluded] + side)
+
+
+def _copy(attempt: _Attempt, planned: _Planned, listing: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+    """Copy what the plan says, in parallel, each file published new: dest -> (size, crc32c)."""
+    env, options, lock, backup_id = attempt.env, attempt.options, attempt.lock, attempt.backup_id
+    copies = planned.copies
+    leftovers = [p.dest for p in copies if p.dest in listing]
+    if leftovers:  # of a crashed attempt: no valid backup references them (the plan copies them)
+        lock.check(f"backup {backup_id}: removing leftovers")
+        env.delete(leftovers)
+    tracker = ProgressTracker("backup", backup_id, sum(p.source.size for p in copies), len(copies),
+                              attempt.req.progress_callback, options.callback_trigger_interval_size, attempt.stop)
+    limiter = make_limiter(options.backup_rate_limit)
+
+    def copy_one(item: PlannedFile) -> tuple[str, int, int]:
+        with open(item.source.path, "rb", buffering=0) as src:
+            advise_sequential(src.fileno())
+            writer = env.open_write_new(item.dest, sync=options.sync)
+            with writer:
+                result = stream_copy(src, writer.write, buf=attempt.buffers.get(), stop=attempt.stop,
+                                     limiter=limiter, tracker=tracker)
+                if result.size != item.source.size:
+                    raise Corruption(f"backup {backup_id}: {item.source.name} changed size while "
+                                     f"being copied ({item.source.size} -> {result.size} bytes)")
+                if item.expected_crc32c is not None and result.crc32c != item.expected_crc32c:
+                    raise Corruption(f"backup {backup_id}: checksum mismatch after copying "
+                                     f"{item.source.name} to {item.dest}")
+                lock.check(f"backup {backup_id}: publishing {item.dest}", ask_store=False)
+        with attempt.written_lock:
+            attempt.written.append(item.dest)
+        tracker.file_done()
+        return item.dest, result.size, result.crc32c
+
+    return {dest: (size, crc)
+            for dest, size, crc in run_parallel(copies, copy_one, attempt.workers, attempt.stop)}
+
+
+def _assemble_meta(attempt: _Attempt, planned: _Planned, copied: dict[str, tuple[int, int]], timestamp: int,
+                   sequence_number: int) -> tuple[BackupMeta, dict[str, int]]:
+    """The meta file's contents and each counted file's size; a reused file whose backup was
+    written without CRCs (schema 2 allows that) is read for its CRC now."""
+    entries = []
+    sizes: dict[str, int] = {}
+    for p in planned.files:
+        if p.dest in planned.excluded:  # recorded, not copied: written after the counted entries
+            entries.append(MetaFileEntry(p.dest, None, excluded=True))
+            continue
+        size, crc = copied[p.dest] if p.copy else (p.source.size, p.expected_crc32c)
+        if crc is None:
+            with open(p.source.path, "rb") as fh:
+                crc = file_crc32c(fh, attempt.buffers.get()).crc32c
+        entries.append(MetaFileEntry(p.dest, crc))
+        sizes[p.dest] = size
+    options = attempt.options
+    meta = BackupMeta(timestamp, sequence_number, entries, attempt.req.app_metadata,
+                      schema_version=str(options.schema_version))
+    return meta, sizes
+
+
+def _commit(attempt: _Attempt, data: bytes) -> None:
+    """Create `meta/<id>`: the backup exists from here.  If that raises, `_recover` decides."""
     try:
-        return env.read_bytes(meta_path(backup_id), len(data)) == data or None
-    except NotFound:
+        attempt.env.create_exclusive(meta_path(attempt.backup_id), data, sync=attempt.options.sync)
+    except BaseException as exc:
+        if not _recover(attempt, data, exc):
+            raise
+
+
+def _recover(attempt: _Attempt, data: bytes, exc: BaseException) -> bool:
+    """After the commit raised: True if it happened after all (and `exc` is an ordinary error),
+    so the create succeeds.  A failed commit may still have happened (a lost S3 response, an
+    fsync error after the link): deleting the files then would corrupt a committed backup, so
+    they go only when there is certainly no `meta/<id>`."""
+    env, backup_id, log = attempt.env, attempt.backup_id, attempt.log
+    outcome = _commit_outcome(env, backup_id, data)
+    if outcome is CommitOutcome.ABSENT:
+        _cleanup(env, attempt.lock, backup_id, attempt.written, log)
+    elif outcome is CommitOutcome.UNKNOWN:
+        log.warning("backup %d: cannot tell whether the commit happened (%s); leaving the files "
+                    "to garbage collection", backup_id, exc)
+    if outcome is not CommitOutcome.COMMITTED or not isinstance(exc, Exception):
         return False
+    log.warning("backup %d: the commit reported %s: %s, but %s holds this backup: it is committed",
+                backup_id, type(exc).__name__, exc, env.describe(meta_path(backup_id)))
+    return True
+
+
+def _commit_outcome(env: BackupEnv, backup_id: int, data: bytes) -> CommitOutcome:
+    """Read `meta/<id>` back after the commit raised (see `CommitOutcome`)."""
+    try:
+        holds = env.read_bytes(meta_path(backup_id), len(data)) == data
+    except NotFound:
+        return CommitOutcome.ABSENT
     except (BackupError, OSError):
-        return None
+        return CommitOutcome.UNKNOWN
+    return CommitOutcome.COMMITTED if holds else CommitOutcome.UNKNOWN
+
+
+def _sync_dirs(attempt: _Attempt) -> None:
+    """Make the new directory entries durable (stores with directories; a no-op elsewhere)."""
+    if attempt.options.sync:
+        for d in (private_dir(attempt.backup_id), PRIVATE_DIR, META_DIR, attempt.options.shared_dir, ""):
+            if d is not None:
+                attempt.env.sync_dir(d)
 
 
 def _check_committed(env: BackupEnv, backup_id: int, data: bytes, copied: dict[str, tuple[int, int]],
@@ -243,7 +344,7 @@ def _holds(env: BackupEnv, path: str, data: bytes) -> bool:
     """Whether `path` holds exactly `data` (False if it is gone or longer)."""
     try:
         return env.read_bytes(path, len(data)) == data
-    except (NotFound, InvalidArgument):
+    except (NotFound, FileTooLarge):
         return False
 
 

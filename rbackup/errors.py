@@ -24,6 +24,15 @@ class InvalidArgument(BackupError, ValueError):
     """The caller asked for something that can never work (bad option, bad id)."""
 
 
+class FileTooLarge(InvalidArgument):
+    """A file is larger than the caller agreed to read whole (`BackupEnv.read_bytes`'s limit).
+
+    Its own class because callers decide on it: a meta file that outgrew the
+    limit marks that backup corrupt, but any other `InvalidArgument` is a bug or
+    a bad request and must never make a backup corrupt and hand its files to
+    garbage collection.  It stays an `InvalidArgument` for callers that caught that."""
+
+
 class NotSupported(BackupError):
     """A valid request this store or this format version cannot honour."""
 

@@ -50,6 +50,7 @@ checks compare the lease's token with their own.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import fcntl
 import json
@@ -192,19 +193,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_reason(holder: Holder | None, now: float) -> str | None:
+class Staleness(enum.Enum):
+    """Why a lease no longer binds anyone: only RELEASED is the normal end of a lease,
+    every other is a take-over worth a warning."""
+
+    UNREADABLE = enum.auto()
+    """Not written by rbackup's atomic create: there is no holder to protect."""
+    RELEASED = enum.auto()
+    EXPIRED = enum.auto()
+    PROCESS_GONE = enum.auto()
+    """Its holder's process on this machine no longer exists."""
+    LEFT_BEHIND = enum.auto()
+    """This process's own lease that it no longer holds (its release failed)."""
+
+
+@dataclass(frozen=True)
+class StaleLease:
+    """A lease that binds no one: why (for decisions) and how it reads (for the log)."""
+
+    kind: Staleness
+    detail: str
+
+
+def stale_reason(holder: Holder | None, now: float) -> StaleLease | None:
     """Why a lease no longer binds anyone, or None while its holder is in force."""
     if holder is None:
-        return "unreadable lease"  # not written by rbackup's atomic create: no holder to protect
+        return StaleLease(Staleness.UNREADABLE, "unreadable lease")
     if holder.released:
-        return "released"
+        return StaleLease(Staleness.RELEASED, "released")
     if holder.expires < now:
-        return f"expired {now - holder.expires:.0f}s ago"
+        return StaleLease(Staleness.EXPIRED, f"expired {now - holder.expires:.0f}s ago")
     if holder.same_machine():
         if holder.process_gone():
-            return f"process {holder.pid} on this machine is gone"
+            return StaleLease(Staleness.PROCESS_GONE, f"process {holder.pid} on this machine is gone")
         if holder.pid == os.getpid() and not _is_active(holder.token):
-            return "left behind by this process (its release failed)"
+            return StaleLease(Staleness.LEFT_BEHIND, "left behind by this process (its release failed)")
     return None
 
 
@@ -378,9 +401,9 @@ class Lease:
                         raise _busy(self.env.describe(), current)
                     time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
                     continue
-                if reason != "released":
+                if reason.kind is not Staleness.RELEASED:
                     log.warning("taking over the lock of %s: %s (%s)", self.env.describe(),
-                                current.describe() if current else "?", reason)
+                                current.describe() if current else "?", reason.detail)
                 candidate = top + 1
             else:
                 candidate = 1
@@ -519,6 +542,8 @@ __all__ = [
     "LOCK_NAME",
     "Holder",
     "Lease",
+    "StaleLease",
+    "Staleness",
     "WriterLock",
     "hold_writer_lock",
     "is_lock_file",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .env.base import BackupEnv
-from .errors import BackupError, Corruption, InvalidArgument, NotFound, NotSupported, PermissionDenied
+from .errors import BackupError, Corruption, FileTooLarge, NotFound, NotSupported, PermissionDenied
 from .meta import MAX_META_FILE_SIZE, BackupMeta, EntryList, EntryTable, parse_meta
 from .naming import ENCRYPTION_MARKER, META_DIR, meta_path, parse_backup_id
 
@@ -252,7 +252,7 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
             return env.read_bytes(meta_path(backup_id), MAX_META_FILE_SIZE)
         except NotFound:
             return None  # deleted between listing and reading
-        except InvalidArgument:  # it grew after the listing
+        except FileTooLarge:  # it grew after the listing
             return too_big
 
     with cache.lock:

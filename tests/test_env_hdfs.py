@@ -288,7 +288,7 @@ def test_user_from_url_and_options() -> None:
 @pytest.mark.parametrize(
     "options, fragment",
     [
-        ({"usr": "x"}, r"unknown HDFS storage_options \['usr'\]"),
+        ({"usr": "x"}, r"HDFS: unknown storage_options \['usr'\]"),
         ({"replication": 40000}, "replication"),
         ({"replication": -1}, "replication"),
         ({"buffer_size": -1}, "buffer_size"),

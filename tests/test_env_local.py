@@ -35,7 +35,9 @@ def test_urls_and_paths(tmp_path: Path) -> None:
     for spec in (str(tmp_path), tmp_path, f"file://{tmp_path}", f"file://localhost{tmp_path}"):
         assert LocalEnv(spec).root == str(tmp_path)
     assert LocalEnv(url=f"file://{tmp_path}").root == str(tmp_path)
-    assert LocalEnv(f"local://{tmp_path}", storage_options={"ignored": 1}).root == str(tmp_path)
+    assert LocalEnv(f"local://{tmp_path}", storage_options={}).root == str(tmp_path)
+    with pytest.raises(InvalidArgument, match=r"unknown storage_options \['ignored'\]"):
+        LocalEnv(f"local://{tmp_path}", storage_options={"ignored": 1})
     assert path_from_url("relative/dir") == "relative/dir"
     with pytest.raises(InvalidArgument):
         LocalEnv()

@@ -3,14 +3,18 @@ newest-first loading that stops at max_valid_backups_to_open, and the same verdi
 (corrupt backups named with their file) as a line-by-line load."""
 from __future__ import annotations
 
+import io
 import os
 from array import array
 
 import pytest
 
 from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly, Corruption
+from rbackup.env.base import ReadStream
 from rbackup.env.local import LocalEnv
-from rbackup.meta import EntryList, EntryTable, parse_meta
+from rbackup.env.wrappers import WrapperEnv
+from rbackup.errors import FileTooLarge, InvalidArgument
+from rbackup.meta import MAX_META_FILE_SIZE, EntryList, EntryTable, parse_meta
 from rbackup.state import MetaCache, load_state
 from rbackup.testing.doubles import CountingEnv
 
@@ -198,3 +202,49 @@ def test_memory_is_flat_in_the_number_of_backups(tmp_path):
         del state
     per_backup = (held[60] - held[10]) / 50
     assert per_backup < 4 * 2000 * 2, f"each backup costs {per_backup:.0f} bytes of {held}"
+
+
+class _MetaReadFails(WrapperEnv):
+    """Reading meta/1 raises `error`; everything else passes through."""
+
+    def __init__(self, inner: LocalEnv, error: Exception) -> None:
+        super().__init__(inner)
+        self.error = error
+
+    def open_read(self, path: str) -> ReadStream:
+        if path == "meta/1":
+            raise self.error
+        return super().open_read(path)
+
+
+class _MetaGrewAfterListing(WrapperEnv):
+    """meta/1 is listed at its size but reads back longer than any meta file may be."""
+
+    def open_read(self, path: str) -> ReadStream:
+        if path == "meta/1":
+            return io.BytesIO(b"x" * (MAX_META_FILE_SIZE + 1))
+        return super().open_read(path)
+
+
+def _files(backup_dir: str) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, f), backup_dir) for d, _, fs in os.walk(backup_dir) for f in fs)
+
+
+def test_only_file_too_large_marks_a_backup_corrupt_never_a_stray_invalid_argument(live_db, backup_dir):
+    """A meta file that outgrew the limit is that backup's damage (FileTooLarge); any other
+    InvalidArgument while reading it is a bug or a bad request: it is raised, and the backup is
+    neither called corrupt nor garbage collected."""
+    make_backups(live_db, backup_dir, 2)
+    before = _files(backup_dir)
+    grown = _MetaGrewAfterListing(LocalEnv(backup_dir))
+    assert load_state(grown, workers=1).corrupt_ids == [1]
+    stray = _MetaReadFails(LocalEnv(backup_dir), InvalidArgument("a bug's InvalidArgument"))
+    with pytest.raises(InvalidArgument, match="a bug's") as info:
+        load_state(stray, workers=1)
+    assert not isinstance(info.value, FileTooLarge)
+    with pytest.raises(InvalidArgument, match="a bug's"):
+        with BackupEngine(BackupableDBOptions(backup_dir, backup_env=stray)) as eng:
+            eng.garbage_collect()
+    assert _files(backup_dir) == before
+    with BackupEngineReadOnly(BackupableDBOptions(backup_dir)) as ro:
+        assert [i.backup_id for i in ro.get_backup_info()] == [1, 2] and ro.get_corrupted_backups() == []

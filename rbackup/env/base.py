@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import (
     AlreadyExists,
     BackupError,
+    FileTooLarge,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -74,6 +75,18 @@ class BackendFactory(Protocol):
     class registered under the `rbackup.backends` entry point has it."""
 
     def __call__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> BackupEnv: ...
+
+
+def refuse_unknown_options(what: str, options: Iterable[str], known: Iterable[str]) -> None:
+    """Raise `InvalidArgument` naming every option of `options` not in `known`.
+
+    Every backend calls it on its `storage_options`: a misspelt option that
+    was silently dropped would leave a setting the user thinks is in force
+    (a `part_sise` keeps the default part size without a word)."""
+    accepted = set(known)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise InvalidArgument(f"{what}: unknown storage_options {unknown}; accepted: {sorted(accepted) or 'none'}")
 
 
 @dataclass(frozen=True)
@@ -248,12 +261,12 @@ class BackupEnv(abc.ABC):
 
     # -- conveniences built on the contract ----------------------------------
     def read_bytes(self, path: str, limit: int) -> bytes:
-        """Read a small file whole, refusing one larger than `limit` (a lying store
-        or a tampered directory must not make us allocate without bound)."""
+        """Read a small file whole, refusing one larger than `limit` with `FileTooLarge`
+        (a lying store or a tampered directory must not make us allocate without bound)."""
         with self.open_read(path) as f:
             data = f.read(limit + 1)
         if len(data) > limit:
-            raise InvalidArgument(f"{self.describe(path)}: larger than {limit} bytes")
+            raise FileTooLarge(f"{self.describe(path)}: larger than {limit} bytes")
         return data
 
     def write_bytes(self, path: str, data: bytes, *, sync: bool = True) -> None:

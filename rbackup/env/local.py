@@ -31,7 +31,16 @@ from collections.abc import Iterable
 
 from ..errors import BackupError, Corruption, InvalidArgument, NotFound
 from ..osutil import advise_sequential
-from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream, check_path, translate_os_error
+from .base import (
+    AtomicWriter,
+    BackupEnv,
+    Capabilities,
+    FileInfo,
+    ReadStream,
+    check_path,
+    refuse_unknown_options,
+    translate_os_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +99,14 @@ class LocalEnv(BackupEnv):
         *,
         url: str | None = None,
         storage_options: dict | None = None,
-        **ignored: object,
     ) -> None:
-        # storage_options and the rest are accepted so the registry can build
-        # every backend the same way; a local directory needs none of them.
+        # storage_options is accepted so the registry can build every backend
+        # the same way; a local directory has none, so any given is refused.
         if root is None:
             root = url
         if root is None:
             raise InvalidArgument("LocalEnv needs a root directory (a path or a file:// URL)")
+        refuse_unknown_options(os.fsdecode(os.fspath(root)), storage_options or {}, ())
         root_str = path_from_url(os.fsdecode(os.fspath(root)))
         if not root_str:
             raise InvalidArgument(f"invalid backup directory {root!r}: empty")

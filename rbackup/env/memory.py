@@ -12,10 +12,10 @@ import io
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..errors import AlreadyExists, InvalidArgument, NotFound
-from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream, check_path
+from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream, check_path, refuse_unknown_options
 
 _PROTOCOL = "memory://"
 
@@ -42,8 +42,10 @@ class MemoryEnv(BackupEnv):
     _registry: ClassVar[dict[str, _Store]] = {}
     _registry_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, root: str = "", *, url: str | None = None, **ignored: object) -> None:
+    def __init__(self, root: str = "", *, url: str | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
         name = url if root == "" and url is not None else root
+        refuse_unknown_options(_PROTOCOL + name.removeprefix(_PROTOCOL), storage_options or {}, ())
         if name.startswith(_PROTOCOL):
             name = name[len(_PROTOCOL):]
         name = name.strip("/")

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from ..env.base import BackupEnv, Capabilities, FileInfo
-from ..errors import AlreadyExists, InvalidArgument, NotFound
+from ..errors import AlreadyExists, FileTooLarge, InvalidArgument, NotFound
 
 MiB = 1 << 20
 
@@ -402,7 +402,7 @@ class BackupEnvContract:
     def test_read_bytes_limit(self, env: BackupEnv) -> None:
         env.write_bytes("meta/1", b"m" * 100)
         assert env.read_bytes("meta/1", 100) == b"m" * 100
-        with pytest.raises(InvalidArgument) as info:
+        with pytest.raises(FileTooLarge) as info:
             env.read_bytes("meta/1", 99)
         assert "meta/1" in str(info.value)
 

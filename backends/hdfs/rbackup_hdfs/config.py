@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from rbackup.env.base import check_path
+from rbackup.env.base import check_path, refuse_unknown_options
 from rbackup.env.fsspec_env import redact_url
 from rbackup.errors import InvalidArgument
 
@@ -145,10 +145,7 @@ class HdfsSettings:
     def from_options(cls, options: Mapping[str, Any] | None, *, url_user: str | None = None) -> HdfsSettings:
         """Settings from `storage_options`, taking the user from the URL unless given there too."""
         options = dict(options or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InvalidArgument(f"unknown HDFS storage_options {unknown}; accepted: {sorted(known)}")
+        refuse_unknown_options("HDFS", options, (f.name for f in dataclasses.fields(cls)))
         if url_user is not None:
             if options.get("user") not in (None, url_user):
                 raise InvalidArgument(f"user {url_user!r} in the URL but {options['user']!r} in storage_options")

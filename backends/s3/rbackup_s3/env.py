@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 import threading
 import time
@@ -28,8 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import s3fs
+from fsspec.dircache import DirCache
 
-from rbackup.env.base import AtomicWriter, Capabilities, FileInfo, check_path
+from rbackup.env.base import AtomicWriter, Capabilities, FileInfo, check_path, refuse_unknown_options
 from rbackup.env.fsspec_env import FsspecEnv, error_code, redact_url
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, NotSupported, PermissionDenied, StorageError
 
@@ -45,6 +47,19 @@ S3FS_RETRIES = 3
 """s3fs's own retry loop, around botocore's."""
 CONFLICT_RETRIES = 4
 """Retries of a conditional PUT that S3 refused with 409 ConditionalRequestConflict."""
+
+
+def _s3fs_options() -> frozenset[str]:
+    """The keyword arguments an `s3fs.S3FileSystem` reads: its own, its fsspec base
+    classes' and the listing cache's.  s3fs drops any other without a word, so
+    S3Env refuses them instead (a misspelt `endpoint_ur1` would silently talk to AWS)."""
+    inits = [vars(c)["__init__"] for c in s3fs.S3FileSystem.__mro__ if "__init__" in vars(c)]
+    names = {p.name for f in [*inits, DirCache.__init__] for p in inspect.signature(f).parameters.values()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return frozenset(names - {"self"} | {"skip_instance_cache"})
+
+
+S3FS_OPTIONS = _s3fs_options()
 PROBE_DIR = "rbackup.lock.d/probe"
 """Where the conditional-write probe puts (and removes) its object: beside the leases, which
 garbage collection and every listing of backups leave alone."""
@@ -123,6 +138,8 @@ class S3Env(FsspecEnv):
         scheme, bucket, prefix = parse_s3_url(url)
         options = dict(storage_options or {})
         settings = S3Settings.pop_from(options)
+        refuse_unknown_options(redact_url(url), options,
+                               S3FS_OPTIONS | {f.name for f in dataclasses.fields(S3Settings)})
         config = dict(options.pop("config_kwargs", None) or {})
         config.setdefault("retries", {"mode": "standard", "total_max_attempts": settings.max_attempts})
         config.setdefault("max_pool_connections", settings.concurrency)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from rbackup.env.base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream
+from rbackup.env.base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream, refuse_unknown_options
 from rbackup.env.registry import open_env
 from rbackup.errors import BackupError, InvalidArgument, NotFound
 
@@ -57,6 +57,7 @@ class MirrorEnv(BackupEnv):
     def __init__(self, url: str = "", *, storage_options: dict | None = None,
                  primary: BackupEnv | None = None, replica: BackupEnv | None = None) -> None:
         opts = dict(storage_options or {})
+        refuse_unknown_options(url or "mirror://", opts, ("primary", "replica", "primary_options", "replica_options"))
         if primary is None or replica is None:
             if "primary" not in opts or "replica" not in opts:
                 raise InvalidArgument("mirror:// needs storage options 'primary' and 'replica' (paths or URLs)")
