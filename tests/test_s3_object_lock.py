@@ -230,3 +230,17 @@ def test_cli_object_lock_create_purge_gc_copy(locked_bucket, moto_server, live_d
     line = failed(2, "create", "--db", live_db.path, "--backup-dir", f"s3://{plain}/app", *lock)
     assert f"bucket '{plain}' does not have Object Lock enabled" in line
     assert rbackup("list", "--backup-dir", f"s3://{plain}/app", *endpoint).stdout.startswith("no backups")
+
+
+def test_lock_options_combine_with_encryption(locked_bucket, live_db, tmp_path) -> None:
+    """`encryption_key_file` wraps the locked S3 env: ciphertext, every object under retention."""
+    bucket, options, client = locked_bucket
+    key_file = tmp_path / "backup.key"
+    key_file.write_bytes(bytes(range(32)))
+    url, opts = f"s3://{bucket}/enc", {**options, **LOCK_OPTIONS, "encryption_key_file": str(key_file)}
+    with BackupEngine(BackupableDBOptions(url, storage_options=opts)) as engine:
+        engine.create_new_backup(live_db.db)
+    assert assert_locked(client, bucket, "enc/") >= 4  # the encryption marker too
+    with BackupEngineReadOnly(BackupableDBOptions(url, storage_options=opts)) as reader:
+        reader.restore_db_from_backup(1, str(tmp_path / "restored"))
+    assert read_all(str(tmp_path / "restored")) == live_db.written

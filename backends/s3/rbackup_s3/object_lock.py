@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from rbackup.env.base import check_path
-from rbackup.env.fsspec_env import error_code
+from rbackup.env.base import check_path, refuse_unknown_options
+from rbackup.env.fsspec_env import error_code, redact_url
 from rbackup.errors import InvalidArgument, NotFound
 from rbackup.lock import is_lock_file
 
@@ -64,13 +64,10 @@ class ObjectLockSettings:
                                   f"(and under 100 years), got {self.days!r}")
 
     @classmethod
-    def pop_from(cls, options: dict[str, Any]) -> ObjectLockSettings:
-        """Take the `object_lock_*` keys out of `options`.  A misspelt one is refused rather
-        than handed to s3fs, which would ignore it and leave the backups unlocked."""
-        unknown = sorted(str(k) for k in options if str(k).startswith("object_lock") and k not in OPTIONS)
-        if unknown:
-            raise InvalidArgument(f"unknown storage option {unknown[0]!r}: Object Lock takes "
-                                  f"{' and '.join(OPTIONS)}")
+    def pop_from(cls, options: dict[str, Any], what: str) -> ObjectLockSettings:
+        """Take the `object_lock_*` keys out of `options`.  A misspelt one is refused first, so
+        the error names it rather than a missing `object_lock_mode` (`what`: the URL, for the message)."""
+        refuse_unknown_options(what, [k for k in options if str(k).startswith("object_lock")], OPTIONS)
         mode = options.pop("object_lock_mode", None)
         days = options.pop("object_lock_days", None)
         if mode is None or days is None:
@@ -88,7 +85,7 @@ class ObjectLockS3Env(S3Env):
 
     def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
         options = dict(storage_options or {})
-        self.object_lock = ObjectLockSettings.pop_from(options)
+        self.object_lock = ObjectLockSettings.pop_from(options, redact_url(url))
         super().__init__(url, storage_options=options)
         self._skipped_lock = threading.Lock()
         self._bucket_lock = threading.Lock()
