@@ -169,10 +169,13 @@ def test_readers_never_see_a_half_made_backup(world: World, scratch: Path, store
     creates backups: it never lists a backup that fails to verify, never sees a corrupt one."""
     url, so = store
     stop = scratch / f"stop-{uuid.uuid4().hex[:6]}"
+    reading = scratch / f"reading-{uuid.uuid4().hex[:6]}"
     reader = popen({"op": "read_loop", "url": url, "storage_options": so, "stop_file": str(stop),
-                    "hook_os": False})
+                    "started_file": str(reading), "hook_os": False})
+    # The writer starts creating once the reader has finished a round: on a loaded machine the
+    # reader's start-up could otherwise outlast all six creates.
     writer = popen({"op": "create_many", "url": url, "storage_options": so, "hook_os": False,
-                    "dbs": [world.dbs[n] for n in "BCBCBC"], "lock_timeout": 30})
+                    "dbs": [world.dbs[n] for n in "BCBCBC"], "lock_timeout": 30, "start_file": str(reading)})
     try:
         code, written = outcome(writer)
         assert code == 0, written
