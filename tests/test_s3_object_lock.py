@@ -21,6 +21,7 @@ from rbackup.retention import RetentionPolicy
 
 from .db_fixtures import read_all
 from .s3_fixtures import _storage_options
+from .s3_servers import client_for, credentials
 
 
 @pytest.fixture
@@ -244,3 +245,33 @@ def test_lock_options_combine_with_encryption(locked_bucket, live_db, tmp_path) 
     with BackupEngineReadOnly(BackupableDBOptions(url, storage_options=opts)) as reader:
         reader.restore_db_from_backup(1, str(tmp_path / "restored"))
     assert read_all(str(tmp_path / "restored")) == live_db.written
+
+
+@pytest.mark.slow
+def test_seaweedfs_enforces_what_the_url_options_ask(seaweedfs_server, live_db, tmp_path) -> None:
+    """SeaweedFS (the test extras' `weed`): retention on every upload by URL, a versioned delete of a
+    locked version refused, purge skipping and reporting; a bucket without Object Lock refused by name."""
+    options = credentials(seaweedfs_server, "seaweedfs")
+    client = client_for(seaweedfs_server, options["key"], options["secret"])
+    bucket = f"rbk-lock-{uuid.uuid4().hex[:16]}"
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    url, opts = f"s3://{bucket}/app", {**options, **LOCK_OPTIONS}
+    with BackupEngine(BackupableDBOptions(url, storage_options=opts)) as engine:
+        engine.create_new_backup(live_db.db)
+        live_db.add(200, prefix="second")
+        engine.create_new_backup(live_db.db)
+        assert assert_locked(client, bucket, "app/") >= 6
+        version = client.head_object(Bucket=bucket, Key="app/meta/1")["VersionId"]
+        with pytest.raises(ClientError):
+            client.delete_object(Bucket=bucket, Key="app/meta/1", VersionId=version)
+        engine.purge_old_backups(1)
+        assert [b.backup_id for b in engine.get_backup_info()] == [1, 2]
+        assert isinstance(engine.env, ObjectLockS3Env)
+        assert {path for path, _ in engine.env.skipped_locked} >= {"meta/1"}
+        engine.restore_db_from_backup(1, str(tmp_path / "restored"))
+
+    plain = f"rbk-plain-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=plain)
+    with BackupEngine(BackupableDBOptions(f"s3://{plain}/app", storage_options=opts)) as engine:
+        with pytest.raises(InvalidArgument, match=f"bucket '{plain}' does not have Object Lock enabled"):
+            engine.create_new_backup(live_db.db)
