@@ -29,6 +29,7 @@ from .ratelimit import make_limiter
 from .restore_incremental import files_to_keep
 from .restore_plan import RestoreItem, RestoreMode, RestoreTargets, plan_restore_targets
 from .state import LoadedBackup
+from .tempnames import RESTORE_MARKER_TEMP, rewrite_temp_path
 from .transfer import Buffers, ProgressTracker, run_parallel, stream_copy
 
 IN_PROGRESS_MARKER = b"rbackup: restore in progress; this DB is incomplete"
@@ -196,7 +197,7 @@ def _hold_target(db_dir: str, backup_id: int) -> Iterator[None]:
 def _mark_in_progress(db_dir: str, backup_id: int, sync: bool) -> None:
     """Replace CURRENT by the in-progress marker (atomically, via a temp file that
     never outlives a failure)."""
-    marker_tmp = os.path.join(db_dir, "CURRENT.rbackup-marker.tmp")
+    marker_tmp = os.path.join(db_dir, RESTORE_MARKER_TEMP)
     current = os.path.join(db_dir, "CURRENT")
     try:
         _write_file(marker_tmp, IN_PROGRESS_MARKER, sync)
@@ -229,7 +230,7 @@ def _retarget_options(items: list[_Item], db_dir: str, wal_dir: str, backup_id: 
                 data = fh.read()
             new = optionsfile.retarget(data, db_dir, wal_dir, source=f"backup {backup_id}: {item.src}")
             if new != data:
-                tmp = item.dest + ".rbackup.tmp"
+                tmp = rewrite_temp_path(item.dest)
                 try:
                     _write_file(tmp, new, sync)
                     os.replace(tmp, item.dest)

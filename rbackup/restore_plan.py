@@ -31,6 +31,7 @@ from typing import Generic, Protocol, TypeVar
 
 from .errors import Corruption
 from .naming import SIDE_FILES, FileKind, classify, is_shareable, private_dir
+from .tempnames import RESTORE_CURRENT_TEMP
 
 __all__ = ["KeepDecision", "LocatedFile", "Probe", "RestoreItem", "RestoreMode", "RestorePlan", "RestoreTargets",
            "WantedFile", "parse_mode", "plan_restore", "plan_restore_targets"]
@@ -90,7 +91,7 @@ def plan_restore_targets(backup_id: int, located: Iterable[LocatedFile[Store]], 
     for f in located:
         kind = classify(f.db_name)
         if kind is FileKind.CURRENT:
-            current = RestoreItem(f.path, os.path.join(db_dir, "CURRENT.tmp"), f.size, f.crc32c, f.env)
+            current = RestoreItem(f.path, os.path.join(db_dir, RESTORE_CURRENT_TEMP), f.size, f.crc32c, f.env)
         else:
             target_dir = wal_dir if kind is FileKind.WAL else db_dir
             items.append(RestoreItem(f.path, os.path.join(target_dir, f.db_name), f.size, f.crc32c, f.env))
