@@ -32,9 +32,9 @@ from .meta import BackupMeta, MetaFileEntry, serialize_meta
 from .naming import META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, FileKind, meta_path, private_dir
 from .options import BackupableDBOptions, ExcludeFilesCallback, MaybeExcludeBackupFile, ProgressCallback
 from .osutil import advise_sequential
-from .plan import NamingFacts, PlannedFile, needs_crc_for_name, needs_naming_facts, plan_backup
+from .plan import NamingFacts, PlannedFile, SourceFile, needs_crc_for_name, needs_naming_facts, plan_backup
 from .ratelimit import make_limiter
-from .source import SourceFile, snapshot
+from .source import snapshot
 from .state import BackupState, LoadedBackup
 from .transfer import Buffers, ProgressTracker, file_crc32c, run_parallel, stream_copy
 

@@ -19,7 +19,16 @@ from .naming import (
     private_dir,
     shared_checksum_name,
 )
-from .source import SourceFile
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    name: str
+    """The DB file name, e.g. 000012.sst, MANIFEST-000005."""
+    path: str
+    """Where to read it from (inside the checkpoint, or the DB dir for WALs)."""
+    size: int
+    kind: FileKind
 
 
 @dataclass(frozen=True)

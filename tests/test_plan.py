@@ -5,8 +5,7 @@ import pytest
 
 from rbackup.errors import Corruption
 from rbackup.naming import FileKind
-from rbackup.plan import NamingFacts, needs_crc_for_name, needs_naming_facts, plan_backup
-from rbackup.source import SourceFile
+from rbackup.plan import NamingFacts, SourceFile, needs_crc_for_name, needs_naming_facts, plan_backup
 
 SID = "ABCDEFGHIJ0123456789"
 FILES = [
