@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Iterator
 
 from .errors import NotSupported, StorageError
-from .tempnames import CHECKPOINT_TEMP_SUFFIX
+from .format.tempnames import CHECKPOINT_TEMP_SUFFIX
 
 log = logging.getLogger("rbackup")
 

@@ -21,10 +21,8 @@ from .env.base import BackupEnv
 from .env.registry import open_env
 from .env.wrappers import ReadOnlyEnv
 from .errors import BackupError, Incomplete, InvalidArgument, NotFound, NotSupported
-from .gc_plan import plan_garbage_collection
-from .lock import WriterLock, hold_writer_lock
-from .meta import MAX_APP_METADATA
-from .naming import (
+from .format.meta import MAX_APP_METADATA
+from .format.naming import (
     MAX_BACKUP_ID,
     META_DIR,
     PRIVATE_DIR,
@@ -32,6 +30,8 @@ from .naming import (
     meta_path,
     private_dir,
 )
+from .gc_plan import plan_garbage_collection
+from .lock import WriterLock, hold_writer_lock
 from .options import (
     BackupableDBOptions,
     BackupFileInfo,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from .naming import (
+from .format.naming import (
     META_DIR,
     PRIVATE_DIR,
     SHARED_CHECKSUM_DIR,

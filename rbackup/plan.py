@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import Corruption
-from .naming import (
+from .format.naming import (
     SHARED_CHECKSUM_DIR,
     SHARED_DIR,
     FileKind,

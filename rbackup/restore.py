@@ -18,18 +18,18 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from . import optionsfile
 from .alternates import locate_files, missing_error
 from .dblock import hold_db_lock
 from .env.base import BackupEnv
 from .errors import Corruption, InvalidArgument, LockError, NotFound, StorageError
-from .naming import FileKind, classify
+from .format import optionsfile
+from .format.naming import FileKind, classify
+from .format.tempnames import RESTORE_MARKER_TEMP, rewrite_temp_path
 from .options import BackupableDBOptions, ProgressCallback, RestoreOptions
 from .ratelimit import make_limiter
 from .restore_incremental import files_to_keep
 from .restore_plan import RestoreItem, RestoreMode, RestoreTargets, plan_restore_targets
 from .state import LoadedBackup
-from .tempnames import RESTORE_MARKER_TEMP, rewrite_temp_path
 from .transfer import Buffers, ProgressTracker, run_parallel, stream_copy
 
 IN_PROGRESS_MARKER = b"rbackup: restore in progress; this DB is incomplete"

@@ -13,9 +13,9 @@ import os
 from collections.abc import Iterable
 from typing import Protocol
 
-from . import sstprops
 from .errors import BackupError
-from .naming import SHARED_CHECKSUM_DIR
+from .format import sstprops
+from .format.naming import SHARED_CHECKSUM_DIR
 from .restore_plan import RestoreMode, WantedFile, plan_restore, purges_all
 from .transfer import file_crc32c
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from .errors import Corruption
-from .naming import SIDE_FILES, FileKind, classify, is_shareable, private_dir
-from .tempnames import RESTORE_CURRENT_TEMP
+from .format.naming import SIDE_FILES, FileKind, classify, is_shareable, private_dir
+from .format.tempnames import RESTORE_CURRENT_TEMP
 
 __all__ = ["KeepDecision", "LocatedFile", "Probe", "RestoreItem", "RestoreMode", "RestorePlan", "RestoreTargets",
            "WantedFile", "parse_mode", "plan_restore", "plan_restore_targets"]

@@ -26,7 +26,7 @@ from .checkpointdir import checkpoint_dir
 from .dbdir import ClosedDb, read_closed_db
 from .dblock import hold_db_lock
 from .errors import InvalidArgument, NotFound, NotSupported, StorageError
-from .naming import SIDE_FILES, FileKind, classify, file_number
+from .format.naming import SIDE_FILES, FileKind, classify, file_number
 from .plan import SourceFile
 from .sidecar import LiveDbPath, live_db_files
 

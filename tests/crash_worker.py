@@ -44,11 +44,11 @@ from rbackup import (  # noqa: E402
     RestoreMode,
     RestoreOptions,
 )
-from rbackup.checksum import crc32c  # noqa: E402
 from rbackup.env.base import BackupEnv  # noqa: E402
 from rbackup.env.registry import open_env  # noqa: E402
+from rbackup.format.checksum import crc32c  # noqa: E402
+from rbackup.format.naming import META_DIR, PRIVATE_DIR, parse_backup_id  # noqa: E402
 from rbackup.lock import is_lock_file, writer_lock  # noqa: E402
-from rbackup.naming import META_DIR, PRIVATE_DIR, parse_backup_id  # noqa: E402
 from rbackup.state import load_state  # noqa: E402
 from rbackup.testing.doubles import FaultInjectionEnv  # noqa: E402
 

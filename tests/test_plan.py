@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from rbackup.errors import Corruption
-from rbackup.naming import FileKind
+from rbackup.format.naming import FileKind
 from rbackup.plan import NamingFacts, SourceFile, needs_crc_for_name, needs_naming_facts, plan_backup
 
 SID = "ABCDEFGHIJ0123456789"

@@ -9,7 +9,7 @@ import boto3
 from rbackup_s3 import S3Env
 
 from rbackup import BackupableDB, BackupableDBOptions, BackupEngine, BackupEngineReadOnly, RestoreBackupableDB
-from rbackup.naming import db_filename_from_backup_name
+from rbackup.format.naming import db_filename_from_backup_name
 
 from .db_fixtures import read_all
 

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from rbackup.errors import InvalidArgument
-from rbackup.tempnames import (
+from rbackup.format.tempnames import (
     RESTORE_CURRENT_TEMP,
     RESTORE_MARKER_TEMP,
     exclusive_temp_path,

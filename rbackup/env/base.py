@@ -30,7 +30,7 @@ from ..errors import (
     PermissionDenied,
     StorageError,
 )
-from ..paths import check_path as check_path  # re-exported: the contract names it; the rule itself is pure
+from ..format.paths import check_path as check_path  # re-exported: the contract names it; the rule itself is pure
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer

@@ -48,7 +48,7 @@ from ..errors import (
     PermissionDenied,
     StorageError,
 )
-from ..tempnames import temp_path
+from ..format.tempnames import temp_path
 from .base import (
     AtomicWriter,
     BackupEnv,

@@ -29,8 +29,8 @@ import stat as stat_mod
 from collections.abc import Iterable
 
 from ..errors import BackupError, Corruption, InvalidArgument, NotFound
+from ..format.tempnames import exclusive_temp_path, temp_path
 from ..osutil import advise_sequential
-from ..tempnames import exclusive_temp_path, temp_path
 from .base import (
     AtomicWriter,
     BackupEnv,

@@ -46,7 +46,7 @@ from fsspec.implementations.arrow import ArrowFSWrapper
 from rbackup.env.base import Capabilities, check_path
 from rbackup.env.fsspec_env import FsspecEnv
 from rbackup.errors import AlreadyExists, BackupError, InvalidArgument, NotFound
-from rbackup.tempnames import exclusive_temp_path
+from rbackup.format.tempnames import exclusive_temp_path
 
 from .config import DEFAULT_NAMENODE, HdfsLocation, HdfsSettings, hadoop_fs_kwargs, parse_hdfs_url
 from .errors import translate_hdfs_error

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import re
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 from .tempnames import is_meta_temp_name, is_temp_name, temp_path
 
 __all__ = [

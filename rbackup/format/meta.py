@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast, overload
 
-from .errors import BackupError, Corruption, InvalidArgument, NotSupported
+from ..errors import BackupError, Corruption, InvalidArgument, NotSupported
 from .naming import (
     PRIVATE_DIR,
     SHARED_CHECKSUM_DIR,

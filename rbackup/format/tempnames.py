@@ -26,7 +26,7 @@ import os
 import re
 import secrets
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 
 __all__ = [
     "CHECKPOINT_TEMP_SUFFIX",

@@ -8,7 +8,7 @@ re-exports it.
 """
 from __future__ import annotations
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
 
 __all__ = ["check_path"]
 
