@@ -53,9 +53,8 @@ from rbackup.errors import (
     StorageError,
 )
 from rbackup.testing import BackendConformance
-
-from .db_fixtures import read_all
-from .hdfs_fixtures import RealHdfs
+from tests.db_fixtures import read_all
+from tests.hdfs_fixtures import RealHdfs
 
 
 def local_connector(**kwargs: Any) -> pyarrow.fs.FileSystem:

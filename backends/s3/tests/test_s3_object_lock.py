@@ -15,9 +15,8 @@ from rbackup_s3.object_lock import ObjectLockS3Env
 
 from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly, InvalidArgument
 from rbackup.retention import RetentionPolicy
-
-from .db_fixtures import read_all
-from .s3_fixtures import _storage_options
+from tests.db_fixtures import read_all
+from tests.s3_fixtures import _storage_options
 
 
 @pytest.fixture

@@ -25,10 +25,9 @@ from rbackup_hdfs import HdfsEnv
 
 from rbackup import BackupableDBOptions, BackupEngine
 from rbackup.errors import BackupError, Corruption, NotFound
-
-from .db_fixtures import LiveDB, fill, read_all
-from .hdfs_fixtures import RealHdfs
-from .test_cli import RBACKUP, cli_env, failed, listing, ok
+from tests.db_fixtures import LiveDB, fill, read_all
+from tests.hdfs_fixtures import RealHdfs
+from tests.test_cli import RBACKUP, cli_env, failed, listing, ok
 
 pytestmark = [pytest.mark.hdfs, pytest.mark.slow]
 

@@ -10,8 +10,7 @@ from rbackup_s3 import S3Env
 
 from rbackup import BackupableDB, BackupableDBOptions, BackupEngine, BackupEngineReadOnly, RestoreBackupableDB
 from rbackup.format.naming import db_filename_from_backup_name
-
-from .db_fixtures import read_all
+from tests.db_fixtures import read_all
 
 
 def _keys(url: str, options: dict[str, Any]) -> dict[str, bytes]:
