@@ -378,7 +378,8 @@ def _dispatch(spec: dict[str, Any], op: str, engine: BackupEngine, env: BackupEn
 
 def read_loop(spec: dict[str, Any], env: BackupEnv) -> dict[str, Any]:
     """A reader (no lock) that lists and verifies with checksums, as a fresh engine each
-    round, until `stop_file` appears: every problem it sees is reported."""
+    round, until `stop_file` appears: every problem it sees is reported.  After its first
+    round it creates `started_file`, so a writer can wait until the reader is really reading."""
     rounds = verified = 0
     problems: list[str] = []
     seen: set[int] = set()
@@ -398,6 +399,8 @@ def read_loop(spec: dict[str, Any], env: BackupEnv) -> dict[str, Any]:
         except BackupError as exc:
             problems.append(f"round {rounds}: {type(exc).__name__}: {exc}")
         rounds += 1
+        if rounds == 1 and spec.get("started_file"):
+            open(spec["started_file"], "w").close()  # a writer waiting on it starts now
         if stop:
             return {"rounds": rounds, "verified": verified, "seen": sorted(seen), "problems": problems}
 

@@ -159,9 +159,7 @@ class LostResponseEnv(FaultInjectionEnv):
         super().delete(list(paths))
         self._lose(first, "delete", "")
 
-    def open_write(self, path: str, *, sync: bool = True) -> AtomicWriter:
-        self._op("open_write", path)
-        writer = self.inner.open_write(path, sync=sync)
+    def _wrap_writer(self, path: str, writer: AtomicWriter) -> AtomicWriter:
         self._count_write(path, 0)
         return _LosingWriter(self, path, writer)
 

@@ -72,7 +72,15 @@ class CountingEnv(WrapperEnv):
 
     def open_write(self, path: str, *, sync: bool = True) -> AtomicWriter:
         self._op("open_write", path)
-        writer = self.inner.open_write(path, sync=sync)
+        return self._wrap_writer(path, self.inner.open_write(path, sync=sync))
+
+    def open_write_new(self, path: str, *, sync: bool = True) -> AtomicWriter:
+        # The inner store's own never-replace publish (If-None-Match on S3), so that tests through
+        # a double exercise what production does; counted and faulted as one kind of publish.
+        self._op("open_write", path)
+        return self._wrap_writer(path, self.inner.open_write_new(path, sync=sync))
+
+    def _wrap_writer(self, path: str, writer: AtomicWriter) -> AtomicWriter:
         self._count_write(path, 0)
         return _CountingWriter(self, path, writer)
 
@@ -235,9 +243,7 @@ class FaultInjectionEnv(CountingEnv):
             f"{self.fail_write_after_bytes} bytes"
         )
 
-    def open_write(self, path: str, *, sync: bool = True) -> AtomicWriter:
-        self._op("open_write", path)
-        writer = self.inner.open_write(path, sync=sync)
+    def _wrap_writer(self, path: str, writer: AtomicWriter) -> AtomicWriter:
         self._count_write(path, 0)
         return _FaultWriter(self, path, writer)
 
