@@ -1,13 +1,15 @@
 """Encrypted against plain backup and restore throughput (target: encrypted >= 0.8x plain).
 
-    python examples/bench_encryption.py [--size-mb 512] [--reps 3] [--threads 1] [--json]
+    python examples/bench_encryption.py [--size-mb 512] [--reps 3] [--threads 1 [2 ...]] [--json]
 
 One real RocksDB (rocksdict, random incompressible values, ~16 SSTs) is
 backed up again and again into fresh local backup directories, once plainly
 and once through `EncryptedEnv` (AES-256-GCM, 1 MiB chunks), and each backup
-is restored; both with sync=True.  Repetitions alternate between the two so
-that drift on a shared, noisy machine hits both alike, and the medians and
-the ratio are printed.  Local disk is where encryption shows most: on S3 the
+is restored; both with sync=True, for each thread count given
+(max_background_operations).  Repetitions alternate between the two modes
+and cycle through the thread counts so that drift on a shared, noisy machine
+hits all alike; the medians, the ratios and the load average before and after
+are printed.  Local disk is where encryption shows most: on S3 the
 network, not the cipher, is the bottleneck.
 """
 from __future__ import annotations
@@ -73,36 +75,46 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=512)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="max_background_operations")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1],
+                        help="max_background_operations; several values are measured side by side")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     key = os.urandom(32)
+    load_before = os.getloadavg()
+    times: dict[tuple[int, str], dict[str, list[float]]] = {
+        (t, m): {"backup": [], "restore": []} for t in args.threads for m in ("plain", "encrypted")}
     with tempfile.TemporaryDirectory(prefix="rbackup-bench-enc-") as work:
         db = os.path.join(work, "db")
         size = make_db(db, args.size_mb)
-        times: dict[str, dict[str, list[float]]] = {m: {"backup": [], "restore": []} for m in ("plain", "encrypted")}
-        run_once(db, work, True, args.threads, key)  # warm the page cache and the imports, untimed
+        run_once(db, work, True, args.threads[0], key)  # warm the page cache and the imports, untimed
         for rep in range(args.reps):
-            for mode in (("plain", "encrypted") if rep % 2 == 0 else ("encrypted", "plain")):
-                b, r = run_once(db, work, mode == "encrypted", args.threads, key)
-                times[mode]["backup"].append(b)
-                times[mode]["restore"].append(r)
-    result: dict[str, object] = {"db_bytes": size, "reps": args.reps, "threads": args.threads}
-    for op in ("backup", "restore"):
-        plain = statistics.median(times["plain"][op])
-        enc = statistics.median(times["encrypted"][op])
-        result[op] = {"plain_mib_s": round(size / MiB / plain, 1), "encrypted_mib_s": round(size / MiB / enc, 1),
-                      "ratio": round(plain / enc, 3)}
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"DB {size / MiB:.0f} MiB, {args.reps} reps, {args.threads} thread(s), medians:")
+            for threads in args.threads:
+                for mode in (("plain", "encrypted") if rep % 2 == 0 else ("encrypted", "plain")):
+                    b, r = run_once(db, work, mode == "encrypted", threads, key)
+                    times[threads, mode]["backup"].append(b)
+                    times[threads, mode]["restore"].append(r)
+    runs = []
+    for threads in args.threads:
+        run: dict[str, object] = {"threads": threads}
         for op in ("backup", "restore"):
-            r = result[op]
-            assert isinstance(r, dict)
-            verdict = "ok" if r["ratio"] >= 0.8 else "BELOW TARGET"
-            print(f"  {op:8} plain {r['plain_mib_s']:7.1f} MiB/s  encrypted {r['encrypted_mib_s']:7.1f} MiB/s  "
-                  f"ratio {r['ratio']:.2f} (target >= 0.80: {verdict})")
+            plain = statistics.median(times[threads, "plain"][op])
+            enc = statistics.median(times[threads, "encrypted"][op])
+            run[op] = {"plain_mib_s": round(size / MiB / plain, 1), "encrypted_mib_s": round(size / MiB / enc, 1),
+                       "ratio": round(plain / enc, 3)}
+        runs.append(run)
+    load = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
+    if args.json:
+        print(json.dumps({"db_bytes": size, "reps": args.reps, "load_average": load, "runs": runs}, indent=2))
+        return 0
+    print(f"DB {size / MiB:.0f} MiB, {args.reps} reps, medians; load average (1, 5, 15 min) before "
+          f"{load['before']}, after {load['after']}:")
+    for run in runs:
+        for op in ("backup", "restore"):
+            fig = run[op]
+            assert isinstance(fig, dict)
+            verdict = "ok" if fig["ratio"] >= 0.8 else "BELOW TARGET"
+            print(f"  {run['threads']} thread(s) {op:8} plain {fig['plain_mib_s']:7.1f} MiB/s  encrypted "
+                  f"{fig['encrypted_mib_s']:7.1f} MiB/s  ratio {fig['ratio']:.2f} (target >= 0.80: {verdict})")
     return 0
 
 

@@ -30,6 +30,7 @@ from .format.checksum import crc32c
 from .format.meta import BackupMeta, MetaFileEntry, serialize_meta
 from .format.naming import META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, FileKind, meta_path, private_dir
 from .lock import WriterLock
+from .namingcache import PROCESS_CACHE
 from .options import BackupableDBOptions, ExcludeFilesCallback, MaybeExcludeBackupFile, ProgressCallback
 from .osutil import advise_sequential
 from .plan import NamingFacts, PlannedFile, SourceFile, needs_crc_for_name, needs_naming_facts, plan_backup
@@ -164,13 +165,12 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
 
 def _gather_naming_facts(attempt: _Attempt, files: list[SourceFile]) -> dict[str, NamingFacts]:
     """Session ids (and CRCs where a legacy name needs one) of the files the naming rule asks
-    about, read in parallel: file name -> facts."""
+    about, read in parallel unless this process read them before (`namingcache`): file name -> facts."""
     options = attempt.options
     to_name = [f for f in files if needs_naming_facts(f, share_table_files=options.share_table_files,
                                                       share_files_with_checksum=options.share_files_with_checksum)]
-    facts = run_parallel(to_name, lambda f: _naming_facts(f, attempt.buffers, attempt.log), attempt.workers,
-                         attempt.stop)
-    return dict(zip([f.name for f in to_name], facts, strict=True))
+    return PROCESS_CACHE.facts(to_name, lambda unknown: run_parallel(
+        unknown, lambda f: _naming_facts(f, attempt.buffers, attempt.log), attempt.workers, attempt.stop))
 
 
 def _plan(attempt: _Attempt, files: list[SourceFile], side_files: list[SourceFile], facts: dict[str, NamingFacts],

@@ -161,6 +161,8 @@ class BackupEngine:
         self._check_lock(f"deleting backups {ids}")
         self.env.delete([meta_path(i) for i in ids])
         for i in ids:
+            if self.env.exists(meta_path(i)):  # the store kept it (S3 Object Lock): so are its files
+                continue
             self._state.backups.pop(i, None)
             self._meta_cache.pop(i, None)
 

@@ -8,7 +8,8 @@ backup is reused without being read again, after its size is checked.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 from .errors import Corruption
 from .format.naming import (
@@ -29,6 +30,8 @@ class SourceFile:
     """Where to read it from (inside the checkpoint, or the DB dir for WALs)."""
     size: int
     kind: FileKind
+    stat: os.stat_result | None = field(default=None, compare=False, repr=False)
+    """The stat the snapshot took of it, when it took one (the naming cache's key comes from it)."""
 
 
 @dataclass(frozen=True)

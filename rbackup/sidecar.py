@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from .dbdir import ClosedDb, LiveFile, last_sequence_in, live_wals, newest_options, read_options, wal_dir_of
 from .errors import Corruption, Incomplete
 from .format.manifest import DbVersion, parse_current, read_manifest
+from .osutil import ensure_open_files
 
 log = logging.getLogger("rbackup")
 
@@ -109,6 +110,7 @@ def _try_once(db_path: str, with_wals: bool) -> _Attempt | None:
             wanted += [(w.name, wal_dir) for w in live_wals(wal_dir, version)] if with_wals else []
         except Corruption:  # a WAL this MANIFEST prefix tracks is gone: the DB has moved on
             raise _Retry() from None
+        ensure_open_files(len(wanted), f"backing up the live DB at {db_path}")
         if not _open_all(db_path, fds, wanted):
             raise _Retry()
         if _read_current(db_path) != current or os.fstat(mfd).st_size != size:

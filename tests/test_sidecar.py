@@ -7,6 +7,7 @@ counter value: the counter c and the keys 1..c, no more, no less.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -105,3 +106,49 @@ def test_cli_live_backs_up_a_db_this_test_holds_open(tmp_path):
     finally:
         restored.close()
     assert len(keys) == 301 and b"only-in-the-wal" in keys and b"after" not in keys
+
+
+_UNDER_A_LOW_LIMIT = """
+import json, resource, sys
+from rbackup import BackupableDBOptions, BackupEngine, BackupError
+from rbackup.sidecar import LiveDbPath
+soft, hard = int(sys.argv[3]), int(sys.argv[4])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+try:
+    with BackupEngine(BackupableDBOptions(sys.argv[2])) as eng:
+        backup_id = eng.create_new_backup(LiveDbPath(sys.argv[1]))
+        eng.verify_backup(backup_id, True)
+    print(json.dumps({"id": backup_id, "soft": resource.getrlimit(resource.RLIMIT_NOFILE)[0]}))
+except BackupError as exc:
+    print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+"""
+
+
+def test_a_live_db_of_more_files_than_the_soft_open_file_limit(tmp_path):
+    """The sidecar holds every file open: 150 SSTs under a soft limit of 64 raise the soft limit
+    (the common 1,024 would stop a 10,000-SST DB); under a hard limit of 64, a clear error that
+    names the DB and the limit, and nothing half made."""
+    db_dir = str(tmp_path / "db")
+    opts = rocksdict.Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.set_disable_auto_compactions(True)
+    db = rocksdict.Rdict(db_dir, opts)
+    for i in range(150):
+        db[b"k%04d" % i] = b"v" * 100
+        db.flush()
+    db.close()
+    assert sum(n.endswith(".sst") for n in os.listdir(db_dir)) == 150
+
+    def run(backup_dir: str, soft: int, hard: int) -> dict:
+        out = subprocess.run([sys.executable, "-c", _UNDER_A_LOW_LIMIT, db_dir, backup_dir, str(soft), str(hard)],
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    raised = run(str(tmp_path / "raised"), 64, 4096)
+    assert raised["id"] == 1 and raised["soft"] > 150
+    refused = run(str(tmp_path / "refused"), 64, 64)
+    assert refused["error"] == "NotSupported", refused
+    assert db_dir in refused["message"] and "needs 151 open files" in refused["message"]  # 150 SSTs + OPTIONS
+    assert "ulimit" in refused["message"]
+    with BackupEngine(BackupableDBOptions(str(tmp_path / "refused"))) as eng:
+        assert eng.get_backup_info() == []

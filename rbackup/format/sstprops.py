@@ -44,6 +44,7 @@ from . import _snappy
 log = logging.getLogger(__name__)
 
 SESSION_ID_PROPERTY = "rocksdb.creating.session.identity"
+_SESSION_ID_KEY = SESSION_ID_PROPERTY.encode()
 _PROPERTIES_BLOCK_NAMES = (b"rocksdb.properties", b"rocksdb.stats")
 
 _BLOCK_BASED_MAGIC = 0x88E241B785F4CFF7
@@ -227,9 +228,23 @@ def _parse_block(data: bytes, what: str) -> dict[bytes, bytes]:
     key_bytes = 0  # shared prefixes are re-materialised: bound the total
     pos = 0
     while pos < end:
-        shared, pos = _varint(data, pos, end, 32, what)
-        non_shared, pos = _varint(data, pos, end, 32, what)
-        value_len, pos = _varint(data, pos, end, 32, what)
+        # The three lengths are nearly always one byte: decode those inline (_varint is the
+        # per-SST cost of naming a cold backup), the rest, and every error, through _varint.
+        shared = data[pos]
+        if shared < 0x80:
+            pos += 1
+        else:
+            shared, pos = _varint(data, pos, end, 32, what)
+        if pos < end and data[pos] < 0x80:
+            non_shared = data[pos]
+            pos += 1
+        else:
+            non_shared, pos = _varint(data, pos, end, 32, what)
+        if pos < end and data[pos] < 0x80:
+            value_len = data[pos]
+            pos += 1
+        else:
+            value_len, pos = _varint(data, pos, end, 32, what)
         if shared > len(key):
             raise Corruption(f"{what}: entry shares {shared} bytes of a {len(key)}-byte key")
         if pos + non_shared + value_len > end:
@@ -259,6 +274,10 @@ def read_table_properties(f: BinaryIO, file_size: int) -> dict[str, bytes]:
     Numeric properties stay varint-encoded, as stored.  Names are decoded as
     UTF-8 with surrogateescape, so arbitrary user-collected names round-trip.
     """
+    return {k.decode("utf-8", "surrogateescape"): v for k, v in _raw_properties(f, file_size).items()}
+
+
+def _raw_properties(f: BinaryIO, file_size: int) -> dict[bytes, bytes]:
     footer = _parse_footer(f, file_size)
     metaindex = _parse_block(
         _read_block(f, footer, footer.metaindex_offset, footer.metaindex_size,
@@ -270,9 +289,7 @@ def read_table_properties(f: BinaryIO, file_size: int) -> dict[str, bytes]:
             break
     else:
         raise Corruption(f"{footer.table} SST has no properties block")
-    props = _parse_block(_read_block(f, footer, offset, size, "properties block"),
-                         "properties block")
-    return {k.decode("utf-8", "surrogateescape"): v for k, v in props.items()}
+    return _parse_block(_read_block(f, footer, offset, size, "properties block"), "properties block")
 
 
 def read_session_id(f: BinaryIO, file_size: int) -> str | None:
@@ -284,7 +301,7 @@ def read_session_id(f: BinaryIO, file_size: int) -> str | None:
     before RocksDB 6.12): BackupEngine then uses legacy naming.  A value that
     is not safe inside a file name raises NotSupported.
     """
-    value = read_table_properties(f, file_size).get(SESSION_ID_PROPERTY, b"")
+    value = _raw_properties(f, file_size).get(_SESSION_ID_KEY, b"")
     if not value:
         return None
     if not _SESSION_ID_RE.fullmatch(value):

@@ -125,6 +125,15 @@ class S3Env(FsspecEnv):
                                 concurrency=S3Settings.concurrency)
     """The defaults, for `rbackup backends`; an instance reflects its own settings."""
 
+    def __new__(cls, url: str, *, storage_options: dict[str, Any] | None = None) -> S3Env:
+        """`s3://` URLs reach this class through the entry point; the `object_lock_*` storage
+        options (Object Lock retention on every upload) make it an `ObjectLockS3Env`."""
+        if cls is S3Env and any(str(k).startswith("object_lock") for k in storage_options or {}):
+            from .object_lock import ObjectLockS3Env  # imports this module: not at the top
+
+            cls = ObjectLockS3Env
+        return super().__new__(cls)
+
     def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
         scheme, bucket, prefix = parse_s3_url(url)
         options = dict(storage_options or {})

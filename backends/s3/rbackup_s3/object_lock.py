@@ -20,10 +20,15 @@ The writer lock's leases (`rbackup.lock.d/`) are never locked: they must be
 deleted when released.
 
 Options (in `storage_options`, next to S3Env's): `object_lock_mode`
-("GOVERNANCE" or "COMPLIANCE") and `object_lock_days` (> 0).
+("governance" or "compliance", any case) and `object_lock_days` (> 0, may be
+fractional).  Given to an `s3://` URL (and so `-o` on the command line) they
+make `S3Env` an `ObjectLockS3Env`; any other `object_lock*` key is refused, so
+a typo cannot leave the backups unlocked.  The bucket's Object Lock
+configuration is checked before the first locked upload.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterable
@@ -31,7 +36,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from rbackup.env.base import check_path
+from rbackup.env.base import check_path, refuse_unknown_options
+from rbackup.env.fsspec_env import error_code, redact_url
 from rbackup.errors import InvalidArgument, NotFound
 from rbackup.lock import is_lock_file
 
@@ -40,6 +46,7 @@ from .env import S3Env
 log = logging.getLogger(__name__)
 
 MODES = ("GOVERNANCE", "COMPLIANCE")
+OPTIONS = ("object_lock_mode", "object_lock_days")
 _LOCKED_UPLOADS = frozenset({"put_object", "create_multipart_upload"})
 
 
@@ -50,16 +57,26 @@ class ObjectLockSettings:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise InvalidArgument(f"object_lock_mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if isinstance(self.days, bool) or not isinstance(self.days, (int, float)) or self.days <= 0:
-            raise InvalidArgument(f"object_lock_days must be a positive number, got {self.days!r}")
+            raise InvalidArgument(f"storage option object_lock_mode must be one of "
+                                  f"{', '.join(m.lower() for m in MODES)}, got {self.mode!r}")
+        if isinstance(self.days, bool) or not isinstance(self.days, (int, float)) or not 0 < self.days < 36500:
+            raise InvalidArgument(f"storage option object_lock_days must be a number of days > 0 "
+                                  f"(and under 100 years), got {self.days!r}")
 
     @classmethod
-    def pop_from(cls, options: dict[str, Any]) -> ObjectLockSettings:
+    def pop_from(cls, options: dict[str, Any], what: str) -> ObjectLockSettings:
+        """Take the `object_lock_*` keys out of `options`.  A misspelt one is refused first, so
+        the error names it rather than a missing `object_lock_mode` (`what`: the URL, for the message)."""
+        refuse_unknown_options(what, [k for k in options if str(k).startswith("object_lock")], OPTIONS)
         mode = options.pop("object_lock_mode", None)
         days = options.pop("object_lock_days", None)
         if mode is None or days is None:
-            raise InvalidArgument("ObjectLockS3Env needs both object_lock_mode and object_lock_days")
+            missing = "object_lock_days" if days is None else "object_lock_mode"
+            raise InvalidArgument(f"storage option {missing} is missing: Object Lock needs both "
+                                  f"object_lock_mode (governance or compliance) and object_lock_days")
+        if isinstance(days, str):  # from a config file or an environment variable: "30", "0.5"
+            with contextlib.suppress(ValueError):  # else refused, with the value, by __post_init__
+                days = float(days)
         return cls(str(mode).upper(), days)
 
 
@@ -68,15 +85,18 @@ class ObjectLockS3Env(S3Env):
 
     def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
         options = dict(storage_options or {})
-        self.object_lock = ObjectLockSettings.pop_from(options)
+        self.object_lock = ObjectLockSettings.pop_from(options, redact_url(url))
         super().__init__(url, storage_options=options)
         self._skipped_lock = threading.Lock()
+        self._bucket_lock = threading.Lock()
+        self._bucket_checked = False
         self.skipped_locked: list[tuple[str, datetime]] = []
         """(path, retained until) of every delete skipped because the object is still locked."""
 
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         locked = method in _LOCKED_UPLOADS and not is_lock_file(self._relative(kwargs["Key"]))
         if locked:
+            self._check_bucket()
             kwargs.update(ObjectLockMode=self.object_lock.mode, ObjectLockRetainUntilDate=self._until())
         out = super()._call(method, **kwargs)
         if method == "complete_multipart_upload" and not is_lock_file(self._relative(kwargs["Key"])):
@@ -86,6 +106,26 @@ class ObjectLockS3Env(S3Env):
             super()._call("put_object_retention", Key=kwargs["Key"], **version,
                           Retention={"Mode": self.object_lock.mode, "RetainUntilDate": self._until()})
         return out
+
+    def _check_bucket(self) -> None:
+        """Before the first locked upload: the bucket must have Object Lock enabled.  S3 refuses
+        retention on any other bucket with an obscure InvalidRequest, and some S3-compatible stores
+        accept it silently without locking anything; either way the user must hear it, by bucket name."""
+        with self._bucket_lock:
+            if self._bucket_checked:
+                return
+            try:
+                config = super()._call("get_object_lock_configuration").get("ObjectLockConfiguration") or {}
+            except Exception as exc:
+                if error_code(exc) != "ObjectLockConfigurationNotFoundError":
+                    raise self._error(exc, "", "reading the Object Lock configuration of") from exc
+                config = {}
+            if config.get("ObjectLockEnabled") != "Enabled":
+                raise InvalidArgument(
+                    f"bucket {self.bucket!r} does not have Object Lock enabled, so the storage options "
+                    f"object_lock_mode/object_lock_days cannot protect the backups in {self.url}: use a bucket "
+                    "created with Object Lock (aws s3api create-bucket --object-lock-enabled-for-bucket)")
+            self._bucket_checked = True
 
     def _until(self) -> datetime:
         return datetime.now(timezone.utc) + timedelta(days=self.object_lock.days)
