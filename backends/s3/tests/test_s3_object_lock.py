@@ -186,7 +186,7 @@ def test_purge_keeps_the_files_of_a_backup_whose_meta_is_still_locked(locked_buc
 
 @pytest.mark.slow
 def test_cli_object_lock_create_purge_gc_copy(locked_bucket, moto_server, live_db, tmp_path) -> None:
-    from .test_cli import failed, listing, ok, rbackup
+    from tests.test_cli import failed, listing, ok, rbackup
 
     bucket, _, client = locked_bucket
     live_db.db.close()
