@@ -13,6 +13,14 @@ peak RSS come from `wait4`:
 Prints medians (MB/s), ratios to s5cmd and s3fs, CPU seconds per GiB and peak RSS as a
 Markdown table.  SeaweedFS burns about as much CPU as the client on the same cores: compare
 clients within one run, never with absolute figures from elsewhere.
+
+    .venv/bin/python examples/bench_s3.py --shapes --size-mb 1024 --reps 1
+
+`--shapes` compares rbackup with itself instead: the same bytes as one SST of `--size-mb`
+and as 16 SSTs of a sixteenth each (written with SstFileWriter from random 1 MiB values
+and ingested: quick to make), backed up and restored alternately, and prints the load
+average of the run.  A big file's parts go up in parallel and it comes down by parallel
+ranged GETs, so the one big SST should move about as fast as the many small ones.
 """
 from __future__ import annotations
 
@@ -75,6 +83,70 @@ def build_db(path: str, size_mb: int, big_sst: bool) -> int:
     return sum(f.stat().st_size for f in Path(path).iterdir())
 
 
+def build_ingested_db(path: str, size_mb: int, ssts: int) -> int:
+    """A DB of `ssts` SSTs holding `size_mb` MiB of random 1 MiB values in all, each SST written
+    with SstFileWriter and ingested (no memtable, no compaction: one file per SST)."""
+    opts = rocksdict.Options()
+    opts.create_if_missing(True)
+    opts.set_disable_auto_compactions(True)
+    db = rocksdict.Rdict(path, opts)
+    per = size_mb // ssts
+    staging = Path(path + "-sst")
+    staging.mkdir()
+    for n in range(ssts):
+        sst = str(staging / f"{n:03d}.sst")
+        writer = rocksdict.SstFileWriter(opts)
+        writer.open(sst)
+        for i in range(per):
+            writer[f"k{n:03d}-{i:06d}".encode()] = os.urandom(MiB)
+        writer.finish()
+        db.ingest_external_file([sst])
+        os.remove(sst)
+    staging.rmdir()
+    db.close()
+    return sum(f.stat().st_size for f in Path(path).iterdir())
+
+
+def compare_shapes(args: argparse.Namespace, work: Path, env: dict[str, str]) -> None:
+    """rbackup create/restore of one big SST against many small SSTs of the same total."""
+    dbs = {"1 SST": str(work / "db-one"), "16 SSTs": str(work / "db-many")}
+    sizes = {shape: build_ingested_db(path, args.size_mb, 1 if shape == "1 SST" else 16)
+             for shape, path in dbs.items()}
+    loads = [os.getloadavg()[0]]
+    results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    (work / "weed").mkdir()
+    with run_seaweedfs(work / "weed") as endpoint:
+        bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        client_for(endpoint, env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=bucket)
+        opts = ["-o", f"endpoint_url={endpoint}"]
+        for rep in range(args.reps):
+            order = list(dbs) if rep % 2 == 0 else list(dbs)[::-1]
+            for op in ("backup", "restore"):
+                for shape in order:
+                    url = f"s3://{bucket}/{shape.replace(' ', '')}-r{rep}"
+                    target = str(work / f"restore-{rep}")
+                    cmd = ([sys.executable, "-m", "rbackup.cli", "create", "--db", dbs[shape], "--backup-dir", url,
+                            *opts, "--quiet"] if op == "backup" else
+                           [sys.executable, "-m", "rbackup.cli", "restore", "--backup-dir", url, "--db", target,
+                            *opts, "--quiet"])
+                    results.setdefault((op, shape), []).append(run(cmd, env))
+                    loads.append(os.getloadavg()[0])
+                    shutil.rmtree(target, ignore_errors=True)
+    print(f"\nrbackup, SeaweedFS on loopback, medians of {args.reps}; load average (1 min) during the run "
+          f"{min(loads):.1f}-{max(loads):.1f}\n")
+    print("| op | DB | MB/s | vs 16 SSTs | CPU s/GiB | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for op in ("backup", "restore"):
+        speed = {shape: sizes[shape] / MiB / statistics.median(w for w, _, _ in results[(op, shape)])
+                 for shape in dbs}
+        for shape in dbs:
+            runs = results[(op, shape)]
+            cpu = statistics.median(c for _, c, _ in runs)
+            print(f"| {op} | {shape} of {sizes[shape] / MiB:.0f} MiB | {speed[shape]:.0f} | "
+                  f"{speed[shape] / speed['16 SSTs']:.2f}x | {cpu / (sizes[shape] / 2**30):.1f} | "
+                  f"{max(r for _, _, r in runs):.0f} |")
+
+
 def _hwm_mb(pid: int) -> float:
     """VmHWM of a running process: the peak RSS of its own image (ru_maxrss would include
     this parent's memory at the fork before exec)."""
@@ -112,6 +184,7 @@ def main() -> None:
     ap.add_argument("--size-mb", type=int, default=512)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--big-sst", action="store_true", help="one SST holding the whole DB")
+    ap.add_argument("--shapes", action="store_true", help="rbackup only: one big SST against 16 small ones")
     args = ap.parse_args()
     s5cmd = shutil.which("s5cmd") or str(Path(sys.executable).parent / "s5cmd")
     work = Path(tempfile.mkdtemp(prefix="rbackup-bench-s3-"))
@@ -119,10 +192,17 @@ def main() -> None:
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         env.pop(name, None)
     os.environ.update(env)
+    if args.shapes:
+        try:
+            compare_shapes(args, work, env)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     try:
         db = str(work / "db")
         nbytes = build_db(db, args.size_mb, args.big_sst)
         files = len(os.listdir(db))
+        (work / "weed").mkdir()
         with run_seaweedfs(work / "weed") as endpoint:
             bucket = f"bench-{uuid.uuid4().hex[:8]}"
             client_for(endpoint, env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=bucket)

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .env.base import BackupEnv
-from .errors import Aborted, BackupError, Corruption, FileTooLarge, NotFound, NotSupported
+from .errors import Aborted, BackupError, Corruption, FileTooLarge, LockError, NotFound, NotSupported
 from .format import sstprops
 from .format.checksum import crc32c
 from .format.meta import BackupMeta, MetaFileEntry, serialize_meta
@@ -156,7 +156,7 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
     _commit(attempt, data)
     # Committed: from here on a failure must not remove anything.
     if lock.can_be_taken_over:
-        _check_committed(env, backup_id, data, copied, workers, stop, attempt.log)
+        _check_committed(env, lock, backup_id, data, copied, workers, stop, attempt.log)
     _sync_dirs(attempt)
     attempt.log.info("backup %d: %d files (%d copied, %d bytes) in %.2fs", backup_id, len(meta.files),
                      len(planned.copies), sum(s for s, _ in copied.values()), time.monotonic() - started)
@@ -290,10 +290,15 @@ def _sync_dirs(attempt: _Attempt) -> None:
                 attempt.env.sync_dir(d)
 
 
-def _check_committed(env: BackupEnv, backup_id: int, data: bytes, copied: dict[str, tuple[int, int]],
-                     workers: int, stop: threading.Event, log: logging.Logger) -> None:
-    """After the commit under a lease: meta/<id> and the files this attempt copied are still
-    what it wrote.
+def _check_committed(env: BackupEnv, lock: WriterLock, backup_id: int, data: bytes,
+                     copied: dict[str, tuple[int, int]], workers: int, stop: threading.Event,
+                     log: logging.Logger) -> None:
+    """After the commit under a lease: this writer still holds the lease, and meta/<id> and the
+    files this attempt copied are still what it wrote.
+
+    A writer that stalled between its last check and its commit may commit
+    after a successor took the lease over; the successor's garbage collection
+    does not know that backup and may be deleting its files, so it is withdrawn.
 
     Where the store arbitrates this holds unless a writer stalled past its
     lease deleted something in the instant between its last check and its
@@ -319,12 +324,15 @@ def _check_committed(env: BackupEnv, backup_id: int, data: bytes, copied: dict[s
 
     problems: list[str] = []
     try:
+        lock.check(f"backup {backup_id}: after its commit")
         if not _holds(env, meta_path(backup_id), data):
             problems.append(f"{meta_path(backup_id)} holds another writer's commit")
         else:
             for path, problem in zip(to_check, run_parallel(to_check, check, workers, stop), strict=False):
                 if problem:
                     problems.append(f"{path} {problem}")
+    except LockError as exc:
+        problems.append(f"the commit landed after this writer lost the lock ({exc})")
     except NotFound as exc:
         problems.append(f"a file is gone ({exc})")
     if not problems:

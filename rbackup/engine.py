@@ -28,6 +28,7 @@ from .format.naming import (
     PRIVATE_DIR,
     SIDE_FILES,
     meta_path,
+    parse_backup_id,
     private_dir,
 )
 from .gc_plan import plan_garbage_collection
@@ -199,13 +200,12 @@ class BackupEngine:
         if len(metadata) > MAX_APP_METADATA:
             raise InvalidArgument(f"app_metadata is {len(metadata)} bytes, over the limit of {MAX_APP_METADATA}")
         with self._writing("create_new_backup"):
-            backup_id = self._state.latest_backup_id + 1
-            if backup_id > MAX_BACKUP_ID:
-                raise NotSupported(f"backup ids are exhausted in {self.env.describe()}")
+            assert self._held is not None
+            backup_id = self._new_backup_id(self._held)
             if any(p.startswith(f"{PRIVATE_DIR}/{backup_id}/") for p in self._state.listing):
                 self._garbage_collect()  # leftovers of a crashed attempt at this id
             try:
-                assert self._held is not None
+                self._held.claim(backup_id)
                 create_backup(self.env, self._state, self.options,
                               BackupRequest(backup_id, db, flush_before_backup, metadata, progress_callback,
                                             exclude_files_callback),
@@ -218,6 +218,21 @@ class BackupEngine:
                 raise
         self._count_backup(ok=True)
         return backup_id
+
+    def _new_backup_id(self, held: WriterLock) -> int:
+        """RocksDB's latest + 1, above the ids a writer that lost the lock alive may still write
+        (`WriterLock.reserved`) and, after taking over such a writer, above its leftover
+        `private/<id>/` too: two writers never publish into one `private/<id>/`."""
+        floor = max(self._state.latest_backup_id, held.reserved)
+        if held.took_over_live_holder:
+            for path in self._state.listing:
+                top, _, rest = path.partition("/")
+                child_id = parse_backup_id(rest.partition("/")[0]) if top == PRIVATE_DIR and "/" in rest else None
+                if child_id is not None:
+                    floor = max(floor, child_id)
+        if floor + 1 > MAX_BACKUP_ID:
+            raise NotSupported(f"backup ids are exhausted in {self.env.describe()}")
+        return floor + 1
 
     def _count_backup(self, ok: bool) -> None:
         with self._mutex:  # creates on several threads of one engine count each one

@@ -46,6 +46,17 @@ does besides.  On stores without atomic create-if-absent
 (`capabilities.conditional_create` False) the lease is best effort: a taker
 reads its lease back after `BEST_EFFORT_SETTLE` seconds, and heartbeats and
 checks compare the lease's token with their own.
+
+Backup ids across a takeover.  A holder judged stale while alive may resume
+with requests already in flight, which no check of its own can stop (some
+stores check `If-None-Match` when a PUT's headers arrive, not when its body
+is stored).  So writers never share a backup id across a takeover: a create
+records its id in its lease (`claim`) before publishing anything, a writer
+that takes over an *expired* lease inherits that id as `reserved`, and the
+engine creates above it (and above any leftover `private/<id>/` of such a
+holder).  The reservation is carried from lease to lease, since the stalled
+writer may resume after several more takeovers.  Ids need not be contiguous:
+RocksDB's own format and tools accept gaps, as deleted backups leave them.
 """
 from __future__ import annotations
 
@@ -136,6 +147,11 @@ class Holder:
     pid_ns: str = ""
     start_ticks: int | None = None
     released: bool = False
+    backup_id: int | None = None
+    """The backup id this holder is creating (recorded before its first file is published)."""
+    reserved: int = 0
+    """Backup ids up to this one may still be written by an earlier holder that lost its lease
+    alive: no create may use them (see `Lease.reserved`)."""
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
@@ -149,10 +165,12 @@ class Holder:
         try:
             raw = json.loads(data.decode("utf-8"))
             ticks = raw.get("start_ticks")
+            backup_id = raw.get("backup_id")
             return cls(str(raw["host"]), int(raw["pid"]), float(raw["since"]), float(raw["expires"]),
                        str(raw["token"]), str(raw.get("operation", "")), str(raw.get("boot_id", "")),
                        str(raw.get("pid_ns", "")), int(ticks) if ticks is not None else None,
-                       bool(raw.get("released", False)))
+                       bool(raw.get("released", False)), int(backup_id) if backup_id is not None else None,
+                       int(raw.get("reserved", 0)))
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             return None
 
@@ -255,6 +273,19 @@ class WriterLock(Protocol):
     """False for a flock (held until its holder exits); True for a lease, which a writer that
     stalls past `lock_ttl` loses without knowing until its next check."""
 
+    reserved: int
+    """Backup ids up to this one must not be created under this lock: a writer that lost the
+    lock while alive (stalled past `lock_ttl`) may still be writing one of them.  0 for a flock."""
+    took_over_live_holder: bool
+    """Whether this lock was taken from a holder that may still be alive (its lease expired), so
+    that leftovers of an unfinished backup must not be reused either."""
+
+    def claim(self, backup_id: int) -> None:
+        """Record, before the first file of backup `backup_id` is published, that this writer
+        creates it (and keeps the ids below it reserved), so that a successor that takes the
+        lock over while this writer stalls picks a higher id.  LockError if this writer lost
+        the lock, or could not record it in time."""
+
     def check(self, what: str, *, ask_store: bool = True) -> None:
         """Raise LockError unless this writer still holds the lock.
 
@@ -270,6 +301,11 @@ class WriterLock(Protocol):
 class _FlockHeld:
     holder: Holder
     can_be_taken_over: bool = False
+    reserved: int = 0
+    took_over_live_holder: bool = False
+
+    def claim(self, backup_id: int) -> None:
+        """The kernel releases a flock only when its holder is gone: no id needs reserving."""
 
     def check(self, what: str, *, ask_store: bool = True) -> None:
         """A flock cannot be taken over while its holder lives: nothing to check."""
@@ -364,6 +400,9 @@ class Lease:
         self.ttl = ttl
         self.holder = _new_holder(operation, ttl)
         self.generation: int | None = None
+        self.reserved = 0
+        """See `WriterLock.reserved`: inherited from the lease this one superseded."""
+        self.took_over_live_holder = False
         self.lost = threading.Event()
         """Set when a heartbeat or a check finds that another writer took the lease over."""
         self._valid_until = 0.0
@@ -404,8 +443,10 @@ class Lease:
                 if reason.kind is not Staleness.RELEASED:
                     log.warning("taking over the lock of %s: %s (%s)", self.env.describe(),
                                 current.describe() if current else "?", reason.detail)
+                self._inherit(current, reason.kind)
                 candidate = top + 1
             else:
+                self._inherit(None, Staleness.RELEASED)  # no lease yet: nothing to inherit
                 candidate = 1
             written_at = self._stamp()
             _set_active(self.holder.token, True)  # before it can be seen: ours is never "left behind"
@@ -444,6 +485,40 @@ class Lease:
             break
         self._beat = threading.Thread(target=self._heartbeat, name="rbackup-lock-heartbeat", daemon=True)
         self._beat.start()
+
+    def _inherit(self, previous: Holder | None, reason: Staleness) -> None:
+        """Carry the ids the superseded lease reserved into ours, plus the id its holder was
+        creating if that holder may still be alive: a lease that merely expired may belong to
+        a writer that stalled and will resume with requests in flight (a dead process, a
+        released lease or this process's own leftover lease cannot write any more)."""
+        may_live = previous is None or reason is Staleness.EXPIRED
+        reserved = previous.reserved if previous is not None else 0
+        if may_live and previous is not None and previous.backup_id is not None:
+            reserved = max(reserved, previous.backup_id)
+        self.reserved = reserved
+        self.took_over_live_holder = may_live
+        self.holder.reserved = reserved
+
+    def claim(self, backup_id: int) -> None:
+        """See `WriterLock.claim`.  The record is written into our lease, then the lease is
+        checked: a successor that took it over before our write landed is found (a higher
+        generation), and one that could still have read the lease as it was before (expired
+        on its clock) is excluded by requiring the old lease to be valid for another quarter
+        ttl after the write."""
+        assert self.generation is not None
+        with self._io:
+            if not self.lost.is_set():
+                old_left = self._valid_until
+                old_expires = self.holder.expires
+                self.holder.backup_id = backup_id
+                self.holder.reserved = self.reserved = max(self.reserved, backup_id - 1)
+                written_at = self._stamp()
+                self.env.write_bytes(lease_path(self.generation), self.holder.encode())
+                self._valid_until = written_at + self.ttl
+                left = min(old_left - time.monotonic(), old_expires - time.time())
+                if left < self.ttl / 4 or self._superseded():
+                    self._mark_lost()
+        self.check(f"backup {backup_id}: recording it in the lease", ask_store=False)
 
     def _stamp(self) -> float:
         """Set the expiry of the lease about to be written; returns time.monotonic() before it."""

@@ -11,7 +11,9 @@ its own loopback port; both servers share moto's process-wide state, so a
 bucket made through one is seen through the other.  By rule (method, path,
 query; a count or a seeded probability) it returns 500 or 503 SlowDown (or
 any error code), resets the connection before or after moto applies the
-request, cuts a response body short, or delays it.
+request, cuts a response body short, or delays it.  An `Overlap` watch counts
+the requests of one kind the server is handling at once, to prove that a
+client sends them in parallel.
 """
 from __future__ import annotations
 
@@ -81,6 +83,46 @@ class Fault:
         )
 
 
+class Overlap:
+    """Requests of one kind (`matches(environ)`) that the server handles at once.
+
+    Each matching request waits at the door (up to `hold` seconds) until
+    `meet` of them are in, then all go on: a client that sends them in
+    parallel is seen with `meet` in flight, one that sends them one after
+    another never more than one (each waits out `hold` alone).  `on_meet`
+    runs once, when they met, before any of them reaches moto.
+    """
+
+    def __init__(self, matches: Callable[[dict[str, Any]], bool], meet: int, hold: float = 5.0,
+                 on_meet: Callable[[], None] | None = None) -> None:
+        self.matches = matches
+        self.meet = meet
+        self.hold = hold
+        self.on_meet = on_meet
+        self.now = 0
+        self.most = 0
+        """The most matching requests in flight at once."""
+        self.seen = 0
+        self._met = False
+        self._cond = threading.Condition()
+
+    def enter(self) -> None:
+        with self._cond:
+            self.now += 1
+            self.seen += 1
+            self.most = max(self.most, self.now)
+            if not self._met and self.now >= self.meet:
+                self._met = True
+                if self.on_meet is not None:
+                    self.on_meet()
+                self._cond.notify_all()
+            self._cond.wait_for(lambda: self._met, timeout=self.hold)
+
+    def leave(self) -> None:
+        with self._cond:
+            self.now -= 1
+
+
 class FaultInjector:
     """WSGI middleware: applies the first matching `Fault` whose dice roll hits."""
 
@@ -89,8 +131,14 @@ class FaultInjector:
         self.rules: list[Fault] = []
         self.injected: Counter[str] = Counter()
         self.requests = 0
+        self.watches: list[Overlap] = []
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+
+    def watch(self, overlap: Overlap) -> Overlap:
+        with self._lock:
+            self.watches.append(overlap)
+        return overlap
 
     def add(self, fault: Fault) -> Fault:
         with self._lock:
@@ -105,6 +153,7 @@ class FaultInjector:
     def reset(self, seed: int = 0) -> None:
         with self._lock:
             self.rules.clear()
+            self.watches.clear()
             self.injected.clear()
             self.requests = 0
             self._rng = random.Random(seed)
@@ -120,6 +169,16 @@ class FaultInjector:
         return None
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        watch = next((w for w in self.watches if w.matches(environ)), None)
+        if watch is None:
+            return self._serve(environ, start_response)
+        watch.enter()
+        try:
+            return list(self._serve(environ, start_response))
+        finally:
+            watch.leave()
+
+    def _serve(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
         fault = self._pick(method, environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""))
         if fault is None:

@@ -1,6 +1,7 @@
 """Crash safety: interrupt every operation at every point and check what is left.
 
-Two ways of interrupting, on local disk and on the moto S3 server:
+Two ways of interrupting, on local disk and on S3 servers (moto, and a coarser
+sweep on SeaweedFS, a real distributed store):
 
 * in-process fault sweeps: a FaultInjectionEnv fails operation N, for every N
   of a dry run (`sticky`: every later operation fails too, as if the
@@ -19,7 +20,6 @@ create succeeds.  The counts of points tried are printed (run with -s).
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
@@ -53,6 +53,7 @@ from .crash_worker import (
     make_env,
     read_db,
 )
+from .s3_servers import S3Store, make_store
 
 COUNTS: dict[str, int] = {}
 
@@ -469,29 +470,16 @@ def test_failed_restore_leaves_a_target_that_will_not_open(world: World, scratch
     count("in-process faults, restore, local", total)
 
 
-# -- the same on S3 (moto server) -------------------------------------------------------------
-@functools.cache
-def _s3_client_for(endpoint: str) -> Any:
-    import boto3
-
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-
-
-def _s3_client(options: dict[str, Any]) -> Any:
-    return _s3_client_for(options["endpoint_url"])
-
-
-def s3_copy_prefix(options: dict[str, Any], bucket: str, src: str, dst: str) -> None:
+# -- the same on S3 (moto, and SeaweedFS: a real distributed store) -----------------------------
+def s3_copy_prefix(client: Any, bucket: str, src: str, dst: str) -> None:
     """Server-side copy of a backup directory (objects under `src/`) to `dst/`."""
-    client = _s3_client(options)
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=src + "/"):
         for obj in page.get("Contents", []):
             client.copy_object(Bucket=bucket, Key=dst + obj["Key"][len(src):],
                                CopySource={"Bucket": bucket, "Key": obj["Key"]})
 
 
-def s3_drop_prefix(options: dict[str, Any], bucket: str, prefix: str) -> None:
-    client = _s3_client(options)
+def s3_drop_prefix(client: Any, bucket: str, prefix: str) -> None:
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
         keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
         if keys:
@@ -500,17 +488,23 @@ def s3_drop_prefix(options: dict[str, Any], bucket: str, prefix: str) -> None:
 
 @dataclass
 class S3Templates:
-    bucket_url: str
-    options: dict[str, Any]
+    store: S3Store
+    """A fresh location (s3://bucket[/prefix]) on one server."""
     made: dict[str, str]
     copies: list[str] = field(default_factory=list)
 
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.store.storage_options
+
     def url_for(self, world: World, job: Job) -> Callable[[str], tuple[str, Any]]:
         """A fresh copy of the job's template under a new prefix, per call."""
-        bucket = self.bucket_url[len("s3://"):]
+        bucket, _, root = self.store.url[len("s3://"):].partition("/")
+        key = (lambda name: f"{root}/{name}") if root else (lambda name: name)
+        client = self.store.client()
         if job.template not in self.made:
             prefix = f"template-{job.template}"
-            with BackupEngine(engine_options(f"{self.bucket_url}/{prefix}", self.options)) as eng:
+            with BackupEngine(engine_options(f"{self.store.url}/{prefix}", self.options)) as eng:
                 for name in ("A" if job.template == "tmpl1" else "ABC"):
                     eng.create_new_backup(world.dbs[name])
             self.made[job.template] = prefix
@@ -518,22 +512,29 @@ class S3Templates:
         def url_for(tag: str) -> tuple[str, Any]:
             # moto lists a prefix by scanning the whole bucket: drop the previous copy first
             for old in self.copies:
-                s3_drop_prefix(self.options, bucket, old)
+                s3_drop_prefix(client, bucket, key(old))
             self.copies.clear()
             prefix = f"{job.name}-{tag}-{uuid.uuid4().hex[:6]}"
             self.copies.append(prefix)
-            s3_copy_prefix(self.options, bucket, self.made[job.template], prefix)
-            url = f"{self.bucket_url}/{prefix}"
+            s3_copy_prefix(client, bucket, key(self.made[job.template]), key(prefix))
+            url = f"{self.store.url}/{prefix}"
             if job.name == "gc":
                 add_garbage(url, self.options)
             return url, self.options
         return url_for
 
 
-@pytest.fixture
-def s3_templates(s3_bucket_url: tuple[str, dict[str, Any]]) -> S3Templates:
-    url, options = s3_bucket_url
-    return S3Templates(url, options, {})
+@pytest.fixture(params=["moto", "seaweedfs"])
+def s3_templates(request: pytest.FixtureRequest) -> Iterator[S3Templates]:
+    """Templates on moto, and on SeaweedFS (a subset of each sweep there: see `_on`)."""
+    for store in make_store(request, request.param):
+        yield S3Templates(store, {})
+
+
+def _on(templates: S3Templates, moto: int, seaweedfs: int) -> int:
+    """A sweep's stride or budget on each server: SeaweedFS, which burns as much CPU as the
+    client, gets a coarser sweep so that CI stays short."""
+    return moto if templates.store.name == "moto" else seaweedfs
 
 
 MUTATIONS = ("commit", "create_exclusive", "delete", "remove_dir")
@@ -575,16 +576,17 @@ def sweep_in_process_s3(job: Job, world: World, scratch: Path, templates: S3Temp
                                                   ("delete", "sticky", 4)])
 def test_fault_at_operations_s3(world: World, scratch: Path, s3_templates: S3Templates, job_name: str,
                                 mode: str, stride: int) -> None:
-    """The in-process sweep against the moto S3 server: every `stride`-th operation
-    failing for good (sticky), and every mutation taking effect with its reply lost."""
+    """The in-process sweep against an S3 server: every `stride`-th operation failing for
+    good (sticky), and every mutation taking effect with its reply lost."""
     if mode == "sticky":
         make: Callable[[BackupEnv, int], FaultInjectionEnv] = \
             lambda inner, n: FaultInjectionEnv(inner, fail_at=n, sticky=True)  # noqa: E731
         only = None
     else:
         make, only = LostResponseEnv, MUTATIONS
+    stride = _on(s3_templates, stride, stride * 3)
     points, _ = sweep_in_process_s3(JOBS[job_name], world, scratch, s3_templates, make, stride, only)
-    count(f"in-process {mode} fault points, {job_name}, S3", points)
+    count(f"in-process {mode} fault points, {job_name}, S3 ({s3_templates.store.name})", points)
     assert points >= 3
 
 
@@ -592,15 +594,17 @@ def test_fault_at_operations_s3(world: World, scratch: Path, s3_templates: S3Tem
 @pytest.mark.parametrize("job_name,budget", [("create", 10), ("delete", 4), ("gc", 3)])
 def test_sigkill_at_ticks_s3(world: World, scratch: Path, s3_templates: S3Templates, job_name: str,
                              budget: int) -> None:
-    """Real kills of a worker talking to the moto server: in-flight uploads die with it."""
+    """Real kills of a worker talking to an S3 server: in-flight uploads die with it."""
     job = JOBS[job_name]
+    budget = _on(s3_templates, budget, max(2, budget // 3))
     n = sigkill_sweep(job, world, scratch, s3_templates.url_for(world, job), budget)
-    count(f"SIGKILL points, {job_name}, S3", n)
+    count(f"SIGKILL points, {job_name}, S3 ({s3_templates.store.name})", n)
     assert n >= budget
 
 
 def test_sigkill_at_random_times_s3(world: World, scratch: Path, s3_templates: S3Templates) -> None:
     job = JOBS["create"]
-    killed = timed_kills(job, world, scratch, s3_templates.url_for(world, job), kills=4, rate=300_000, seed=9)
-    count("time-based SIGKILLs of create, S3", killed)
+    killed = timed_kills(job, world, scratch, s3_templates.url_for(world, job), kills=_on(s3_templates, 4, 2),
+                         rate=300_000, seed=9)
+    count(f"time-based SIGKILLs of create, S3 ({s3_templates.store.name})", killed)
     assert killed >= 2

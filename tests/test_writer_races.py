@@ -7,7 +7,9 @@ Each scenario of issue 12, as seen on SeaweedFS and s3rver:
   s3rver), and on s3rver with default options (every create must fail with
   the clear error, none may be reported);
 - a writer stopped (SIGSTOP) past `lock_ttl` in the middle of its create
-  while a successor takes the lease and makes the same backup id, then resumed.
+  while a successor takes the lease and makes a backup (never with the stalled
+  writer's id), then resumed; and, in-process, which ids a successor may use
+  and a commit that lands after its writer lost the lease.
 
 The promise checked every time: no two writers report the same id, and every
 id a writer reported verifies with checksums and restores to exactly that
@@ -30,6 +32,7 @@ import pytest
 from rbackup import BackupEngine, BackupEngineReadOnly
 from rbackup.env.wrappers import WrapperEnv
 from rbackup.errors import Corruption
+from rbackup.lock import LEASE_DIR, Holder, lease_path
 
 from .crash_worker import ROOT, World, add_ssts, engine_options, read_db
 from .s3_servers import S3Store, make_store
@@ -107,14 +110,7 @@ def test_racing_cli_writers_never_report_a_damaged_backup(race_store: tuple[S3St
     check_reported(store, options, reported, four_dbs, scratch)
 
 
-SEAWEEDFS_LATE_BODY = pytest.mark.xfail(strict=False, reason=(
-    "SeaweedFS 4.48 seems to check If-None-Match when a PUT's headers arrive, not when it stores the "
-    "body: writer 1, stopped between the headers and the body of its conditional PUT of private/2/CURRENT, "
-    "completes it over writer 2's object once resumed (about 1 run in 5 here). rbackup cannot "
-    "fence that from the client; reported in issue 12's closing note"))
-
-
-@pytest.fixture(params=["moto", pytest.param("seaweedfs", marks=SEAWEEDFS_LATE_BODY)])
+@pytest.fixture(params=["moto", "seaweedfs"])
 def arbitrating(request: pytest.FixtureRequest) -> Iterator[S3Store]:
     yield from make_store(request, request.param)
 
@@ -122,10 +118,12 @@ def arbitrating(request: pytest.FixtureRequest) -> Iterator[S3Store]:
 @pytest.mark.slow
 def test_writer_stalled_past_lock_ttl_cannot_damage_its_successor(arbitrating: S3Store, world: World,
                                                                   scratch: Path) -> None:
-    """Writer 1 (lock_ttl 6 s, rate-limited) is stopped with SIGSTOP once its first files are up;
-    writer 2 waits for the lease to expire, takes it over and makes backup 2 of another DB; then
-    writer 1 is resumed.  Writer 1 must fail without touching backup 2, which verifies and
-    restores to writer 2's DB; the next create works."""
+    """Writer 1 (lock_ttl 6 s, rate-limited) is stopped with SIGSTOP once its first files are up,
+    perhaps with a PUT in flight; writer 2 waits for the lease to expire, takes it over and makes
+    a backup of another DB, never with writer 1's id 2 (SeaweedFS checks If-None-Match when a
+    PUT's headers arrive, so writer 1's in-flight PUT into private/2/ would land over writer 2's
+    object); then writer 1 is resumed.  Writer 1 must fail without touching writer 2's backup,
+    which verifies and restores to writer 2's DB; the next creates work and skip id 2 too."""
     store = arbitrating
     url, so = store.url, store.storage_options
     with BackupEngine(engine_options(url, so)) as eng:
@@ -146,7 +144,7 @@ def test_writer_stalled_past_lock_ttl_cannot_damage_its_successor(arbitrating: S
             time.sleep(0.02)
         stalled.send_signal(signal.SIGSTOP)
         with BackupEngine(engine_options(url, so, lock_timeout=60)) as successor:
-            assert successor.create_new_backup(world.dbs["C"]) == 2
+            assert successor.create_new_backup(world.dbs["C"]) == 3
         stalled.send_signal(signal.SIGCONT)
         code, result = outcome(stalled)
     finally:
@@ -156,23 +154,100 @@ def test_writer_stalled_past_lock_ttl_cannot_damage_its_successor(arbitrating: S
         stalled.communicate()
     assert code != 0, f"writer 1 reported {result} after losing its lease"
     print(f"[races] stalled writer on {store.name}: {result}")
-    check_reported(store, so, [(2, 0)], [(world.dbs["C"], world.data["C"])], scratch)
+    check_reported(store, so, [(3, 0)], [(world.dbs["C"], world.data["C"])], scratch)
     with BackupEngine(engine_options(url, so)) as eng:
         eng.garbage_collect()
-        assert eng.create_new_backup(world.dbs["B"]) == 3
-        eng.verify_backup(3, True)
+        assert eng.create_new_backup(world.dbs["B"]) == 4
+        assert [b.backup_id for b in eng.get_backup_info()] == [1, 3, 4]
+        eng.verify_backup(4, True)
         eng.verify_backup(1, True)
     env_probe.close()
 
 
 
-class OverwrittenAfterCommit(WrapperEnv):
-    """A local directory seen as an object store (so the lease, not flock, is the lock), where
-    "another writer" replaces the new backup's MANIFEST the moment its meta commit lands, as a
-    racing writer can on a store that cannot arbitrate."""
+class AsObjectStore(WrapperEnv):
+    """A local directory seen as an object store: the lease, not flock, is the writer lock."""
 
     def local_path(self, path: str = "") -> str | None:
         return None
+
+
+def foreign_lease(generation: int, *, expired: bool, backup_id: int | None, released: bool = False,
+                  reserved: int = 0) -> tuple[str, bytes]:
+    """The lease of a writer on another host (its pid cannot be checked from here)."""
+    now = time.time()
+    holder = Holder("other-host", 4242, now - 60, now - 1 if expired else now + 600, uuid.uuid4().hex,
+                    "create_new_backup", released=released, backup_id=backup_id, reserved=reserved)
+    return lease_path(generation), holder.encode()
+
+
+def test_successor_of_a_writer_whose_lease_expired_never_takes_its_backup_id(world: World, scratch: Path) -> None:
+    """A writer on another host was creating backup 2 when its lease expired (stalled, not
+    known dead): its successor makes backup 3, and so does every later writer skip 2, since
+    the stalled writer may resume and finish a PUT into private/2/ at any time.  Its leftovers
+    are garbage; a writer whose lease was released leaves its id to be tried again."""
+    from rbackup.env.local import LocalEnv
+
+    directory = scratch / "bk"
+    shutil.copytree(world.tmpl1, directory)
+    env = AsObjectStore(LocalEnv(str(directory)))
+    env.create_exclusive(*foreign_lease(7, expired=True, backup_id=2))
+    env.write_bytes("private/2/CURRENT", b"the stalled writer's CURRENT\n")
+    with BackupEngine(engine_options(str(directory), None, env=env)) as eng:
+        assert eng.create_new_backup(world.dbs["B"]) == 3
+    env.delete(["private/2/CURRENT"])  # gone (GC), yet the stalled writer may still write there
+    with BackupEngine(engine_options(str(directory), None, env=env)) as eng:
+        assert eng.create_new_backup(world.dbs["C"]) == 4, "the reservation of id 2 was not carried over"
+        env.write_bytes("private/2/MANIFEST-000001", b"the stalled writer, resumed")
+        eng.garbage_collect()
+        assert not [f for f in env.list("private") if f.path.startswith("private/2/")]
+        assert [b.backup_id for b in eng.get_backup_info()] == [1, 3, 4]
+        for backup_id in (1, 3, 4):
+            eng.verify_backup(backup_id, True)
+
+    # An expired lease of an older rbackup, which recorded no id: its leftovers are skipped.
+    env.create_exclusive(*foreign_lease(20, expired=True, backup_id=None))
+    env.write_bytes("private/9/CURRENT", b"an unknown writer's CURRENT\n")
+    with BackupEngine(engine_options(str(directory), None, env=env)) as eng:
+        assert eng.create_new_backup(world.dbs["C"]) == 10
+
+    # A released lease: its holder is done, so a failed id is tried again, as in RocksDB.
+    env.create_exclusive(*foreign_lease(30, expired=False, backup_id=11, released=True, reserved=10))
+    env.write_bytes("private/11/CURRENT", b"leftover of a failed create\n")
+    with BackupEngine(engine_options(str(directory), None, env=env)) as eng:
+        assert eng.create_new_backup(world.dbs["A"]) == 11
+        eng.verify_backup(11, True)
+
+
+class SupersededAtCommit(AsObjectStore):
+    """A successor takes the lease over in the instant between the writer's last check and
+    its meta commit (the writer stalled there past lock_ttl)."""
+
+    def create_exclusive(self, path: str, data: bytes, *, sync: bool = True) -> None:
+        if path.startswith("meta/"):
+            top = max(int(f.path.rpartition("/")[2]) for f in self.inner.list(LEASE_DIR))
+            self.inner.create_exclusive(*foreign_lease(top + 1, expired=False, backup_id=None))
+        self.inner.create_exclusive(path, data, sync=sync)
+
+
+def test_commit_that_lands_after_the_lease_was_lost_is_withdrawn(world: World, scratch: Path) -> None:
+    """The successor's garbage collection does not know the late commit's backup and may be
+    deleting its files: the late writer withdraws its commit and fails."""
+    from rbackup.env.local import LocalEnv
+
+    directory = scratch / "bk"
+    shutil.copytree(world.tmpl1, directory)
+    with BackupEngine(engine_options(str(directory), None, env=SupersededAtCommit(LocalEnv(str(directory))))) as eng:
+        with pytest.raises(Corruption, match=r"backup 2 .*lost the lock.*withdrawn"):
+            eng.create_new_backup(world.dbs["B"])
+    with BackupEngineReadOnly(engine_options(str(directory), None)) as ro:
+        assert [b.backup_id for b in ro.get_backup_info()] == [1] and ro.get_corrupted_backups() == []
+
+
+class OverwrittenAfterCommit(AsObjectStore):
+    """A local directory seen as an object store, where "another writer" replaces the new
+    backup's MANIFEST the moment its meta commit lands, as a racing writer can on a store
+    that cannot arbitrate."""
 
     def create_exclusive(self, path: str, data: bytes, *, sync: bool = True) -> None:
         self.inner.create_exclusive(path, data, sync=sync)

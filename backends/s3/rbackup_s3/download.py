@@ -6,6 +6,14 @@ GET for the whole object and streams its body, chunk by chunk as it arrives,
 straight into the caller's buffer: memory stays at the HTTP client's own
 small buffer whatever the file size.
 
+A big object (over `PARALLEL_MIN_SEGMENTS` segments) is also fetched ahead in
+segments by ranged GETs running beside the stream, each into a buffer taken
+from the env's part budget only if one is free (`PartBudget.try_acquire`):
+the stream serves the first segment and any segment no buffer was free for,
+so memory stays within the budget and small files cost nothing extra.  Every
+ranged GET carries `If-Match: <ETag of the first response>` and its own ETag
+and Content-Range are checked, so segments of two versions are never joined.
+
 A body cut off mid-way (a dropped connection, a read timeout) is resumed
 with `Range: bytes=<offset>-` and `If-Match: <ETag of the first response>`,
 so an object replaced in between fails the read (412) instead of splicing two
@@ -19,12 +27,16 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fsspec.asyn import sync
 
 from rbackup.env.fsspec_env import error_code
 from rbackup.errors import StorageError
+
+if TYPE_CHECKING:
+    from .upload import PartBudget
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +46,32 @@ MAX_TOTAL_RESUMES = 20
 """Resumed GETs per file, progress or not."""
 RESUME_DELAY = 0.1
 """First pause before a resume (doubled for every resume in a row without progress)."""
+PARALLEL_MIN_SEGMENTS = 3
+"""Objects of more segments than this are also fetched ahead in parallel."""
+MAX_AHEAD = 8
+"""Segments of one object fetched ahead at once, at most."""
+
+
+@dataclass
+class _Ahead:
+    """A segment being fetched ahead into a budget buffer."""
+
+    task: asyncio.Task[None]
+    buffer: bytearray
+    reserved: tuple[int, int]
 
 
 class S3Reader(io.RawIOBase):
-    """The object `bucket/key`, read through one streaming GET (and resumes of it).
+    """The object `bucket/key`, read through one streaming GET (resumes of it, and for a big
+    object ranged GETs of its later segments running ahead).
 
     The first GET is sent by the constructor, so a missing object fails
     there.  Not thread-safe (like any file object); every network step runs
     on s3fs's event loop thread.
     """
 
-    def __init__(self, fs: Any, bucket: str, key: str, what: str) -> None:
+    def __init__(self, fs: Any, bucket: str, key: str, what: str, *, budget: PartBudget | None = None,
+                 segment: int = 0) -> None:
         super().__init__()
         self._fs = fs
         self._bucket = bucket
@@ -53,11 +80,19 @@ class S3Reader(io.RawIOBase):
         self._pos = 0
         self._body: Any = None
         self.resumes = 0
-        """GETs sent after the first one (for tests and logs)."""
+        """GETs sent after the first one to resume a cut body (for tests and logs)."""
+        self.most_ahead = 0
+        """The most segments fetched ahead at once (for tests and tuning)."""
         response = fs.call_s3("get_object", Bucket=bucket, Key=key)
         self._body = response["Body"]
         self._etag: str | None = response.get("ETag")
         self.size = int(response["ContentLength"])
+        parallel = budget is not None and segment > 0 and self.size > PARALLEL_MIN_SEGMENTS * segment
+        self._budget = budget if parallel else None
+        self._segment = segment if parallel else self.size or 1
+        self._body_end = min(self._segment, self.size) if parallel else self.size
+        """Where the current streaming body stops serving (the end of its segment)."""
+        self._ahead: dict[int, _Ahead] = {}
 
     # -- io.RawIOBase ---------------------------------------------------------------
     def readable(self) -> bool:
@@ -95,21 +130,71 @@ class S3Reader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             try:
-                if self._body is not None:
-                    body, self._body = self._body, None
-                    sync(self._fs.loop, _close_body, body)
+                sync(self._fs.loop, self._shut)
             finally:
                 super().close()
 
     # -- on the event loop ----------------------------------------------------------
+    async def _shut(self) -> None:
+        body, self._body = self._body, None
+        await _close_body(body)
+        ahead, self._ahead = list(self._ahead.values()), {}
+        for item in ahead:
+            item.task.cancel()
+        await asyncio.gather(*(item.task for item in ahead), return_exceptions=True)
+        for item in ahead:  # the buffers are no longer written to: hand them back
+            self._give_back(item)
+
+    def _give_back(self, item: _Ahead) -> None:
+        assert self._budget is not None
+        self._budget.give_back(item.buffer)
+        self._budget.release(item.reserved)
+
+    def _segment_span(self, index: int) -> tuple[int, int]:
+        start = index * self._segment
+        return start, min(start + self._segment, self.size)
+
+    def _fetch_ahead(self) -> None:
+        """Start ranged GETs of the next segments not yet being read, while buffers are free."""
+        if self._budget is None:
+            return
+        current = self._pos // self._segment
+        last = (self.size - 1) // self._segment
+        for index in range(current + 1, min(last, current + MAX_AHEAD) + 1):
+            if index in self._ahead:
+                continue
+            start, end = self._segment_span(index)
+            reserved = self._budget.try_acquire(end - start)
+            if reserved is None:
+                return
+            buffer = self._budget.buffer(reserved[0])
+            task = asyncio.ensure_future(self._fetch(start, memoryview(buffer)[: end - start]))
+            self._ahead[index] = _Ahead(task, buffer, reserved)
+        self.most_ahead = max(self.most_ahead, len(self._ahead))
+
     async def _fill(self, view: memoryview) -> int:
-        """Fill `view` (never past the end of the object), resuming a cut body."""
+        """Fill `view` (never past the end of the object), from segments fetched ahead or the
+        stream, resuming a cut body."""
         done, stalled, delay = 0, 0, RESUME_DELAY
         while done < len(view):
+            self._fetch_ahead()
+            index = self._pos // self._segment
+            ahead = self._ahead.get(index)
+            if ahead is not None:
+                await ahead.task  # its errors are final: _fetch resumed what it could
+                start, end = self._segment_span(index)
+                n = min(len(view) - done, end - self._pos)
+                view[done : done + n] = ahead.buffer[self._pos - start : self._pos - start + n]
+                done += n
+                self._pos += n
+                if self._pos == end:
+                    del self._ahead[index]
+                    self._give_back(ahead)
+                continue
             try:
                 if self._body is None:
-                    await self._resume()
-                chunk = await self._body.read(len(view) - done)
+                    await self._stream_from_here(resume=stalled > 0)
+                chunk = await self._body.read(min(len(view) - done, self._body_end - self._pos))
                 if not chunk:
                     raise ConnectionError(f"response body ended at byte {self._pos} of {self.size}")
             except Exception as exc:
@@ -127,12 +212,14 @@ class S3Reader(io.RawIOBase):
             done += n
             self._pos += n
             stalled, delay = 0, RESUME_DELAY
+            if self._pos == self._body_end and self._pos < self.size:
+                body, self._body = self._body, None  # the next segment comes from elsewhere
+                await _close_body(body)
         return done
 
-    async def _resume(self) -> None:
-        """GET the rest of the object, only if it is still the version we started on."""
-        self.resumes += 1
-        kwargs: dict[str, Any] = {"Range": f"bytes={self._pos}-"}
+    async def _get_range(self, start: int, end: int) -> Any:
+        """The body of a GET of bytes [start, end) of the version we started on."""
+        kwargs: dict[str, Any] = {"Range": f"bytes={start}-{end - 1}"}
         if self._etag:
             kwargs["IfMatch"] = self._etag
         try:
@@ -151,14 +238,47 @@ class S3Reader(io.RawIOBase):
                 f"{self._what}: the object was replaced while it was read (ETag {response.get('ETag')} "
                 f"instead of {self._etag}); read it again"
             )
-        expected = f"bytes {self._pos}-{self.size - 1}/{self.size}"
+        expected = f"bytes {start}-{end - 1}/{self.size}"
         if response.get("ContentRange") != expected:
             await _close_body(response["Body"])
             raise _Replaced(
-                f"{self._what}: resumed GET answered {response.get('ContentRange')!r} "
+                f"{self._what}: ranged GET answered {response.get('ContentRange')!r} "
                 f"instead of {expected!r}; read it again"
             )
-        self._body = response["Body"]
+        return response["Body"]
+
+    async def _stream_from_here(self, *, resume: bool) -> None:
+        """Stream the rest of the current segment (or object), if it is still the version we
+        started on: after a cut body (`resume`), or for a segment nothing fetched ahead."""
+        self.resumes += resume
+        self._body_end = self._segment_span(self._pos // self._segment)[1] if self._budget else self.size
+        self._body = await self._get_range(self._pos, self._body_end)
+
+    async def _fetch(self, start: int, into: memoryview) -> None:
+        """Fill `into` with the bytes from `start` by ranged GETs, resuming a cut body (bounded
+        like the stream's resumes)."""
+        done, stalled, delay = 0, 0, RESUME_DELAY
+        while done < len(into):
+            body = None
+            try:
+                body = await self._get_range(start + done, start + len(into))
+                while done < len(into):
+                    chunk = await body.read(len(into) - done)
+                    if not chunk:
+                        raise ConnectionError(f"response body ended at byte {start + done} of {self.size}")
+                    into[done : done + len(chunk)] = chunk
+                    done += len(chunk)
+                    stalled, delay = 0, RESUME_DELAY
+            except Exception as exc:
+                if _is_final(exc) or stalled >= MAX_RESUMES or self.resumes >= MAX_TOTAL_RESUMES:
+                    raise
+                stalled += 1
+                self.resumes += 1
+                log.debug("%s: segment at byte %d cut (%s), resuming", self._what, start + done, exc)
+                await asyncio.sleep(delay)
+                delay *= 2
+            finally:
+                await _close_body(body)
 
 
 class _Replaced(StorageError):

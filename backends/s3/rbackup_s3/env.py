@@ -17,6 +17,8 @@ What S3 needs beyond the generic fsspec env, and why:
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import inspect
@@ -193,12 +195,17 @@ class S3Env(FsspecEnv):
         """One S3 API call on our bucket, with s3fs's and botocore's retries."""
         return self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
 
+    def _call_async(self, method: str, **kwargs: Any) -> concurrent.futures.Future[dict[str, Any]]:
+        """`_call`, started on s3fs's event loop without waiting for it (parts sent in parallel)."""
+        return asyncio.run_coroutine_threadsafe(self.fs._call_s3(method, Bucket=self.bucket, **kwargs), self.fs.loop)
+
     def _open_for_read(self, full: str) -> Any:
         # One streaming GET; its ETag pins the version any resume may read
         # (If-Match), so a replaced object fails instead of splicing two versions.
         # A bare prefix has no object: NoSuchKey, i.e. not found.
         key = full.partition("/")[2]
-        return S3Reader(self.fs, self.bucket, key, f"read {self.describe(full[len(self._prefix):])}")
+        return S3Reader(self.fs, self.bucket, key, f"read {self.describe(full[len(self._prefix):])}",
+                        budget=self.part_budget, segment=self.settings.part_size)
 
     def conditional_writes_honoured(self) -> bool:
         """Whether creates may rely on `If-None-Match: *`: False if the user said the store

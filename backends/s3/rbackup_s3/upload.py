@@ -5,19 +5,28 @@ so publishing needs no rename: small files go up in one PUT, larger ones as a
 multipart upload that is completed only once every part is in, and aborted
 (never completed) on any failure.
 
-Memory: a writer fills one part buffer, reused from part to part and sent as
-a read-only view (botocore checksums it in place, aiohttp streams it with
-backpressure: no copy of the part is made).  Files up to `UNBUDGETED_BYTES`
-use a small private buffer; a larger file first takes a part's worth of the
-env's `PartBudget`, so at most `parts_in_flight` part buffers exist at once
+Memory: a writer fills a part buffer and sends it as a read-only view
+(botocore checksums it in place, aiohttp streams it with backpressure: no
+copy of the part is made).  Files up to `UNBUDGETED_BYTES` use a small
+private buffer; a larger file first takes a part's worth of the env's
+`PartBudget`, so at most `parts_in_flight` part buffers exist at once
 whatever the number of files in flight.
+
+Parallel parts: a full part is sent in the background (on s3fs's event loop)
+while the writer fills the next one, in another buffer it takes from the
+budget only if one is free and no other writer waits for one; otherwise it
+waits for its own oldest part and reuses that buffer.  So one big file goes
+up as many parts at once as the budget allows, many files share it fairly,
+and a writer never waits for a buffer while holding one another could need.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import logging
 import threading
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rbackup.env.base import AtomicWriter
@@ -94,6 +103,7 @@ class PartBudget:
         self._cond = threading.Condition()
         self._by_thread: dict[int, int] = {}
         self._free: list[bytearray] = []
+        self._waiting = 0
 
     def buffer(self, size: int) -> bytearray:
         """A buffer of `size` bytes, reused if one was given back (call while holding a reservation)."""
@@ -115,11 +125,27 @@ class PartBudget:
         owner = threading.get_ident()
         with self._cond:
             if not self._by_thread.get(owner):
-                while self.held + size > self.limit:
-                    self._cond.wait()
-            self.held += size
-            self.peak = max(self.peak, self.held)
-            self._by_thread[owner] = self._by_thread.get(owner, 0) + size
+                self._waiting += 1
+                try:
+                    while self.held + size > self.limit:
+                        self._cond.wait()
+                finally:
+                    self._waiting -= 1
+            return self._take(size, owner)
+
+    def try_acquire(self, size: int) -> tuple[int, int] | None:
+        """`size` bytes if they are free now and no writer waits for its first buffer (which
+        comes first: an extra part in flight only uses what nobody else is waiting for)."""
+        size = min(size, self.limit)
+        with self._cond:
+            if self._waiting or self.held + size > self.limit:
+                return None
+            return self._take(size, threading.get_ident())
+
+    def _take(self, size: int, owner: int) -> tuple[int, int]:
+        self.held += size
+        self.peak = max(self.peak, self.held)
+        self._by_thread[owner] = self._by_thread.get(owner, 0) + size
         return size, owner
 
     def release(self, token: tuple[int, int]) -> None:
@@ -234,13 +260,26 @@ def _register_part_payload() -> None:
 _register_part_payload()
 
 
+@dataclass
+class _PartInFlight:
+    """A part being sent in the background, and the buffer (and budget) it holds until then."""
+
+    number: int
+    future: concurrent.futures.Future[dict[str, Any]]
+    buffer: bytearray
+    reserved: tuple[int, int] | None
+
+
 class S3Writer(AtomicWriter):
     """Publish one S3 object from a stream: a single PUT, or a completed multipart upload.
 
     Bytes are buffered until a part is full *and* more data arrives, so any
-    file that fits in the first part goes up as one PUT.  A multipart upload
-    is completed only in `commit`; `abort` (and any failure of `commit`)
-    aborts it, so no object and no pending upload remain.
+    file that fits in the first part goes up as one PUT.  Full parts are sent
+    in the background, as many at once as the part budget allows (see the
+    module docstring).  A multipart upload is completed only in `commit`,
+    once every part is in; `abort` (and any failure of `commit` or of a part)
+    waits for the parts in flight and aborts it, so no object and no pending
+    upload remain.
     """
 
     def __init__(self, env: S3Env, path: str, base_part_size: int, budget: PartBudget | None = None, *,
@@ -253,11 +292,17 @@ class S3Writer(AtomicWriter):
         self._base = base_part_size
         self._budget = budget
         self._reserved: tuple[int, int] | None = None
-        """What this writer holds of `budget` (None while the file is small)."""
+        """What this writer's current buffer holds of `budget` (None while it is small)."""
         self._buffer = bytearray()
-        """The part being filled: its first `_fill` bytes; reused for every part."""
+        """The part being filled: its first `_fill` bytes."""
         self._fill = 0
+        self._number = 1
+        """The number of the part being filled."""
+        self._inflight: list[_PartInFlight] = []
         self._parts: list[dict[str, Any]] = []
+        """Parts sent and acknowledged."""
+        self.most_in_flight = 0
+        """The most parts this writer had in flight at once (for tests and tuning)."""
         self._upload_id: str | None = None
         self._state = "open"
 
@@ -267,7 +312,7 @@ class S3Writer(AtomicWriter):
         view = memoryview(data).cast("B")
         total = len(view)
         while view:
-            size = part_size(len(self._parts) + 1, self._base)
+            size = part_size(self._number, self._base)
             room = size - self._fill
             if room == 0:
                 self._upload_part()
@@ -281,23 +326,73 @@ class S3Writer(AtomicWriter):
         return total
 
     def _grow(self, size: int, wanted: int) -> None:
-        """Make room in the buffer: privately up to UNBUDGETED_BYTES, else a whole budgeted part."""
-        if wanted <= UNBUDGETED_BYTES and not self._reserved:
+        """Make room in the buffer: privately up to UNBUDGETED_BYTES for a first part (a small
+        file), else a whole budgeted part."""
+        if wanted <= UNBUDGETED_BYTES and not self._reserved and self._number == 1:
             self._buffer.extend(bytes(min(wanted, UNBUDGETED_BYTES) - len(self._buffer)))
             return
         if self._budget is not None:
-            # Taken in one go (never a hold-and-wait that could deadlock two writers);
-            # a doubled part size gives back the old reservation first (the buffer is empty then).
-            if self._reserved and self._fill == 0:
-                self._budget.release(self._reserved)
-                self._reserved = None
-            if not self._reserved:
-                self._reserved = self._budget.acquire(size)
+            if not self._reserved:  # every part gets its own buffer, of its own size
+                self._reserved = self._reserve(self._budget, size)
+        elif self._inflight:
+            self._collect(wait=True)  # no budget: one part in flight while the next fills
         grown = self._budget.buffer(size) if self._budget is not None else bytearray(size)
-        grown[: self._fill] = self._buffer[: self._fill]
+        grown[: self._fill] = memoryview(self._buffer)[: self._fill]
         if self._reserved and len(self._buffer) > UNBUDGETED_BYTES:
             self._budget.give_back(self._buffer)  # type: ignore[union-attr]
         self._buffer = grown
+
+    def _reserve(self, budget: PartBudget, size: int) -> tuple[int, int]:
+        """A part's worth of the budget, taken in one go (never a hold-and-wait that could
+        deadlock two writers): while this writer has parts in flight it only takes a free
+        buffer nobody waits for, else it waits for its own oldest part and tries again;
+        with nothing in flight it queues like any writer."""
+        while True:
+            self._collect(wait=False)
+            if not self._inflight:
+                return budget.acquire(size)
+            token = budget.try_acquire(size)
+            if token is not None:
+                return token
+            self._collect(wait=True)
+
+    def _collect(self, *, wait: bool) -> None:
+        """Record the parts that are done, freeing their buffers (with `wait`, wait for one
+        first); a part that failed raises its error."""
+        if wait and self._inflight:
+            concurrent.futures.wait([p.future for p in self._inflight],
+                                    return_when=concurrent.futures.FIRST_COMPLETED)
+        done = [p for p in self._inflight if p.future.done()]
+        self._inflight = [p for p in self._inflight if not p.future.done()]
+        failure: BaseException | None = None
+        for part in done:
+            self._free(part)
+            try:
+                out = part.future.result()
+            except BaseException as exc:
+                failure = failure or exc
+                continue
+            record = {"PartNumber": part.number, "ETag": out["ETag"]}
+            record.update({k: out[k] for k in _CHECKSUM_FIELDS if out.get(k)})
+            self._parts.append(record)
+            log.debug("%s: part %d uploaded", self._env.describe(self._path), part.number)
+        if failure is not None:
+            raise self._env._error(failure, self._path, "write") from failure
+
+    def _free(self, part: _PartInFlight) -> None:
+        if self._budget is not None and part.reserved:
+            self._budget.give_back(part.buffer)
+            self._budget.release(part.reserved)
+        part.reserved = None
+
+    def _wait_all(self, *, quiet: bool = False) -> None:
+        """Wait for every part in flight (`quiet`: ignoring their errors)."""
+        while self._inflight:
+            try:
+                self._collect(wait=True)
+            except Exception:
+                if not quiet:
+                    raise
 
     def _body(self) -> PartBody:
         return PartBody(memoryview(self._buffer)[: self._fill])
@@ -318,6 +413,7 @@ class S3Writer(AtomicWriter):
                 self._put()
             else:
                 self._upload_part()
+                self._wait_all()
                 self._complete()
         except Exception as exc:
             self.abort()
@@ -330,6 +426,9 @@ class S3Writer(AtomicWriter):
             return
         self._state = "aborted"
         self._release()
+        # Parts still in flight are waited for: their buffers are being sent, and a part
+        # landing after the abort would leave the upload behind.
+        self._wait_all(quiet=True)
         if self._upload_id is None:
             return
         try:
@@ -346,30 +445,27 @@ class S3Writer(AtomicWriter):
 
     def __del__(self) -> None:
         # A writer dropped without commit or abort must not keep its share of the budget.
-        reserved = getattr(self, "_reserved", None)
-        if reserved and self._budget is not None:
-            self._budget.release(reserved)
-            self._reserved = None
+        if self._budget is None:
+            return
+        for token in [getattr(self, "_reserved", None)] + [p.reserved for p in getattr(self, "_inflight", [])]:
+            if token:
+                self._budget.release(token)
+        self._reserved = None
+        self._inflight = []
 
     def _upload_part(self) -> None:
+        """Send the part filled so far in the background; the next part gets another buffer."""
         try:
             if self._upload_id is None:
                 self._upload_id = self._env._call("create_multipart_upload", Key=self._key)["UploadId"]
-            number = len(self._parts) + 1
-            out = self._env._call(
-                "upload_part",
-                Key=self._key,
-                UploadId=self._upload_id,
-                PartNumber=number,
-                Body=self._body(),
-            )
+            future = self._env._call_async("upload_part", Key=self._key, UploadId=self._upload_id,
+                                           PartNumber=self._number, Body=self._body())
         except Exception as exc:
             raise self._env._error(exc, self._path, "write") from exc
-        part = {"PartNumber": number, "ETag": out["ETag"]}
-        part.update({k: out[k] for k in _CHECKSUM_FIELDS if out.get(k)})
-        self._parts.append(part)
-        self._fill = 0
-        log.debug("%s: part %d uploaded", self._env.describe(self._path), number)
+        self._inflight.append(_PartInFlight(self._number, future, self._buffer, self._reserved))
+        self.most_in_flight = max(self.most_in_flight, len(self._inflight))
+        self._buffer, self._reserved, self._fill = bytearray(), None, 0
+        self._number += 1
 
     def _condition(self) -> dict[str, str]:
         """The request's If-None-Match, where the store arbitrates; else a look just before."""
@@ -410,7 +506,7 @@ class S3Writer(AtomicWriter):
                 "complete_multipart_upload",
                 Key=self._key,
                 UploadId=self._upload_id,
-                MultipartUpload={"Parts": self._parts},
+                MultipartUpload={"Parts": sorted(self._parts, key=lambda p: p["PartNumber"])},
                 **condition,
             )
         except Exception as exc:
@@ -418,7 +514,7 @@ class S3Writer(AtomicWriter):
             # gone (or, if exclusive, the object there); the object tells whether it was ours.
             code = error_code(exc)
             if code not in ("NoSuchUpload", "PreconditionFailed") or not self._is_our_object(
-                    multipart_etag(self._parts)):
+                    multipart_etag(sorted(self._parts, key=lambda p: p["PartNumber"]))):
                 if code == "PreconditionFailed" and condition:
                     raise self._taken() from exc
                 raise

@@ -21,7 +21,7 @@ from rbackup.env.registry import open_env
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StorageError
 from rbackup.testing import BackendConformance
 from rbackup.testing.env_contract import _pattern, race_for_one_winner
-from tests.s3_fixtures import Fault, FaultyS3
+from tests.s3_fixtures import Fault, FaultyS3, Overlap
 
 MiB = 2**20
 SMALL_PARTS = {"part_size": 5 * MiB}
@@ -389,18 +389,20 @@ def test_part_buffers_in_flight_are_capped(s3_bucket_url: tuple[str, dict[str, A
 
 
 def test_part_bodies_are_not_copied(s3_bucket_url: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Parts go out as read-only views of the writer's one buffer."""
+    """Parts go out as read-only views of their part buffers (sent in the background or not)."""
     url, options = s3_bucket_url
     env = S3Env(url, storage_options={**options, **SMALL_PARTS})
     bodies: list[Any] = []
-    real_call = env._call
 
-    def spy(method: str, **kwargs: Any) -> Any:
-        if "Body" in kwargs:
-            bodies.append(kwargs["Body"])
-        return real_call(method, **kwargs)
+    def spying(real: Any) -> Any:
+        def spy(method: str, **kwargs: Any) -> Any:
+            if "Body" in kwargs:
+                bodies.append(kwargs["Body"])
+            return real(method, **kwargs)
+        return spy
 
-    monkeypatch.setattr(env, "_call", spy)
+    monkeypatch.setattr(env, "_call", spying(env._call))
+    monkeypatch.setattr(env, "_call_async", spying(env._call_async))
     data = _pattern(11 * MiB, seed=2)
     env.write_bytes("p", data)
     assert len(bodies) == 3
@@ -435,3 +437,87 @@ def test_survives_random_faults_byte_identically(s3_faulty: FaultyS3) -> None:
         assert total == len(data) and digest.digest() == hashlib.sha256(data).digest(), name
     injected = s3_faulty.injector.injected
     assert sum(injected.values()) >= 10 and len(injected) == 5, (injected, s3_faulty.injector.requests)
+
+
+def _is_part_upload(environ: dict[str, Any]) -> bool:
+    return environ["REQUEST_METHOD"] == "PUT" and "partNumber=" in environ.get("QUERY_STRING", "")
+
+
+def _is_ranged_get(environ: dict[str, Any]) -> bool:
+    return environ["REQUEST_METHOD"] == "GET" and "HTTP_RANGE" in environ
+
+
+def test_a_big_file_goes_up_as_parallel_parts_within_the_budget(s3_faulty: FaultyS3) -> None:
+    """The server sees 3 parts of one file in flight at once (each waits at the door for
+    the others: parts sent one after another would be seen alone); the part buffers stay
+    within `parts_in_flight`, and the object is byte-identical."""
+    env = S3Env(s3_faulty.url, storage_options={**s3_faulty.storage_options, **SMALL_PARTS, "parts_in_flight": 4})
+    overlap = s3_faulty.injector.watch(Overlap(_is_part_upload, meet=3))
+    data = _pattern(23 * MiB + 7, seed=21)
+    with env.open_write("shared/big.sst") as writer:
+        view = memoryview(data)
+        for off in range(0, len(data), MiB):
+            writer.write(view[off : off + MiB])
+    assert overlap.most >= 3 and overlap.seen == 5
+    assert writer.most_in_flight >= 3
+    budget = env.part_budget
+    assert budget.held == 0 and budget.peak <= 4 * 5 * MiB
+    clean = S3Env(s3_faulty.url, storage_options={**s3_faulty.clean_storage_options, **SMALL_PARTS})
+    assert clean.read_bytes("shared/big.sst", len(data) + 1) == data
+
+
+def test_parts_in_flight_never_starve_a_writer_waiting_for_its_first_buffer(s3_faulty: FaultyS3) -> None:
+    """A budget of one part: a big file's parts then go up one at a time (no extra buffer is
+    free), and several big files written at once all complete, within the budget."""
+    env = S3Env(s3_faulty.url, storage_options={**s3_faulty.storage_options, **SMALL_PARTS, "parts_in_flight": 1})
+    files = {f"shared/{i}.sst": _pattern(11 * MiB + i, seed=30 + i) for i in range(3)}
+
+    def write(name: str) -> int:
+        with env.open_write(name) as writer:
+            writer.write(files[name])
+        return writer.most_in_flight
+
+    threads = [threading.Thread(target=write, args=(name,)) for name in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert env.part_budget.peak == 5 * MiB and env.part_budget.held == 0
+    for name, data in files.items():
+        assert env.read_bytes(name, len(data) + 1) == data
+
+
+def test_a_big_file_comes_down_by_parallel_ranged_gets(s3_faulty: FaultyS3) -> None:
+    """Segments after the first are fetched ahead by ranged GETs the server sees at once,
+    into budget buffers given back at the end; the bytes are exact whatever the reads' sizes."""
+    clean = S3Env(s3_faulty.url, storage_options={**s3_faulty.clean_storage_options, **SMALL_PARTS})
+    data = _pattern(31 * MiB + 11, seed=22)
+    clean.write_bytes("shared/big.sst", data)
+    env = S3Env(s3_faulty.url, storage_options={**s3_faulty.storage_options, **SMALL_PARTS, "parts_in_flight": 4})
+    overlap = s3_faulty.injector.watch(Overlap(_is_ranged_get, meet=3))
+    got = bytearray()
+    buf = bytearray(3 * MiB + 1)
+    with env.open_read("shared/big.sst") as f:
+        while n := f.readinto(buf):
+            got += buf[:n]
+        assert f._raw.most_ahead >= 3 and f._raw.resumes == 0
+    assert got == data
+    assert overlap.most >= 3
+    assert env.part_budget.held == 0 and 0 < env.part_budget.peak <= 4 * 5 * MiB
+    with env.open_read("shared/big.sst") as f:  # closed half-way: the buffers come back
+        assert f.read(6 * MiB) == data[: 6 * MiB]
+    assert env.part_budget.held == 0
+
+
+def test_a_big_file_replaced_while_its_segments_are_fetched_is_an_error(s3_faulty: FaultyS3) -> None:
+    """The object is replaced (same size) while the ranged GETs of its later segments wait at
+    the server: they carry If-Match and their ETag is checked, so the read fails instead of
+    joining two versions."""
+    clean = S3Env(s3_faulty.url, storage_options={**s3_faulty.clean_storage_options, **SMALL_PARTS})
+    clean.write_bytes("shared/big.sst", b"a" * (21 * MiB))
+    s3_faulty.injector.watch(Overlap(_is_ranged_get, meet=2,
+                                     on_meet=lambda: clean.write_bytes("shared/big.sst", b"b" * (21 * MiB))))
+    env = S3Env(s3_faulty.url, storage_options={**s3_faulty.storage_options, **SMALL_PARTS})
+    with env.open_read("shared/big.sst") as f:
+        with pytest.raises(StorageError, match="replaced while it was read"):
+            f.read()
