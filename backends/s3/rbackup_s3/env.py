@@ -81,7 +81,7 @@ class S3Settings:
     """Transfers the engine should run at once (and HTTP connections kept)."""
     max_attempts: int = 5
     """Attempts per request in botocore's standard retry mode (1 means no retry)."""
-    parts_in_flight: int = 8
+    parts_in_flight: int = 4
     """Part buffers (of `part_size`) all writers of the env hold at once; files up to 1 MiB need none."""
 
     def __post_init__(self) -> None:
