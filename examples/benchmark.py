@@ -61,8 +61,8 @@ from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly
 from rbackup.env.base import BackupEnv, ReadStream
 from rbackup.env.local import LocalEnv
 from rbackup.env.wrappers import WrapperEnv
-from rbackup.meta import parse_meta, serialize_meta
-from rbackup.naming import PRIVATE_DIR, meta_path
+from rbackup.format.meta import parse_meta, serialize_meta
+from rbackup.format.naming import PRIVATE_DIR, meta_path
 from rbackup.state import load_state
 from rbackup.testing.doubles import CountingEnv
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .env.base import BackupEnv
 from .errors import Corruption, InvalidArgument, NotFound
-from .naming import db_filename_from_backup_name
+from .format.naming import db_filename_from_backup_name
 from .state import LoadedBackup
 from .transfer import file_crc32c
 

@@ -24,7 +24,7 @@ import rocksdict
 from .alternates import Located
 from .backup_cache import FileCache
 from .errors import BackupError, NotSupported, StorageError
-from .naming import SIDE_FILES
+from .format.naming import SIDE_FILES
 
 __all__ = ["BackupDB", "open_view"]
 

@@ -34,13 +34,12 @@ import uuid
 from collections.abc import Iterator
 
 from .errors import NotSupported, StorageError
+from .format.tempnames import CHECKPOINT_TEMP_SUFFIX
 
 log = logging.getLogger("rbackup")
 
 PREFIX = ".rbackup-checkpoint-"
 LOCK_SUFFIX = ".lock"
-_RDB_TMP_SUFFIX = ".tmp"
-"""RocksDB builds a checkpoint in `<dir>.tmp` and renames it: a kill can leave that."""
 
 
 @contextlib.contextmanager
@@ -53,7 +52,7 @@ def checkpoint_dir(db_path: str) -> Iterator[str]:
     try:
         yield path
     finally:
-        for leftover in (path, path + _RDB_TMP_SUFFIX):
+        for leftover in (path, path + CHECKPOINT_TEMP_SUFFIX):
             shutil.rmtree(leftover, ignore_errors=True)
         _unlink_quiet(path + LOCK_SUFFIX)
         os.close(fd)  # last: the lock guarded the directory until it was gone
@@ -124,7 +123,7 @@ def remove_dead_checkpoints(directory: str) -> None:
 
 
 def _base(path: str) -> str:
-    return path.removesuffix(_RDB_TMP_SUFFIX)
+    return path.removesuffix(CHECKPOINT_TEMP_SUFFIX)
 
 
 def _remove_if_dead(path: str) -> None:
@@ -141,7 +140,7 @@ def _remove_if_dead(path: str) -> None:
             log.warning("cannot test the lock of the checkpoint %s: %s", path, exc)
             return
         log.info("removing the checkpoint %s left by a backup that died", path)
-        for leftover in (path, path + _RDB_TMP_SUFFIX):
+        for leftover in (path, path + CHECKPOINT_TEMP_SUFFIX):
             shutil.rmtree(leftover, ignore_errors=True)
         _unlink_quiet(lock_path)
     finally:

@@ -11,11 +11,13 @@ import datetime as _dt
 import json
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .env.base import Capabilities
-from .env.registry import BackendInfo
 from .options import BackupInfo
+
+if TYPE_CHECKING:
+    from .env.base import Capabilities
+    from .env.registry import BackendInfo
 
 # -- arguments -------------------------------------------------------------------------
 

@@ -23,19 +23,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import sstprops
-from .checksum import crc32c
 from .env.base import BackupEnv
 from .errors import Aborted, BackupError, Corruption, FileTooLarge, LockError, NotFound, NotSupported
+from .format import sstprops
+from .format.checksum import crc32c
+from .format.meta import BackupMeta, MetaFileEntry, serialize_meta
+from .format.naming import META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, FileKind, meta_path, private_dir
 from .lock import WriterLock
-from .meta import BackupMeta, MetaFileEntry, serialize_meta
-from .naming import META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, FileKind, meta_path, private_dir
 from .namingcache import PROCESS_CACHE
 from .options import BackupableDBOptions, ExcludeFilesCallback, MaybeExcludeBackupFile, ProgressCallback
 from .osutil import advise_sequential
-from .plan import NamingFacts, PlannedFile, needs_crc_for_name, needs_naming_facts, plan_backup
+from .plan import NamingFacts, PlannedFile, SourceFile, needs_crc_for_name, needs_naming_facts, plan_backup
 from .ratelimit import make_limiter
-from .source import SourceFile, snapshot
+from .source import snapshot
 from .state import BackupState, LoadedBackup
 from .transfer import Buffers, ProgressTracker, file_crc32c, run_parallel, stream_copy
 

@@ -16,10 +16,10 @@ import os
 import re
 from dataclasses import dataclass
 
-from . import optionsfile
 from .errors import Corruption, NotFound, NotSupported
-from .logformat import read_records
-from .manifest import DbVersion, TableFile, parse_current, read_manifest
+from .format import optionsfile
+from .format.logformat import read_records
+from .format.manifest import DbVersion, TableFile, parse_current, read_manifest
 
 log = logging.getLogger("rbackup")
 

@@ -21,21 +21,18 @@ from .env.base import BackupEnv
 from .env.registry import open_env
 from .env.wrappers import ReadOnlyEnv
 from .errors import BackupError, Incomplete, InvalidArgument, NotFound, NotSupported
-from .lock import WriterLock, hold_writer_lock
-from .meta import MAX_APP_METADATA
-from .naming import (
+from .format.meta import MAX_APP_METADATA
+from .format.naming import (
     MAX_BACKUP_ID,
     META_DIR,
     PRIVATE_DIR,
-    SHARED_CHECKSUM_DIR,
-    SHARED_DIR,
     SIDE_FILES,
-    is_meta_temp_name,
-    is_temp_name,
     meta_path,
     parse_backup_id,
     private_dir,
 )
+from .gc_plan import plan_garbage_collection
+from .lock import WriterLock, hold_writer_lock
 from .options import (
     BackupableDBOptions,
     BackupFileInfo,
@@ -45,7 +42,7 @@ from .options import (
     ProgressCallback,
     RestoreOptions,
 )
-from .restore import restore_backup, verify_backup
+from .restore import RestoreRequest, Run, VerifyRequest, restore_backup, verify_backup
 from .retention import RetentionPlan, RetentionPolicy, plan_retention
 from .state import BackupState, LoadedBackup, MetaCache, load_state
 
@@ -172,30 +169,14 @@ class BackupEngine:
 
     def _garbage_collect(self) -> None:
         state = self._state
-        valid_ids = {b.backup_id for b in state.valid}
-        referenced = set(state.referenced())
-        doomed: list[str] = []
-        private_dirs: set[str] = set()
-        for path in state.listing:
-            top, _, rest = path.partition("/")
-            if top in (SHARED_DIR, SHARED_CHECKSUM_DIR) and rest:
-                if path not in referenced:
-                    doomed.append(path)
-            elif top == PRIVATE_DIR and "/" in rest:
-                child = rest.split("/", 1)[0]
-                child_id = parse_backup_id(child)
-                if is_temp_name(child) or (child_id is not None and child_id not in valid_ids):
-                    doomed.append(path)
-                    private_dirs.add(f"{PRIVATE_DIR}/{child}")
-            elif top == META_DIR and is_meta_temp_name(rest):
-                doomed.append(path)  # a meta commit killed between its temp file and the link/rename
-        if doomed:
+        plan = plan_garbage_collection(state.listing, state.referenced(), {b.backup_id for b in state.valid})
+        if plan.doomed:
             self._check_lock("garbage collection")
-            self._log.info("garbage collection: deleting %d files from %s", len(doomed), self.env.describe())
-            self.env.delete(doomed)
-        for directory in sorted(private_dirs):
+            self._log.info("garbage collection: deleting %d files from %s", len(plan.doomed), self.env.describe())
+            self.env.delete(plan.doomed)
+        for directory in plan.private_dirs:
             self.env.remove_dir(directory)
-        for path in doomed:
+        for path in plan.doomed:
             state.listing.pop(path, None)
 
     # -- RocksDB's API ---------------------------------------------------------
@@ -387,8 +368,8 @@ class BackupEngine:
         held by one of them, and with checksums is verified there."""
         self._check_open()
         backup = self._backup(backup_id)
-        verify_backup(self.env, backup, verify_with_checksum, self.options, threading.Event(),
-                      self._workers, progress_callback)
+        verify_backup(self.env, VerifyRequest(backup, verify_with_checksum),
+                      Run(self.options, threading.Event(), self._workers, progress_callback))
         if alternate_dirs:
             excluded = {e.path for e in backup.meta.files if e.excluded} if backup.meta else set()
             for f in locate_files(self.env, backup, alternate_dirs):
@@ -412,9 +393,9 @@ class BackupEngine:
                  progress_callback: ProgressCallback | None) -> None:
         if not isinstance(options, RestoreOptions):
             raise InvalidArgument(f"expected RestoreOptions, got {type(options).__name__}")
-        restore_backup(self.env, backup, self._state.listing, os.fspath(db_dir),
-                       os.fspath(wal_dir if wal_dir is not None else db_dir), options, self.options,
-                       progress_callback, threading.Event(), self._workers)
+        request = RestoreRequest(backup, self._state.listing, os.fspath(db_dir),
+                                 os.fspath(wal_dir if wal_dir is not None else db_dir), options)
+        restore_backup(self.env, request, Run(self.options, threading.Event(), self._workers, progress_callback))
 
     def stop_backup(self) -> None:
         """Make a running create stop within one chunk and every later one fail

@@ -27,8 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .plan import NamingFacts
-from .source import SourceFile
+from .plan import NamingFacts, SourceFile
 
 MAX_ENTRIES = 100_000
 """Entries kept beyond those of the latest backup (~300 bytes each): the files of other DBs, and of

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgument, NotSupported
-from .naming import SHARED_CHECKSUM_DIR, SHARED_DIR
+from .format.naming import SHARED_CHECKSUM_DIR, SHARED_DIR
 from .restore_plan import RestoreMode
 
 if TYPE_CHECKING:

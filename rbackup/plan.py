@@ -8,10 +8,11 @@ backup is reused without being read again, after its size is checked.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 from .errors import Corruption
-from .naming import (
+from .format.naming import (
     SHARED_CHECKSUM_DIR,
     SHARED_DIR,
     FileKind,
@@ -19,7 +20,18 @@ from .naming import (
     private_dir,
     shared_checksum_name,
 )
-from .source import SourceFile
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    name: str
+    """The DB file name, e.g. 000012.sst, MANIFEST-000005."""
+    path: str
+    """Where to read it from (inside the checkpoint, or the DB dir for WALs)."""
+    size: int
+    kind: FileKind
+    stat: os.stat_result | None = field(default=None, compare=False, repr=False)
+    """The stat the snapshot took of it, when it took one (the naming cache's key comes from it)."""
 
 
 @dataclass(frozen=True)

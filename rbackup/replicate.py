@@ -32,9 +32,9 @@ from typing import Any
 from .env.base import BackupEnv
 from .env.registry import open_env
 from .errors import AlreadyExists, Corruption, InvalidArgument, NotFound
+from .format.meta import MAX_META_FILE_SIZE, BackupMeta, parse_meta
+from .format.naming import META_DIR, SIDE_FILES, meta_path, private_dir
 from .lock import writer_lock
-from .meta import MAX_META_FILE_SIZE, BackupMeta, parse_meta
-from .naming import META_DIR, SIDE_FILES, meta_path, private_dir
 from .options import ProgressCallback
 from .state import BackupState, MetaCache, load_state
 from .transfer import Buffers, ProgressTracker, run_parallel, stream_copy

@@ -15,19 +15,20 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from . import optionsfile
 from .alternates import locate_files, missing_error
 from .dblock import hold_db_lock
 from .env.base import BackupEnv
 from .errors import Corruption, InvalidArgument, LockError, NotFound, StorageError
-from .naming import SIDE_FILES, FileKind, classify, private_dir
+from .format import optionsfile
+from .format.naming import FileKind, classify
+from .format.tempnames import RESTORE_MARKER_TEMP, rewrite_temp_path
 from .options import BackupableDBOptions, ProgressCallback, RestoreOptions
 from .ratelimit import make_limiter
 from .restore_incremental import files_to_keep
-from .restore_plan import RestoreMode
+from .restore_plan import RestoreItem, RestoreMode, RestoreTargets, plan_restore_targets
 from .state import LoadedBackup
 from .transfer import Buffers, ProgressTracker, run_parallel, stream_copy
 
@@ -35,20 +36,11 @@ IN_PROGRESS_MARKER = b"rbackup: restore in progress; this DB is incomplete"
 """No trailing newline: RocksDB reports Corruption instead of opening."""
 
 
+_Item = RestoreItem[BackupEnv]
+
 _KEEP = frozenset({"LOCK", "CURRENT"})
 """Never deleted by a restore: LOCK is held by it (a new inode would let a RocksDB
 in), CURRENT already holds the in-progress marker."""
-
-
-@dataclass(frozen=True)
-class _RestoreItem:
-    src: str
-    dest: str
-    size: int
-    crc32c: int | None
-    env: BackupEnv | None = None
-    """The store holding `src` when not the backup's own (an alternate directory); None
-    for an excluded file no alternate holds, which only an incremental restore can keep."""
 
 
 def _prepare_dir(path: str, what: str, backup_id: int) -> None:
@@ -113,14 +105,44 @@ def _write_file(path: str, data: bytes, sync: bool) -> None:
             os.fsync(fh.fileno())
 
 
-def restore_backup(env: BackupEnv, backup: LoadedBackup, listing: dict[str, int], db_dir: str, wal_dir: str,
-                   restore_options: RestoreOptions, options: BackupableDBOptions,
-                   progress_callback: ProgressCallback | None, stop: threading.Event, workers: int) -> None:
-    log = options.logger
+@dataclass(frozen=True)
+class Run:
+    """How the engine runs an operation: its options, the stop flag, how many transfers at
+    once, and who hears of progress.  The same for restore and verify, after what to do."""
+
+    options: BackupableDBOptions
+    stop: threading.Event
+    workers: int
+    progress_callback: ProgressCallback | None = None
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What to restore: a loaded backup, the directory listing it was checked against, and
+    where to (absolute or relative paths; WALs go to `wal_dir`)."""
+
+    backup: LoadedBackup
+    listing: Mapping[str, int]
+    db_dir: str
+    wal_dir: str
+    restore_options: RestoreOptions
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    """What to verify: a loaded backup, and whether to recompute each file's CRC-32C."""
+
+    backup: LoadedBackup
+    with_checksum: bool = False
+
+
+def restore_backup(env: BackupEnv, request: RestoreRequest, run: Run) -> None:
+    backup, restore_options = request.backup, request.restore_options
+    log = run.options.logger
     assert backup.meta is not None
     backup_id = backup.backup_id
-    db_dir = os.path.abspath(os.fspath(db_dir))
-    wal_dir = os.path.abspath(os.fspath(wal_dir))
+    db_dir = os.path.abspath(os.fspath(request.db_dir))
+    wal_dir = os.path.abspath(os.fspath(request.wal_dir))
     backup_root = env.local_path("")
     for target in (db_dir, wal_dir):
         if backup_root is not None and _inside(os.path.realpath(target), os.path.realpath(backup_root)):
@@ -128,40 +150,23 @@ def restore_backup(env: BackupEnv, backup: LoadedBackup, listing: dict[str, int]
     _prepare_dir(db_dir, "db_dir", backup_id)
     _prepare_dir(wal_dir, "wal_dir", backup_id)
 
-    items: list[_RestoreItem] = []
-    current: _RestoreItem | None = None
     keep_latest = bool(restore_options.mode & RestoreMode.KEEP_LATEST_DB_SESSION_ID_FILES)
-    for located in locate_files(env, backup, restore_options.alternate_dirs, allow_missing=keep_latest):
-        name = located.db_name
-        kind = classify(name)
-        target_dir = wal_dir if kind is FileKind.WAL else db_dir
-        item = _RestoreItem(located.path, os.path.join(target_dir, name), located.size, located.crc32c,
-                            located.env)
-        if kind is FileKind.CURRENT:
-            current = _RestoreItem(item.src, os.path.join(db_dir, "CURRENT.tmp"), item.size, item.crc32c, item.env)
-        else:
-            items.append(item)
-    if current is None:
-        raise Corruption(f"backup {backup_id}: no CURRENT file in the backup")
-    for side in SIDE_FILES:
-        src = f"{private_dir(backup_id)}/{side}"
-        if src in listing:
-            items.append(_RestoreItem(src, os.path.join(db_dir, side), listing[src], None, env))
+    located = locate_files(env, backup, restore_options.alternate_dirs, allow_missing=keep_latest)
+    targets = plan_restore_targets(backup_id, located, request.listing, env, db_dir, wal_dir)
 
     # Hold the target's LOCK throughout: a RocksDB that has it open would be
     # corrupted under its feet, and none may open it half restored.
     with _hold_target(db_dir, backup_id):
         # Decided under the LOCK and before the marker: kept files cannot change in between.
-        kept = frozenset(files_to_keep(items, db_dir, restore_options.mode, backup_id, log))
-        items = [i for i in items if i.dest not in kept]
+        kept = frozenset(files_to_keep(targets.items, db_dir, restore_options.mode, backup_id, log))
+        items = [i for i in targets.items if i.dest not in kept]
         for unresolved in (i for i in items if i.env is None):
             raise missing_error(backup_id, unresolved.src, restore_options.alternate_dirs)
         # The marker replaces CURRENT atomically *before* anything is deleted, so
         # an interrupted deletion cannot leave an old DB that opens with files missing.
-        _mark_in_progress(db_dir, backup_id, options.sync)
+        _mark_in_progress(db_dir, backup_id, run.options.sync)
         _delete_old_files(db_dir, wal_dir, restore_options.keep_log_files, log, kept)
-        _copy_and_commit(env, backup_id, items, current, db_dir, wal_dir, options, progress_callback, stop,
-                         workers, log)
+        _copy_and_commit(env, backup_id, RestoreTargets(items, targets.current), db_dir, wal_dir, run)
 
 
 @contextlib.contextmanager
@@ -192,7 +197,7 @@ def _hold_target(db_dir: str, backup_id: int) -> Iterator[None]:
 def _mark_in_progress(db_dir: str, backup_id: int, sync: bool) -> None:
     """Replace CURRENT by the in-progress marker (atomically, via a temp file that
     never outlives a failure)."""
-    marker_tmp = os.path.join(db_dir, "CURRENT.rbackup-marker.tmp")
+    marker_tmp = os.path.join(db_dir, RESTORE_MARKER_TEMP)
     current = os.path.join(db_dir, "CURRENT")
     try:
         _write_file(marker_tmp, IN_PROGRESS_MARKER, sync)
@@ -213,7 +218,7 @@ def _remove_restored(created: list[str], log: logging.Logger) -> None:
             _unlink(path, log)
 
 
-def _retarget_options(items: list[_RestoreItem], db_dir: str, wal_dir: str, backup_id: int, sync: bool) -> None:
+def _retarget_options(items: list[_Item], db_dir: str, wal_dir: str, backup_id: int, sync: bool) -> None:
     """Point the restored OPTIONS files at the restore target: RocksDB copies them
     verbatim, and a copy whose wal_dir (db_log_dir, db_paths) names the source's
     directories would, opened with its own options, read and write the source's."""
@@ -225,7 +230,7 @@ def _retarget_options(items: list[_RestoreItem], db_dir: str, wal_dir: str, back
                 data = fh.read()
             new = optionsfile.retarget(data, db_dir, wal_dir, source=f"backup {backup_id}: {item.src}")
             if new != data:
-                tmp = item.dest + ".rbackup.tmp"
+                tmp = rewrite_temp_path(item.dest)
                 try:
                     _write_file(tmp, new, sync)
                     os.replace(tmp, item.dest)
@@ -236,18 +241,20 @@ def _retarget_options(items: list[_RestoreItem], db_dir: str, wal_dir: str, back
                                f"(from {item.src}): {exc}") from exc
 
 
-def _copy_and_commit(env: BackupEnv, backup_id: int, items: list[_RestoreItem], current: _RestoreItem,
-                     db_dir: str, wal_dir: str, options: BackupableDBOptions,
-                     progress_callback: ProgressCallback | None, stop: threading.Event, workers: int,
-                     log: logging.Logger) -> None:
+def _copy_and_commit(env: BackupEnv, backup_id: int, targets: RestoreTargets[BackupEnv], db_dir: str, wal_dir: str,
+                     run: Run) -> None:
+    """Copy every file (checked and synced as it streams), then rename CURRENT into place;
+    on failure remove what this restore created, leaving the marker as CURRENT."""
+    options, stop, log = run.options, run.stop, run.options.logger
+    items, current = targets.items, targets.current
     buffers = Buffers.for_store(options.io_buffer_size, env.capabilities)
     all_items = [*items, current]
     tracker = ProgressTracker("restore", backup_id, sum(i.size for i in all_items), len(all_items),
-                              progress_callback, options.callback_trigger_interval_size, stop)
+                              run.progress_callback, options.callback_trigger_interval_size, stop)
     limiter = make_limiter(options.restore_rate_limit)
     created: list[str] = []  # the files this restore created: removed again if it fails
 
-    def copy_one(item: _RestoreItem) -> None:
+    def copy_one(item: _Item) -> None:
         try:
             src = (item.env or env).open_read(item.src)
         except NotFound as exc:
@@ -270,7 +277,7 @@ def _copy_and_commit(env: BackupEnv, backup_id: int, items: list[_RestoreItem], 
         tracker.file_done()
 
     try:
-        run_parallel(all_items, copy_one, workers, stop)
+        run_parallel(all_items, copy_one, run.workers, stop)
         _retarget_options(items, db_dir, wal_dir, backup_id, options.sync)
         if options.sync:
             for d in {db_dir, wal_dir}:
@@ -313,11 +320,10 @@ def _unlink_quiet(path: str) -> None:
         pass
 
 
-def verify_backup(env: BackupEnv, backup: LoadedBackup, verify_with_checksum: bool,
-                  options: BackupableDBOptions, stop: threading.Event, workers: int,
-                  progress_callback: ProgressCallback | None = None) -> None:
+def verify_backup(env: BackupEnv, request: VerifyRequest, run: Run) -> None:
     """As RocksDB: every file present with its recorded size; with checksums, every
     known crc recomputed.  The store is listed afresh: verify is about now."""
+    backup, options, stop = request.backup, run.options, run.stop
     assert backup.meta is not None
     backup_id = backup.backup_id
     prefixes = {e.path.rsplit("/", 1)[0] for e in backup.meta.files if not e.excluded}
@@ -331,12 +337,12 @@ def verify_backup(env: BackupEnv, backup: LoadedBackup, verify_with_checksum: bo
         if now[e.path] != backup.sizes[e.path]:
             raise Corruption(f"backup {backup_id}: {e.path} is {now[e.path]} bytes, "
                              f"expected {backup.sizes[e.path]}")
-    if not verify_with_checksum:
+    if not request.with_checksum:
         return
     buffers = Buffers.for_store(options.io_buffer_size, env.capabilities)
     checked = [e for e in entries if e.crc32c is not None]
     tracker = ProgressTracker("verify", backup_id, sum(now[e.path] for e in checked), len(checked),
-                              progress_callback, options.callback_trigger_interval_size, stop)
+                              run.progress_callback, options.callback_trigger_interval_size, stop)
 
     def check(entry) -> None:
         with env.open_read(entry.path) as src:
@@ -344,4 +350,4 @@ def verify_backup(env: BackupEnv, backup: LoadedBackup, verify_with_checksum: bo
         result.check(backup_id, entry.path, None, entry.crc32c)
         tracker.file_done()
 
-    run_parallel(checked, check, workers, stop)
+    run_parallel(checked, check, run.workers, stop)

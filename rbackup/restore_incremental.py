@@ -11,28 +11,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Any
 
-from . import sstprops
 from .errors import BackupError
-from .naming import SHARED_CHECKSUM_DIR
-from .restore_plan import RestoreMode, WantedFile, plan_restore, purges_all
+from .format import sstprops
+from .format.naming import SHARED_CHECKSUM_DIR
+from .restore_plan import RestoreItem, RestoreMode, WantedFile, plan_restore, purges_all
 from .transfer import file_crc32c
 
-__all__ = ["TargetFile", "files_to_keep"]
-
-
-class TargetFile(Protocol):
-    """One file the restore will write: backup-relative source, absolute destination."""
-
-    @property
-    def src(self) -> str: ...
-    @property
-    def dest(self) -> str: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def crc32c(self) -> int | None: ...
+__all__ = ["files_to_keep"]
 
 
 class _LocalProbe:
@@ -77,7 +64,7 @@ def _existing(db_dir: str) -> dict[str, int]:
     return out
 
 
-def files_to_keep(files: Iterable[TargetFile], db_dir: str, mode: RestoreMode, backup_id: int,
+def files_to_keep(files: Iterable[RestoreItem[Any]], db_dir: str, mode: RestoreMode, backup_id: int,
                   log: logging.Logger) -> set[str]:
     """Absolute paths in `db_dir` that already hold what the backup would write there."""
     if purges_all(mode):

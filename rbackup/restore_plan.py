@@ -1,4 +1,6 @@
-"""Deciding, without I/O, which files an incremental restore may keep (RocksDB's RestoreOptions::Mode).
+"""Restore planning without I/O: where each backup file goes in the target
+(`plan_restore_targets`), and which files an incremental restore may keep
+(`plan_restore`, RocksDB's RestoreOptions::Mode).
 
 An incremental restore leaves in place the target's files that are provably the
 backup's own and copies everything else; the result is exactly the backup, as a
@@ -22,12 +24,84 @@ probe's caller's gain: a restore into an almost-identical DB reads almost nothin
 from __future__ import annotations
 
 import enum
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
-from .naming import FileKind, classify, is_shareable
+from .errors import Corruption
+from .format.naming import SIDE_FILES, FileKind, classify, is_shareable, private_dir
+from .format.tempnames import RESTORE_CURRENT_TEMP
 
-__all__ = ["KeepDecision", "Probe", "RestoreMode", "RestorePlan", "WantedFile", "parse_mode", "plan_restore"]
+__all__ = ["KeepDecision", "LocatedFile", "Probe", "RestoreItem", "RestoreMode", "RestorePlan", "RestoreTargets",
+           "WantedFile", "parse_mode", "plan_restore", "plan_restore_targets"]
+
+Store = TypeVar("Store")
+Store_co = TypeVar("Store_co", covariant=True)
+
+
+class LocatedFile(Protocol[Store_co]):
+    """A backup file and the store holding it (`alternates.Located`); the store is opaque here."""
+
+    @property
+    def env(self) -> Store_co | None: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def crc32c(self) -> int | None: ...
+
+    @property
+    def db_name(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class RestoreItem(Generic[Store]):
+    """One file a restore writes: `src` of store `env` to the absolute path `dest`."""
+
+    src: str
+    dest: str
+    size: int
+    crc32c: int | None
+    env: Store | None = None
+    """The store holding `src` (the backup's own or an alternate's); None for an excluded file no
+    alternate holds, which only an incremental restore can keep."""
+
+
+@dataclass(frozen=True)
+class RestoreTargets(Generic[Store]):
+    """Every file of a restore, and CURRENT apart: it is written to `CURRENT.tmp` and renamed
+    onto `CURRENT` last, which is the restore's commit."""
+
+    items: list[RestoreItem[Store]]
+    current: RestoreItem[Store]
+
+
+def plan_restore_targets(backup_id: int, located: Iterable[LocatedFile[Store]], listing: Mapping[str, int],
+                         own: Store, db_dir: str, wal_dir: str) -> RestoreTargets[Store]:
+    """Where each file of backup `backup_id` goes: WALs into `wal_dir`, the rest into
+    `db_dir`, plus the side files (rbackup's, unlisted in the meta file) that `listing`
+    shows in its private directory, read from `own`, the backup's own store."""
+    items: list[RestoreItem[Store]] = []
+    current: RestoreItem[Store] | None = None
+    for f in located:
+        kind = classify(f.db_name)
+        if kind is FileKind.CURRENT:
+            current = RestoreItem(f.path, os.path.join(db_dir, RESTORE_CURRENT_TEMP), f.size, f.crc32c, f.env)
+        else:
+            target_dir = wal_dir if kind is FileKind.WAL else db_dir
+            items.append(RestoreItem(f.path, os.path.join(target_dir, f.db_name), f.size, f.crc32c, f.env))
+    if current is None:
+        raise Corruption(f"backup {backup_id}: no CURRENT file in the backup")
+    for side in SIDE_FILES:
+        src = f"{private_dir(backup_id)}/{side}"
+        if src in listing:
+            items.append(RestoreItem(src, os.path.join(db_dir, side), listing[src], None, own))
+    return RestoreTargets(items, current)
 
 
 class RestoreMode(enum.IntFlag):

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from .dbdir import ClosedDb, LiveFile, last_sequence_in, live_wals, newest_options, read_options, wal_dir_of
 from .errors import Corruption, Incomplete
-from .manifest import DbVersion, parse_current, read_manifest
+from .format.manifest import DbVersion, parse_current, read_manifest
 from .osutil import ensure_open_files
 
 log = logging.getLogger("rbackup")

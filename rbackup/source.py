@@ -26,25 +26,14 @@ from .checkpointdir import checkpoint_dir
 from .dbdir import ClosedDb, read_closed_db
 from .dblock import hold_db_lock
 from .errors import InvalidArgument, NotFound, NotSupported, StorageError
-from .naming import SIDE_FILES, FileKind, classify, file_number
+from .format.naming import SIDE_FILES, FileKind, classify, file_number
+from .plan import SourceFile
 from .sidecar import LiveDbPath, live_db_files
 
 log = logging.getLogger("rbackup")
 
 _KIND_ORDER = {FileKind.TABLE: 0, FileKind.BLOB: 1, FileKind.MANIFEST: 2, FileKind.CURRENT: 3,
                FileKind.OPTIONS: 4, FileKind.WAL: 5}
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    name: str
-    """The DB file name, e.g. 000012.sst, MANIFEST-000005."""
-    path: str
-    """Where to read it from (inside the checkpoint, or the DB dir for WALs)."""
-    size: int
-    kind: FileKind
-    stat: os.stat_result | None = field(default=None, compare=False, repr=False)
-    """The stat the snapshot took of it, when it took one (the naming cache's key comes from it)."""
 
 
 @dataclass

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 from .env.base import BackupEnv
 from .errors import BackupError, Corruption, FileTooLarge, NotFound, NotSupported, PermissionDenied
-from .meta import MAX_META_FILE_SIZE, BackupMeta, EntryList, EntryTable, parse_meta
-from .naming import ENCRYPTION_MARKER, META_DIR, meta_path, parse_backup_id
+from .format.meta import MAX_META_FILE_SIZE, BackupMeta, EntryList, EntryTable, parse_meta
+from .format.naming import ENCRYPTION_MARKER, META_DIR, meta_path, parse_backup_id
 
 
 @dataclass

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
-from .checksum import crc32c
 from .env.base import Capabilities, ReadStream
 from .errors import Aborted, Corruption, Incomplete
+from .format.checksum import crc32c
 from .options import Progress, ProgressCallback
 from .ratelimit import RateLimiter
 

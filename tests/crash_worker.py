@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import sys
@@ -44,12 +43,13 @@ from rbackup import (  # noqa: E402
     RestoreMode,
     RestoreOptions,
 )
-from rbackup.checksum import crc32c  # noqa: E402
 from rbackup.env.base import BackupEnv  # noqa: E402
 from rbackup.env.registry import open_env  # noqa: E402
+from rbackup.format.checksum import crc32c  # noqa: E402
+from rbackup.format.naming import META_DIR, PRIVATE_DIR, parse_backup_id  # noqa: E402
 from rbackup.lock import is_lock_file, writer_lock  # noqa: E402
-from rbackup.naming import META_DIR, PRIVATE_DIR, parse_backup_id  # noqa: E402
 from rbackup.state import load_state  # noqa: E402
+from rbackup.testing.dbs import fill, read_all  # noqa: E402
 from rbackup.testing.doubles import FaultInjectionEnv  # noqa: E402
 
 IO_BUFFER = 16 << 10
@@ -122,9 +122,7 @@ def add_ssts(path: str, count: int, *, first: int, keys: int = 300, value_size: 
     db = rocksdict.Rdict(path, db_options())
     try:
         for i in range(first, first + count):
-            rng = random.Random(i)
-            for k in range(keys):
-                db[f"s{i:03d}k{k:05d}"] = rng.randbytes(value_size)
+            fill(db, keys, prefix=f"s{i:03d}k", value_size=value_size, seed=i)
             db.flush()
     finally:
         db.close()
@@ -132,11 +130,7 @@ def add_ssts(path: str, count: int, *, first: int, keys: int = 300, value_size: 
 
 def read_db(path: str) -> dict[str, bytes]:
     """Every key and value, opened read-only (never creates or changes the DB)."""
-    db = rocksdict.Rdict(path, access_type=rocksdict.AccessType.read_only())
-    try:
-        return dict(db.items())
-    finally:
-        db.close()
+    return read_all(path, read_only=True)
 
 
 # -- stores -------------------------------------------------------------------------------

@@ -1,48 +1,16 @@
-"""Real RocksDB databases made with rocksdict, for every test that needs one."""
+"""Real RocksDB databases made with rocksdict, for every test that needs one: the fixtures,
+built on the one set of DB helpers in `rbackup.testing.dbs` (re-exported here for the tests)."""
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
 
 import pytest
 import rocksdict
 
+from rbackup.testing.dbs import fill, ldb_compatible_options, read_all
 
-def ldb_compatible_options() -> rocksdict.Options:
-    """Options Debian's ldb 7.8.3 can open: raw mode, block-based format_version 5."""
-    opts = rocksdict.Options(raw_mode=True)
-    table = rocksdict.BlockBasedOptions()
-    table.set_format_version(5)
-    opts.set_block_based_table_factory(table)
-    opts.create_if_missing(True)
-    return opts
-
-
-def fill(db, n: int, *, prefix: str = "k", value_size: int = 100, seed: int = 0, raw: bool = False) -> dict:
-    """Write n random (incompressible) values; return what was written."""
-    rng = random.Random(seed)
-    written = {}
-    for i in range(n):
-        key = f"{prefix}{i:08d}"
-        value = rng.randbytes(value_size)
-        if raw:
-            db[key.encode()] = value
-        else:
-            db[key] = value
-        written[key] = value
-    return written
-
-
-def read_all(path: str, *, raw: bool = False) -> dict:
-    if raw:
-        db = rocksdict.Rdict(path, rocksdict.Options(raw_mode=True))
-    else:
-        db = rocksdict.Rdict(path)
-    try:
-        return {(k.decode("latin-1") if isinstance(k, bytes) else k): v for k, v in db.items()}
-    finally:
-        db.close()
+__all__ = ["LiveDB", "backup_dir", "fill", "ldb_compatible_options", "live_db", "read_all"]
 
 
 @dataclass

@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,3 +308,15 @@ def real_hdfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHdfs]:
             yield RealHdfs(url, cluster)
         finally:
             cluster.stop()
+
+
+@pytest.fixture
+def hdfs_dir(real_hdfs: RealHdfs) -> Iterator[str]:
+    """A fresh backup directory URL on the live cluster, removed afterwards."""
+    from rbackup_hdfs import HdfsEnv  # the plug-in, only where a test asks for the cluster
+
+    url = f"{real_hdfs.url}/{uuid.uuid4().hex}"
+    yield url
+    env = HdfsEnv(url)
+    if env.fs.exists(env.root):
+        env.fs.rm(env.root, recursive=True)

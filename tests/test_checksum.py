@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rbackup.checksum import crc32c, crc32c_hex
+from rbackup.format.checksum import crc32c, crc32c_hex
 
 
 def test_check_value() -> None:

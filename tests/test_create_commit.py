@@ -39,6 +39,13 @@ def _private_files(backup_dir: str) -> list[str]:
         os.path.join(backup_dir, "private", "1")) else []
 
 
+def _assert_committed(backup_dir: str) -> None:
+    """Backup 1 is there, valid and whole, for a plain engine."""
+    with BackupEngineReadOnly(BackupableDBOptions(backup_dir)) as ro:
+        assert [i.backup_id for i in ro.get_backup_info()] == [1]
+        ro.verify_backup(1, verify_with_checksum=True)
+
+
 def _create(live_db, backup_dir: str, env: _CommitRaises) -> None:
     with BackupEngine(BackupableDBOptions(backup_dir, backup_env=env)) as eng:
         eng.create_new_backup(live_db.db)
@@ -49,9 +56,7 @@ def test_a_commit_that_landed_before_its_error_is_a_backup(live_db, backup_dir, 
     with caplog.at_level(logging.WARNING):
         _create(live_db, backup_dir, env)
     assert any("it is committed" in r.getMessage() for r in caplog.records)
-    with BackupEngineReadOnly(BackupableDBOptions(backup_dir)) as ro:
-        assert [i.backup_id for i in ro.get_backup_info()] == [1]
-        ro.verify_backup(1, verify_with_checksum=True)
+    _assert_committed(backup_dir)
 
 
 def test_a_commit_that_certainly_failed_removes_what_the_attempt_wrote(live_db, backup_dir) -> None:
@@ -68,14 +73,11 @@ def test_an_unknown_outcome_deletes_nothing_and_says_so(live_db, backup_dir, cap
     with caplog.at_level(logging.WARNING), pytest.raises(StorageError, match="refused"):
         _create(live_db, backup_dir, env)
     assert any("cannot tell whether the commit happened" in r.getMessage() for r in caplog.records)
-    with BackupEngineReadOnly(BackupableDBOptions(backup_dir)) as ro:
-        assert [i.backup_id for i in ro.get_backup_info()] == [1]
-        ro.verify_backup(1, verify_with_checksum=True)
+    _assert_committed(backup_dir)
 
 
 def test_an_interrupt_after_the_commit_landed_is_raised_and_keeps_the_backup(live_db, backup_dir) -> None:
     env = _CommitRaises(LocalEnv(backup_dir), KeyboardInterrupt(), lands=True)
     with pytest.raises(KeyboardInterrupt):
         _create(live_db, backup_dir, env)
-    with BackupEngineReadOnly(BackupableDBOptions(backup_dir)) as ro:
-        assert [i.backup_id for i in ro.get_backup_info()] == [1]
+    _assert_committed(backup_dir)

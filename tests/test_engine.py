@@ -29,7 +29,7 @@ from rbackup import (
     RestoreOptions,
 )
 from rbackup.env.local import LocalEnv
-from rbackup.meta import parse_meta
+from rbackup.format.meta import parse_meta
 from rbackup.testing.doubles import CountingEnv
 
 from .db_fixtures import files_under, fill, read_all, write_without_close

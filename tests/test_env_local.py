@@ -4,7 +4,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import threading
 import tracemalloc
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from rbackup.env.local import LocalEnv, path_from_url, temp_path
 from rbackup.errors import AlreadyExists, Corruption, InvalidArgument, NotFound, PermissionDenied
 from rbackup.testing import BackendConformance
+from rbackup.testing.env_contract import race_for_one_winner
 
 
 class TestLocalEnvContract(BackendConformance):
@@ -216,24 +216,9 @@ def test_create_exclusive_without_hard_links(env: LocalEnv, root: Path, monkeypa
 
 def test_create_exclusive_race_many_rounds(env: LocalEnv) -> None:
     for rnd in range(20):
-        wins: list[int] = []
-        barrier = threading.Barrier(8)
-
-        def go(i: int) -> None:
-            barrier.wait()
-            try:
-                env.create_exclusive(f"meta/{rnd}", str(i).encode() * 1000)
-                wins.append(i)
-            except AlreadyExists:
-                pass
-
-        threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert len(wins) == 1
-        assert env.read_bytes(f"meta/{rnd}", 8000) == str(wins[0]).encode() * 1000
+        won = race_for_one_winner(
+            lambda i, rnd=rnd: lambda: env.create_exclusive(f"meta/{rnd}", str(i).encode() * 1000))
+        assert env.read_bytes(f"meta/{rnd}", 8000) == str(won).encode() * 1000
 
 
 # -- symlinks and hostile directories -------------------------------------------------------

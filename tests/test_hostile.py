@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rbackup import BackupEngine, BackupEngineReadOnly, BackupError, Corruption, NotFound
-from rbackup.checksum import crc32c
 from rbackup.env.local import LocalEnv
+from rbackup.format.checksum import crc32c
 
 from .crash_worker import (
     World,

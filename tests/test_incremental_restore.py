@@ -12,7 +12,7 @@ import pytest
 import rocksdict
 
 from rbackup import BackupableDBOptions, BackupEngine, Progress, RestoreMode, RestoreOptions
-from rbackup.naming import FileKind, classify
+from rbackup.format.naming import FileKind, classify
 
 from .crash_worker import add_ssts, read_db
 

@@ -7,9 +7,9 @@ import os
 import pytest
 import rocksdict
 
-from rbackup import logformat, manifest
 from rbackup.errors import Corruption, NotSupported
-from rbackup.logformat import BLOCK_SIZE, encode_records, read_records
+from rbackup.format import logformat, manifest
+from rbackup.format.logformat import BLOCK_SIZE, encode_records, read_records
 
 
 def varint(n: int) -> bytes:

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rbackup.errors import Corruption, InvalidArgument, NotSupported
-from rbackup.meta import (
+from rbackup.format.meta import (
     MAX_APP_METADATA,
     MAX_META_FILE_SIZE,
     SCHEMA_2_VERSION,
@@ -293,7 +293,7 @@ def test_schema2_meta_fields() -> None:
 def test_ignored_fields_are_reported_once(caplog: pytest.LogCaptureFixture) -> None:
     seen: set[str] = set()
     data = v2(f"{SST} crc32 1 zzz 1", header="foo bar\n", footer="// FOOTER\nchecksum 1\n")
-    with caplog.at_level(logging.WARNING, logger="rbackup.meta"):
+    with caplog.at_level(logging.WARNING, logger="rbackup.format.meta"):
         parse_meta(data, 1, ignored_fields=seen)
         parse_meta(data, 1, ignored_fields=seen)
     assert seen == {"meta:foo", "file:zzz", "footer:checksum"}

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rbackup.errors import InvalidArgument
-from rbackup.naming import (
+from rbackup.format.naming import (
     META_DIR,
     PRIVATE_DIR,
     SHARED_CHECKSUM_DIR,

@@ -11,12 +11,12 @@ import time
 import pytest
 import rocksdict
 
-from rbackup import BackupableDBOptions, BackupEngine, Corruption, sstprops
-from rbackup.meta import parse_meta
-from rbackup.naming import FileKind
+from rbackup import BackupableDBOptions, BackupEngine, Corruption
+from rbackup.format import sstprops
+from rbackup.format.meta import parse_meta
+from rbackup.format.naming import FileKind
 from rbackup.namingcache import PROCESS_CACHE, NamingCache, identity_of
-from rbackup.plan import NamingFacts
-from rbackup.source import SourceFile
+from rbackup.plan import NamingFacts, SourceFile
 
 from .db_fixtures import fill, read_all
 

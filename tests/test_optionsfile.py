@@ -13,7 +13,7 @@ import pytest
 import rocksdict
 
 from rbackup.errors import Corruption
-from rbackup.optionsfile import escape, parse, retarget, unescape, wal_dir
+from rbackup.format.optionsfile import escape, parse, retarget, unescape, wal_dir
 
 from .db_fixtures import fill
 

@@ -3,7 +3,7 @@
 The copy code only talks to `BackupEnv`, so these tests check what only a real HDFS can show: that the
 NameNode's rename publish, HDFS listings and libhdfs streams keep copies incremental, CRC-checked,
 resumable and in RocksDB's format (ldb restores a directory copied back from HDFS), and that S3 on moto
-pairs with HDFS both ways.  They share the session's cluster with tests/test_hdfs_live.py.
+pairs with HDFS both ways.  They share the session's cluster with backends/hdfs/tests/test_hdfs_live.py.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from rbackup.replicate import copy_backups
 from rbackup.testing.doubles import CountingEnv, FaultInjectionEnv, fail_nth
 
 from .db_fixtures import LiveDB, files_under, read_all
-from .test_hdfs_live import hdfs_dir  # noqa: F401  (a fixture: a fresh directory on the session's cluster)
 from .test_replicate import make_backups
 
 pytestmark = [pytest.mark.hdfs, pytest.mark.slow]
@@ -41,7 +40,7 @@ def backup_files(env: HdfsEnv) -> set[str]:
             and ".tmp" not in f.path}
 
 
-def test_local_to_hdfs_incremental_and_back_restorable_by_ldb(live_db: LiveDB, hdfs_dir: str,  # noqa: F811
+def test_local_to_hdfs_incremental_and_back_restorable_by_ldb(live_db: LiveDB, hdfs_dir: str,
                                                               tmp_path: Path) -> None:
     src, back = str(tmp_path / "src"), str(tmp_path / "back")
     make_backups(live_db, src, 2)
@@ -79,7 +78,7 @@ def test_local_to_hdfs_incremental_and_back_restorable_by_ldb(live_db: LiveDB, h
     assert read_all(target) == live_db.written
 
 
-def test_crc_is_checked_both_ways_and_nothing_bad_is_published(live_db: LiveDB, hdfs_dir: str,  # noqa: F811
+def test_crc_is_checked_both_ways_and_nothing_bad_is_published(live_db: LiveDB, hdfs_dir: str,
                                                                tmp_path: Path) -> None:
     src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
     make_backups(live_db, src, 1)
@@ -102,7 +101,7 @@ def test_crc_is_checked_both_ways_and_nothing_bad_is_published(live_db: LiveDB, 
     assert not Path(dst, "shared_checksum", sst.name).exists() and not Path(dst, "meta", "1").exists()
 
 
-def test_interrupted_copy_to_hdfs_resumes_without_resending(live_db: LiveDB, hdfs_dir: str,  # noqa: F811
+def test_interrupted_copy_to_hdfs_resumes_without_resending(live_db: LiveDB, hdfs_dir: str,
                                                             tmp_path: Path) -> None:
     src = str(tmp_path / "src")
     make_backups(live_db, src, 1)
@@ -119,7 +118,7 @@ def test_interrupted_copy_to_hdfs_resumes_without_resending(live_db: LiveDB, hdf
     assert restored(hdfs_dir, tmp_path, 1) == live_db.written
 
 
-def test_cli_copy_local_hdfs_local(live_db: LiveDB, hdfs_dir: str, tmp_path: Path) -> None:  # noqa: F811
+def test_cli_copy_local_hdfs_local(live_db: LiveDB, hdfs_dir: str, tmp_path: Path) -> None:
     from .test_cli import ok
 
     live_db.db.close()
@@ -135,7 +134,7 @@ def test_cli_copy_local_hdfs_local(live_db: LiveDB, hdfs_dir: str, tmp_path: Pat
     assert read_all(str(tmp_path / "restored")) == live_db.written
 
 
-def test_copy_hdfs_to_s3_and_s3_to_hdfs(live_db: LiveDB, hdfs_dir: str, tmp_path: Path,  # noqa: F811
+def test_copy_hdfs_to_s3_and_s3_to_hdfs(live_db: LiveDB, hdfs_dir: str, tmp_path: Path,
                                         s3_bucket_url) -> None:
     url, options = s3_bucket_url
     src = str(tmp_path / "src")

@@ -1,11 +1,13 @@
 """restore_plan: which target files an incremental restore keeps, judged from plain dicts (no storage)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from rbackup import RestoreMode, RestoreOptions
-from rbackup.errors import InvalidArgument
-from rbackup.restore_plan import WantedFile, parse_mode, plan_restore
+from rbackup.errors import Corruption, InvalidArgument
+from rbackup.restore_plan import RestoreItem, WantedFile, parse_mode, plan_restore, plan_restore_targets
 
 SID = "ABCDEFGHIJ0123456789"
 KEEP = RestoreMode.KEEP_LATEST_DB_SESSION_ID_FILES
@@ -118,3 +120,40 @@ def test_mode_names_and_bad_modes() -> None:
     assert RestoreOptions(mode=1).mode is KEEP  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument):
         RestoreOptions(mode=0x10000)  # type: ignore[arg-type]
+
+
+# -- where each file goes: plan_restore_targets ------------------------------------------
+@dataclass(frozen=True)
+class _Located:
+    env: str | None
+    path: str
+    size: int
+    crc32c: int | None
+    db_name: str
+
+
+def test_targets_wals_to_wal_dir_current_apart_and_side_files_from_the_own_store() -> None:
+    located = [
+        _Located("own", "shared_checksum/000007_sSID_100.sst", 100, 1, "000007.sst"),
+        _Located("alt", "shared_checksum/000008_sSID_200.sst", 200, 2, "000008.sst"),
+        _Located("own", "private/4/000009.log", 50, 3, "000009.log"),
+        _Located("own", "private/4/MANIFEST-000005", 60, 4, "MANIFEST-000005"),
+        _Located("own", "private/4/CURRENT", 16, 5, "CURRENT"),
+    ]
+    listing = {"private/4/rocksdict-config.json": 30, "private/4/CURRENT": 16}
+    targets = plan_restore_targets(4, located, listing, "own", "/db", "/wal")
+    assert targets.current == RestoreItem("private/4/CURRENT", "/db/CURRENT.tmp", 16, 5, "own")
+    assert [(i.src, i.dest, i.env) for i in targets.items] == [
+        ("shared_checksum/000007_sSID_100.sst", "/db/000007.sst", "own"),
+        ("shared_checksum/000008_sSID_200.sst", "/db/000008.sst", "alt"),
+        ("private/4/000009.log", "/wal/000009.log", "own"),
+        ("private/4/MANIFEST-000005", "/db/MANIFEST-000005", "own"),
+        ("private/4/rocksdict-config.json", "/db/rocksdict-config.json", "own"),
+    ]
+    assert targets.items[-1].crc32c is None and targets.items[-1].size == 30
+
+
+def test_a_backup_without_current_is_corrupt() -> None:
+    with pytest.raises(Corruption, match="backup 4: no CURRENT"):
+        plan_restore_targets(4, [_Located("own", "private/4/MANIFEST-000005", 60, 4, "MANIFEST-000005")], {},
+                             "own", "/db", "/db")

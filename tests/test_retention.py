@@ -178,7 +178,7 @@ def test_properties(stamps, last, daily, monthly, weekly) -> None:
 # -- on a real backup directory ----------------------------------------------------------
 
 def test_purge_by_policy_on_an_engine(tmp_path, live_db) -> None:
-    from rbackup.meta import parse_meta, serialize_meta
+    from rbackup.format.meta import parse_meta, serialize_meta
 
     db = live_db.db
     backup_dir = tmp_path / "backups"

@@ -1,4 +1,4 @@
-"""rbackup.sstprops and rbackup._snappy against real SSTs and real tools.
+"""rbackup.format.sstprops and rbackup.format._snappy against real SSTs and real tools.
 
 Ground truth comes from RocksDB itself, never from the reader under test:
 `sst_dump --show_properties` (format_version <= 5), the `table_file_creation`
@@ -20,8 +20,8 @@ import rocksdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rbackup import _snappy, sstprops
 from rbackup.errors import BackupError, Corruption, NotSupported
+from rbackup.format import _snappy, sstprops
 
 from .rbpeer import needs_rbpeer, peer
 

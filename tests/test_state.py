@@ -14,7 +14,7 @@ from rbackup.env.base import ReadStream
 from rbackup.env.local import LocalEnv
 from rbackup.env.wrappers import WrapperEnv
 from rbackup.errors import FileTooLarge, InvalidArgument
-from rbackup.meta import MAX_META_FILE_SIZE, EntryList, EntryTable, parse_meta
+from rbackup.format.meta import MAX_META_FILE_SIZE, EntryList, EntryTable, parse_meta
 from rbackup.state import MetaCache, load_state
 from rbackup.testing.doubles import CountingEnv
 

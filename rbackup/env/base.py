@@ -30,6 +30,7 @@ from ..errors import (
     PermissionDenied,
     StorageError,
 )
+from ..format.paths import check_path as check_path  # re-exported: the contract names it; the rule itself is pure
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -94,24 +95,6 @@ class FileInfo:
     path: str
     """Relative to the env root, '/'-separated."""
     size: int
-
-
-def check_path(path: str) -> str:
-    """Reject anything that could escape the root; return the normalised path.
-
-    Hostile meta files are the threat: `../../x`, `/etc/x` and
-    `private/1/../../x` all fail here, before any store sees them.
-    """
-    if not isinstance(path, str) or not path:
-        raise InvalidArgument(f"invalid backup path {path!r}: empty")
-    if "\\" in path or "\x00" in path:
-        raise InvalidArgument(f"invalid backup path {path!r}: backslash or NUL")
-    if path.startswith("/"):
-        raise InvalidArgument(f"invalid backup path {path!r}: absolute")
-    parts = path.split("/")
-    if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
-        raise InvalidArgument(f"invalid backup path {path!r}: '.', '..' or empty component")
-    return path.rstrip("/") if path != "/" else path
 
 
 def translate_os_error(exc: BaseException, what: str) -> BackupError:

@@ -48,6 +48,7 @@ from ..errors import (
     PermissionDenied,
     StorageError,
 )
+from ..format.tempnames import temp_path
 from .base import (
     AtomicWriter,
     BackupEnv,
@@ -257,7 +258,7 @@ class _RenamingWriter(_FileWriter):
     """
 
     def __init__(self, env: FsspecEnv, path: str) -> None:
-        self._tmp = env._full(temp_name(path))
+        self._tmp = env._full(temp_path(path))
         self._final = env._full(path)
         super().__init__(env, path, self._tmp)
 
@@ -299,12 +300,6 @@ class _DeferredWriter(_FileWriter):
 
     def _discard(self) -> None:
         _discard(self._file)
-
-
-def temp_name(path: str) -> str:
-    """RocksDB's temp name for `path`: `dir/.name.tmp`."""
-    folder, name = posixpath.split(path)
-    return posixpath.join(folder, f".{name}.tmp")
 
 
 def _discard(file: Any) -> None:
@@ -390,7 +385,7 @@ class FsspecEnv(BackupEnv):
         file and look, once per env, under a temp name nobody reads.
         """
         if self._deferred_commit is None:
-            probe = self._full(temp_name("rbackup-probe"))
+            probe = self._full(temp_path("rbackup-probe"))
             try:
                 f = self._open_deferred(probe)
                 self._deferred_commit = getattr(f, "autocommit", True) is False

@@ -25,11 +25,11 @@ import errno
 import io
 import logging
 import os
-import secrets
 import stat as stat_mod
 from collections.abc import Iterable
 
 from ..errors import BackupError, Corruption, InvalidArgument, NotFound
+from ..format.tempnames import exclusive_temp_path, temp_path
 from ..osutil import advise_sequential
 from .base import (
     AtomicWriter,
@@ -57,14 +57,6 @@ _NO_LINK_ERRNOS = frozenset(
 )
 # errnos meaning "directories cannot be fsynced here"; durability is then the kernel's business.
 _NO_DIRSYNC_ERRNOS = frozenset((errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF))
-
-
-def temp_path(path: str) -> str:
-    """RocksDB's temp name for `path`: `<dir>/.<name>.tmp` (works on store paths and OS paths)."""
-    head, sep, name = path.rpartition("/")
-    if not sep:
-        head, sep, name = path.rpartition(os.sep)
-    return f"{head}{sep}.{name}.tmp"
 
 
 def path_from_url(url: str) -> str:
@@ -264,8 +256,8 @@ class LocalEnv(BackupEnv):
         # A private temp name: concurrent creators sharing `.name.tmp` would
         # truncate each other's content, and the winner could publish the
         # loser's bytes.  It still matches RocksDB's `.<name>...tmp` pattern.
-        head, name = os.path.split(full)
-        tmp = os.path.join(head, f".{name}.{secrets.token_hex(6)}.tmp")
+        head = os.path.dirname(full)
+        tmp = exclusive_temp_path(full)
         fd = self._open_new(tmp, os.O_EXCL, sync=sync)
         try:
             try:

@@ -13,7 +13,6 @@ collection, damage detection and restore.  A backend's author gets both with::
 """
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,25 +22,8 @@ from ..engine import BackupEngine, BackupEngineReadOnly
 from ..env.base import BackupEnv
 from ..errors import Corruption, NotFound
 from ..options import BackupableDBOptions
+from .dbs import fill, read_all
 from .env_contract import BackupEnvContract
-
-
-def _fill(db, n: int, prefix: str, seed: int) -> dict[str, bytes]:
-    rng = random.Random(seed)
-    out = {f"{prefix}{i:06d}": rng.randbytes(300) for i in range(n)}
-    for k, v in out.items():
-        db[k] = v
-    return out
-
-
-def _read(path: Path) -> dict:
-    import rocksdict
-
-    db = rocksdict.Rdict(str(path))
-    try:
-        return dict(db.items())
-    finally:
-        db.close()
 
 
 class BackupEngineContract:
@@ -61,7 +43,7 @@ class BackupEngineContract:
         import rocksdict
 
         db = rocksdict.Rdict(str(tmp_path / "source-db"))
-        written = _fill(db, 1500, "a", 1)
+        written = fill(db, 1500, prefix="a", value_size=300, seed=1)
         db.flush()
         yield db, written
         db.close()
@@ -75,7 +57,7 @@ class BackupEngineContract:
         first = dict(written)
         assert eng.create_new_backup(db, app_metadata=b"one") == 1
         shared_before = {f.path for f in engine_env.list("shared_checksum")}
-        written.update(_fill(db, 500, "b", 2))
+        written.update(fill(db, 500, prefix="b", value_size=300, seed=2))
         db.flush()
         assert eng.create_new_backup(db) == 2
         shared_after = {f.path for f in engine_env.list("shared_checksum")}
@@ -86,18 +68,18 @@ class BackupEngineContract:
         for info in infos:
             eng.verify_backup(info.backup_id, verify_with_checksum=True)
         eng.restore_db_from_backup(1, tmp_path / "r1")
-        assert _read(tmp_path / "r1") == first
+        assert read_all(tmp_path / "r1") == first
         eng.close()
 
         ro = BackupEngineReadOnly.open(BackupableDBOptions(engine_env.url or "conformance", backup_env=engine_env))
         ro.restore_db_from_latest_backup(tmp_path / "r2")
-        assert _read(tmp_path / "r2") == written
+        assert read_all(tmp_path / "r2") == written
 
     def test_engine_purge_delete_gc(self, engine_env, source_db):
         db, _ = source_db
         eng = self._engine(engine_env)
         for i in range(3):
-            _fill(db, 100, f"g{i}", i)
+            fill(db, 100, prefix=f"g{i}", value_size=300, seed=i)
             db.flush()
             eng.create_new_backup(db)
         engine_env.write_bytes("shared_checksum/.000999_sX_1.sst.tmp", b"leftover")

@@ -57,6 +57,42 @@ def _pattern(size: int, seed: int = 0) -> bytes:
     return block * reps + block[:rest]
 
 
+def race_for_one_winner(prepare: Callable[[int], Callable[[], None]], creators: int = 8) -> int:
+    """Run `creators` threads: each prepares its attempt (`prepare(i)` returns it), all wait
+    at one barrier, then each makes it.  Exactly one may succeed; the others must get
+    AlreadyExists and nothing else.  Returns the winner's index.  Backend tests that race
+    their own way (several clients, many rounds) call it too."""
+    n = creators
+    start = threading.Barrier(n)
+    winners: list[int] = []
+    errors: list[BaseException] = []
+
+    def attempt(i: int) -> None:
+        try:
+            go = prepare(i)
+        except BaseException as exc:
+            errors.append(exc)
+            start.abort()  # the others must not wait for this one forever
+            return
+        try:
+            start.wait()
+            go()
+            winners.append(i)
+        except AlreadyExists:
+            pass
+        except BaseException as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(winners) == 1, f"{len(winners)} winners"
+    return winners[0]
+
+
 class BackupEnvContract:
     """Inherit, implement `make_env`, and the whole contract is tested."""
 
@@ -85,38 +121,8 @@ class BackupEnvContract:
         return sorted(info.path for info in env.list(prefix))
 
     def race_for_one_winner(self, prepare: Callable[[int], Callable[[], None]]) -> int:
-        """Run `concurrent_creators` threads: each prepares its attempt, all wait at one barrier,
-        then each makes it.  Exactly one may succeed; the others must get AlreadyExists and
-        nothing else.  Returns the winner's index."""
-        n = self.concurrent_creators
-        start = threading.Barrier(n)
-        winners: list[int] = []
-        errors: list[BaseException] = []
-
-        def attempt(i: int) -> None:
-            try:
-                go = prepare(i)
-            except BaseException as exc:
-                errors.append(exc)
-                start.abort()  # the others must not wait for this one forever
-                return
-            try:
-                start.wait()
-                go()
-                winners.append(i)
-            except AlreadyExists:
-                pass
-            except BaseException as exc:  # reported below, not lost in the thread
-                errors.append(exc)
-
-        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
-        assert len(winners) == 1, f"{len(winners)} winners"
-        return winners[0]
+        """`race_for_one_winner` with this store's `concurrent_creators`."""
+        return race_for_one_winner(prepare, self.concurrent_creators)
 
     @staticmethod
     def infos(env: BackupEnv, prefix: str = "") -> list[FileInfo]:

@@ -34,7 +34,6 @@ import errno
 import logging
 import os
 import posixpath
-import secrets
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -47,6 +46,7 @@ from fsspec.implementations.arrow import ArrowFSWrapper
 from rbackup.env.base import Capabilities, check_path
 from rbackup.env.fsspec_env import FsspecEnv
 from rbackup.errors import AlreadyExists, BackupError, InvalidArgument, NotFound
+from rbackup.format.tempnames import exclusive_temp_path
 
 from .config import DEFAULT_NAMENODE, HdfsLocation, HdfsSettings, hadoop_fs_kwargs, parse_hdfs_url
 from .errors import translate_hdfs_error
@@ -161,13 +161,6 @@ def native_exclusive_rename(location: HdfsLocation, settings: HdfsSettings) -> E
     return rename
 
 
-def exclusive_temp_name(path: str) -> str:
-    """`dir/.name.<random>.tmp`: a temp name no other creator uses, still one RocksDB's GC
-    recognises as a leftover (it has `.tmp` in it)."""
-    folder, name = posixpath.split(path)
-    return posixpath.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
-
-
 class HdfsEnv(FsspecEnv):
     """The backup directory `hdfs://namenode:port/path` (or `hdfs:///path`, `viewfs://cluster/path`).
 
@@ -242,7 +235,7 @@ class HdfsEnv(FsspecEnv):
         path = check_path(path)
         if self.exists(path):
             raise AlreadyExists(f"create {self.describe(path)}: already exists")
-        tmp_path = exclusive_temp_name(path)
+        tmp_path = exclusive_temp_path(path)
         full, tmp = self._full(path), self._full(tmp_path)
         try:
             self.fs.makedirs(posixpath.dirname(full), exist_ok=True)

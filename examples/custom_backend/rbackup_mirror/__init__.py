@@ -12,7 +12,7 @@ The primary is the source of truth (listings, sizes, the commit arbiter);
 the replica receives every file too, and reads fall back to it when the
 primary has lost or cannot serve a file.  The whole backend is this file
 plus one entry point in pyproject.toml; it passes rbackup's conformance kit
-(tests/test_custom_backend.py) without any change to the engine.
+(examples/custom_backend/tests/test_custom_backend.py) without any change to the engine.
 """
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import enum
 import re
 
-from .errors import InvalidArgument
+from ..errors import InvalidArgument
+from .tempnames import is_meta_temp_name, is_temp_name, temp_path
 
 __all__ = [
     "ENCRYPTION_MARKER",
@@ -86,26 +87,6 @@ def meta_path(backup_id: int) -> str:
 def private_dir(backup_id: int) -> str:
     """`private/<id>`: the backup's unshared files (MANIFEST, CURRENT, OPTIONS, WALs)."""
     return f"{PRIVATE_DIR}/{_check_backup_id(backup_id)}"
-
-
-def temp_path(path: str) -> str:
-    """`<dir>/.<name>.tmp`: RocksDB's temp name, which its GC knows to delete (BE:517-528, 573-576)."""
-    head, sep, name = path.rpartition("/")
-    return f"{head}{sep}.{_check_name(name)}.tmp"
-
-
-_META_TEMP = re.compile(r"\.[1-9][0-9]{0,9}(\.[0-9a-f]+)?\.tmp")
-
-
-def is_meta_temp_name(name: str) -> bool:
-    """A meta commit's temp file: RocksDB's `.<id>.tmp`, LocalEnv's `.<id>.<hex>.tmp`.
-    Other non-canonical names in meta/ are left alone, as RocksDB leaves them."""
-    return _META_TEMP.fullmatch(name) is not None
-
-
-def is_temp_name(name: str) -> bool:
-    """RocksDB's GC treats any name containing `.tmp` as a leftover temp file."""
-    return ".tmp" in name
 
 
 def parse_backup_id(name: str) -> int | None:

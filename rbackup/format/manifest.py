@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .errors import Corruption, NotSupported
+from ..errors import Corruption, NotSupported
 from .logformat import read_records
 
 DEFAULT_CF = "default"

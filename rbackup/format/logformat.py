@@ -30,8 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from ..errors import Corruption, NotSupported
 from .checksum import crc32c
-from .errors import Corruption, NotSupported
 
 log = logging.getLogger("rbackup")
 

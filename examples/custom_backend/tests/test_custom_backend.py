@@ -37,8 +37,7 @@ def test_registered_through_the_entry_point(tmp_path, live_db):
 
 def test_reads_fall_back_to_the_replica(tmp_path, live_db):
     from rbackup import BackupableDBOptions, BackupEngine
-
-    from .db_fixtures import read_all
+    from tests.db_fixtures import read_all
 
     env = MirrorEnv(primary=LocalEnv(tmp_path / "a"), replica=LocalEnv(tmp_path / "b"))
     with BackupEngine.open(BackupableDBOptions("mirror://t", backup_env=env)) as eng:

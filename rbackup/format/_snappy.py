@@ -18,7 +18,7 @@ malformation raises `rbackup.errors.Corruption`.
 """
 from __future__ import annotations
 
-from .errors import Corruption
+from ..errors import Corruption
 
 # The best expansion any element achieves is a 3-byte copy-2 element that
 # writes 64 bytes, so no valid stream decodes to more than 64/3 of its size.

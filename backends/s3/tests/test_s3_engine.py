@@ -9,9 +9,8 @@ import boto3
 from rbackup_s3 import S3Env
 
 from rbackup import BackupableDB, BackupableDBOptions, BackupEngine, BackupEngineReadOnly, RestoreBackupableDB
-from rbackup.naming import db_filename_from_backup_name
-
-from .db_fixtures import read_all
+from rbackup.format.naming import db_filename_from_backup_name
+from tests.db_fixtures import read_all
 
 
 def _keys(url: str, options: dict[str, Any]) -> dict[str, bytes]:

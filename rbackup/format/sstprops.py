@@ -38,8 +38,8 @@ import re
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from ..errors import Corruption, NotSupported
 from . import _snappy
-from .errors import Corruption, NotSupported
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +23,11 @@ from rbackup_hdfs import HdfsEnv
 
 from rbackup import BackupableDBOptions, BackupEngine
 from rbackup.errors import BackupError, Corruption, NotFound
-
-from .db_fixtures import LiveDB, fill, read_all
-from .hdfs_fixtures import RealHdfs
-from .test_cli import RBACKUP, cli_env, failed, listing, ok
+from tests.db_fixtures import LiveDB, fill, read_all
+from tests.hdfs_fixtures import RealHdfs
+from tests.test_cli import RBACKUP, cli_env, failed, listing, ok
 
 pytestmark = [pytest.mark.hdfs, pytest.mark.slow]
-
-
-@pytest.fixture
-def hdfs_dir(real_hdfs: RealHdfs) -> Iterator[str]:
-    """A fresh backup directory URL on the live cluster, removed afterwards."""
-    url = f"{real_hdfs.url}/{uuid.uuid4().hex}"
-    yield url
-    env = HdfsEnv(url)
-    if env.fs.exists(env.root):
-        env.fs.rm(env.root, recursive=True)
 
 
 @pytest.fixture

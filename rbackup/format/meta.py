@@ -30,8 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast, overload
 
-from .env.base import check_path
-from .errors import BackupError, Corruption, InvalidArgument, NotSupported
+from ..errors import BackupError, Corruption, InvalidArgument, NotSupported
 from .naming import (
     PRIVATE_DIR,
     SHARED_CHECKSUM_DIR,
@@ -39,6 +38,7 @@ from .naming import (
     db_filename_from_backup_name,
     parse_backup_id,
 )
+from .paths import check_path
 
 __all__ = [
     "MAX_APP_METADATA",

@@ -20,7 +20,7 @@ from rbackup_s3.upload import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from rbackup.env.registry import open_env
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StorageError
 from rbackup.testing import BackendConformance
-from rbackup.testing.env_contract import _pattern
+from rbackup.testing.env_contract import _pattern, race_for_one_winner
 from tests.s3_fixtures import Fault, FaultyS3, Overlap
 
 MiB = 2**20
@@ -186,27 +186,9 @@ def test_create_exclusive_race_between_clients(s3_bucket_url: tuple[str, dict[st
     url, options = s3_bucket_url
     envs = [S3Env(url, storage_options=options) for _ in range(8)]
     for round_ in range(3):
-        start = threading.Barrier(len(envs))
-        winners: list[int] = []
-        errors: list[BaseException] = []
-
-        def create(i: int) -> None:
-            start.wait()
-            try:
-                envs[i].create_exclusive(f"LOCK{round_}", f"holder {i}".encode())
-                winners.append(i)
-            except AlreadyExists:
-                pass
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=create, args=(i,)) for i in range(len(envs))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == [] and len(winners) == 1
-        assert envs[0].read_bytes(f"LOCK{round_}", 100) == f"holder {winners[0]}".encode()
+        won = race_for_one_winner(
+            lambda i, r=round_: lambda: envs[i].create_exclusive(f"LOCK{r}", f"holder {i}".encode()), len(envs))
+        assert envs[0].read_bytes(f"LOCK{round_}", 100) == f"holder {won}".encode()
 
 
 def test_create_exclusive_survives_a_lost_response(s3_faulty: FaultyS3) -> None:

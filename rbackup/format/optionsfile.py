@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import Corruption
+from ..errors import Corruption
 
 DB_OPTIONS = "DBOptions"
 CF_OPTIONS = "CFOptions"

@@ -1,6 +1,6 @@
 """HdfsEnv (backends/hdfs): the glue without a NameNode, and the conformance kit on a real one.
 
-The tests are in three parts (tests/test_hdfs_live.py has the rest against the live cluster):
+The tests are in three parts (backends/hdfs/tests/test_hdfs_live.py has the rest against the live cluster):
 
 1. The whole conformance kit (storage contract and engine round trip) over
    `HdfsEnv` built with a connector returning `pyarrow.fs.LocalFileSystem()`
@@ -24,7 +24,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,9 +52,9 @@ from rbackup.errors import (
     StorageError,
 )
 from rbackup.testing import BackendConformance
-
-from .db_fixtures import read_all
-from .hdfs_fixtures import RealHdfs
+from rbackup.testing.env_contract import race_for_one_winner
+from tests.db_fixtures import read_all
+from tests.hdfs_fixtures import RealHdfs
 
 
 def local_connector(**kwargs: Any) -> pyarrow.fs.FileSystem:
@@ -157,31 +156,13 @@ def test_create_exclusive_racing_threads_have_one_winner(tmp_path: Path) -> None
     """20 rounds of 8 racing creators: exactly one succeeds, its bytes stay, no temp is left."""
     env = local_hdfs_env(tmp_path / "b")
     assert env.capabilities.conditional_create is True
+    def payload(i: int) -> bytes:
+        return f"writer {i} ".encode() * (50 * (i + 1))
+
     for rnd in range(20):
         name = f"meta/{rnd + 1}"
-        start = threading.Barrier(8)
-        winners: list[bytes] = []
-        errors: list[BaseException] = []
-
-        def create(i: int) -> None:
-            payload = f"writer {i} ".encode() * (50 * (i + 1))
-            start.wait()
-            try:
-                env.create_exclusive(name, payload)
-                winners.append(payload)
-            except AlreadyExists:
-                pass
-            except BaseException as exc:  # reported below, not lost in the thread
-                errors.append(exc)
-
-        threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
-        assert len(winners) == 1
-        assert env.read_bytes(name, 1 << 20) == winners[0]
+        won = race_for_one_winner(lambda i, name=name: lambda: env.create_exclusive(name, payload(i)))
+        assert env.read_bytes(name, 1 << 20) == payload(won)
     assert all(".tmp" not in f.path for f in env.list()), "temp files left behind"
 
 

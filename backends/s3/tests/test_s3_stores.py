@@ -25,9 +25,8 @@ from rbackup.errors import NotFound, NotSupported, StorageError
 from rbackup.lock import LEASE_DIR
 from rbackup.testing import BackendConformance
 from rbackup.testing.env_contract import _pattern
-
-from .crash_worker import ROOT
-from .s3_servers import S3Store, make_store
+from tests.crash_worker import ROOT
+from tests.s3_servers import S3Store, make_store
 
 MiB = 2**20
 SMALL_PARTS = {"part_size": 5 * MiB}

@@ -18,10 +18,9 @@ from rbackup_s3.object_lock import ObjectLockS3Env, ObjectLockSettings
 from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly, InvalidArgument
 from rbackup.env.registry import open_env
 from rbackup.retention import RetentionPolicy
-
-from .db_fixtures import read_all
-from .s3_fixtures import _storage_options
-from .s3_servers import client_for, credentials
+from tests.db_fixtures import read_all
+from tests.s3_fixtures import _storage_options
+from tests.s3_servers import client_for, credentials
 
 
 @pytest.fixture
@@ -187,7 +186,7 @@ def test_purge_keeps_the_files_of_a_backup_whose_meta_is_still_locked(locked_buc
 
 @pytest.mark.slow
 def test_cli_object_lock_create_purge_gc_copy(locked_bucket, moto_server, live_db, tmp_path) -> None:
-    from .test_cli import failed, listing, ok, rbackup
+    from tests.test_cli import failed, listing, ok, rbackup
 
     bucket, _, client = locked_bucket
     live_db.db.close()
