@@ -10,7 +10,12 @@ A big object (over `PARALLEL_MIN_SEGMENTS` segments) is also fetched ahead in
 segments by ranged GETs running beside the stream, each into a buffer taken
 from the env's part budget only if one is free (`PartBudget.try_acquire`):
 the stream serves the first segment and any segment no buffer was free for,
-so memory stays within the budget and small files cost nothing extra.  Every
+so memory stays within the budget and small files cost nothing extra.  The
+ranged GETs only use connections the env's other open readers leave idle
+(`OpenReaders`): a restore that already streams `concurrency` files at once
+reads each in one GET, since more requests would add cost, not speed (and on
+stores that serve a ranged GET by reading the whole object, as moto does, a
+multiple of the work).  Every
 ranged GET carries `If-Match: <ETag of the first response>` and its own ETag
 and Content-Range are checked, so segments of two versions are never joined.
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +58,29 @@ MAX_AHEAD = 8
 """Segments of one object fetched ahead at once, at most."""
 
 
+class OpenReaders:
+    """The readers of one env open at once, against its connection count: a big object's
+    ranged GETs take only the connections the others leave idle, shared among them."""
+
+    def __init__(self, connections: int) -> None:
+        self.connections = connections
+        self._open = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            self._open += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._open -= 1
+
+    def spare_per_reader(self) -> int:
+        with self._lock:
+            readers = max(self._open, 1)
+        return max(0, (self.connections - readers) // readers)
+
+
 @dataclass
 class _Ahead:
     """A segment being fetched ahead into a budget buffer."""
@@ -71,7 +100,7 @@ class S3Reader(io.RawIOBase):
     """
 
     def __init__(self, fs: Any, bucket: str, key: str, what: str, *, budget: PartBudget | None = None,
-                 segment: int = 0) -> None:
+                 segment: int = 0, readers: OpenReaders | None = None) -> None:
         super().__init__()
         self._fs = fs
         self._bucket = bucket
@@ -83,11 +112,16 @@ class S3Reader(io.RawIOBase):
         """GETs sent after the first one to resume a cut body (for tests and logs)."""
         self.most_ahead = 0
         """The most segments fetched ahead at once (for tests and tuning)."""
+        self._readers: OpenReaders | None = None
         response = fs.call_s3("get_object", Bucket=bucket, Key=key)
         self._body = response["Body"]
         self._etag: str | None = response.get("ETag")
         self.size = int(response["ContentLength"])
-        parallel = budget is not None and segment > 0 and self.size > PARALLEL_MIN_SEGMENTS * segment
+        if readers is not None:
+            readers.enter()
+            self._readers = readers  # counted from here until close
+        parallel = (budget is not None and segment > 0 and self.size > PARALLEL_MIN_SEGMENTS * segment
+                    and self._spare() > 0)
         self._budget = budget if parallel else None
         self._segment = segment if parallel else self.size or 1
         self._body_end = min(self._segment, self.size) if parallel else self.size
@@ -132,6 +166,8 @@ class S3Reader(io.RawIOBase):
             try:
                 sync(self._fs.loop, self._shut)
             finally:
+                if self._readers is not None:
+                    self._readers.leave()
                 super().close()
 
     # -- on the event loop ----------------------------------------------------------
@@ -150,6 +186,11 @@ class S3Reader(io.RawIOBase):
         self._budget.give_back(item.buffer)
         self._budget.release(item.reserved)
 
+    def _spare(self) -> int:
+        """Segments this reader may fetch ahead now: MAX_AHEAD, or fewer if other readers need the
+        connections."""
+        return MAX_AHEAD if self._readers is None else min(MAX_AHEAD, self._readers.spare_per_reader())
+
     def _segment_span(self, index: int) -> tuple[int, int]:
         start = index * self._segment
         return start, min(start + self._segment, self.size)
@@ -160,7 +201,7 @@ class S3Reader(io.RawIOBase):
             return
         current = self._pos // self._segment
         last = (self.size - 1) // self._segment
-        for index in range(current + 1, min(last, current + MAX_AHEAD) + 1):
+        for index in range(current + 1, min(last, current + self._spare()) + 1):
             if index in self._ahead:
                 continue
             start, end = self._segment_span(index)
@@ -251,6 +292,10 @@ class S3Reader(io.RawIOBase):
         """Stream the rest of the current segment (or object), if it is still the version we
         started on: after a cut body (`resume`), or for a segment nothing fetched ahead."""
         self.resumes += resume
+        if self._budget is not None and not self._ahead and self._spare() == 0:
+            # Nothing fetched ahead and no idle connection to fetch with: stream the rest in
+            # one GET instead of one per segment.
+            self._budget = None
         self._body_end = self._segment_span(self._pos // self._segment)[1] if self._budget else self.size
         self._body = await self._get_range(self._pos, self._body_end)
 

@@ -37,7 +37,7 @@ from rbackup.env.base import AtomicWriter, Capabilities, FileInfo, check_path, r
 from rbackup.env.fsspec_env import FsspecEnv, error_code, redact_url
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, NotSupported, PermissionDenied, StorageError
 
-from .download import S3Reader
+from .download import OpenReaders, S3Reader
 from .upload import MAX_PART_SIZE, MIN_PART_SIZE, PartBudget, S3Writer
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,7 @@ class S3Env(FsspecEnv):
         self.bucket = bucket
         self.settings = settings
         self.part_budget = PartBudget(settings.parts_in_flight * settings.part_size)
+        self.open_readers = OpenReaders(settings.concurrency)
         self._endpoint = redact_url(options.get("endpoint_url") or "from the AWS configuration")
         self._probe_lock = threading.Lock()
         self._probed: bool | None = None
@@ -205,7 +206,7 @@ class S3Env(FsspecEnv):
         # A bare prefix has no object: NoSuchKey, i.e. not found.
         key = full.partition("/")[2]
         return S3Reader(self.fs, self.bucket, key, f"read {self.describe(full[len(self._prefix):])}",
-                        budget=self.part_budget, segment=self.settings.part_size)
+                        budget=self.part_budget, segment=self.settings.part_size, readers=self.open_readers)
 
     def conditional_writes_honoured(self) -> bool:
         """Whether creates may rely on `If-None-Match: *`: False if the user said the store

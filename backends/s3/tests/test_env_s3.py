@@ -509,6 +509,24 @@ def test_a_big_file_comes_down_by_parallel_ranged_gets(s3_faulty: FaultyS3) -> N
     assert env.part_budget.held == 0
 
 
+def test_a_big_file_among_busy_readers_comes_down_in_one_get(s3_faulty: FaultyS3) -> None:
+    """With no idle connection (here `concurrency` 2 and another file open), a big file is read by
+    one streaming GET: no ranged GETs, no budget taken."""
+    clean = S3Env(s3_faulty.url, storage_options={**s3_faulty.clean_storage_options, **SMALL_PARTS})
+    data = _pattern(31 * MiB + 11, seed=23)
+    clean.write_bytes("shared/big.sst", data)
+    clean.write_bytes("shared/other.sst", b"x" * MiB)
+    env = S3Env(s3_faulty.url, storage_options={**s3_faulty.storage_options, **SMALL_PARTS, "concurrency": 2})
+    ranged = s3_faulty.injector.watch(Overlap(_is_ranged_get, meet=1))
+    with env.open_read("shared/other.sst") as other, env.open_read("shared/big.sst") as f:
+        assert f.read() == data and other.read() == b"x" * MiB
+        assert f._raw.most_ahead == 0
+    assert ranged.seen == 0 and env.part_budget.peak == 0
+    with env.open_read("shared/big.sst") as f:  # alone again: it has a spare connection
+        assert f.read() == data
+        assert f._raw.most_ahead >= 1
+
+
 def test_a_big_file_replaced_while_its_segments_are_fetched_is_an_error(s3_faulty: FaultyS3) -> None:
     """The object is replaced (same size) while the ranged GETs of its later segments wait at
     the server: they carry If-Match and their ETag is checked, so the read fails instead of
