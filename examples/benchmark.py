@@ -1064,7 +1064,7 @@ def main(argv: list[str] | None = None) -> None:
         "client that reads a file in several ranged GETs costs moto several times the file's size; real S3 "
         "does not. The CPU notes on S3 rows show where the time goes.",
         "S3 fairness: both clients move the same files with the same width: rbackup's S3 default of 16 files "
-        "in flight, 8 MiB multipart parts and one part at a time per file (its S3Writer), s3fs with "
+        "in flight, 8 MiB multipart parts and up to 4 parts in flight shared by all files (its part budget), s3fs with "
         "batch_size=16, chunksize=8 MiB, max_concurrency=1 and 16 pooled connections. The moto server runs "
         "in a child process.",
     ]
