@@ -33,7 +33,14 @@ from typing import Any
 import s3fs
 from fsspec.dircache import DirCache
 
-from rbackup.env.base import AtomicWriter, Capabilities, FileInfo, check_path, refuse_unknown_options
+from rbackup.env.base import (
+    OBJECT_STORE_BUFFER_SIZE,
+    AtomicWriter,
+    Capabilities,
+    FileInfo,
+    check_path,
+    refuse_unknown_options,
+)
 from rbackup.env.fsspec_env import FsspecEnv, error_code, redact_url
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, NotSupported, PermissionDenied, StorageError
 
@@ -78,7 +85,9 @@ class S3Settings:
     read_block_size: int = 8 * MiB
     """Ignored since reads became one streaming GET per file; still accepted."""
     concurrency: int = 16
-    """Transfers the engine should run at once (and HTTP connections kept)."""
+    """Requests at once, as `Capabilities.concurrency` means for every store (meta files read at
+    once, HTTP connections kept), and, S3 being latency-bound, files copied at once too
+    (`Capabilities.transfer_width`)."""
     max_attempts: int = 5
     """Attempts per request in botocore's standard retry mode (1 means no retry)."""
     parts_in_flight: int = 4
@@ -124,7 +133,8 @@ class S3Env(FsspecEnv):
     """
 
     capabilities = Capabilities(conditional_create=True, exclusive_publish=True, durable_sync=True,
-                                concurrency=S3Settings.concurrency)
+                                concurrency=S3Settings.concurrency, transfer_width=S3Settings.concurrency,
+                                buffer_size=OBJECT_STORE_BUFFER_SIZE)
     """The defaults, for `rbackup backends`; an instance reflects its own settings."""
 
     def __new__(cls, url: str, *, storage_options: dict[str, Any] | None = None) -> S3Env:
@@ -166,6 +176,8 @@ class S3Env(FsspecEnv):
                 durable_sync=True,
                 directories=False,
                 concurrency=settings.concurrency,
+                transfer_width=settings.concurrency,  # latency-bound: as many files as requests
+                buffer_size=OBJECT_STORE_BUFFER_SIZE,
             ),
         )
         self.bucket = bucket

@@ -17,6 +17,7 @@ import rbackup_s3.upload
 from rbackup_s3 import S3Env, S3Settings, parse_s3_url, part_size
 from rbackup_s3.upload import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 
+from rbackup.env.base import OBJECT_STORE_BUFFER_SIZE
 from rbackup.env.registry import open_env
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StorageError
 from rbackup.testing import BackendConformance
@@ -102,6 +103,9 @@ def test_capabilities_and_registry(s3_bucket_url: tuple[str, dict[str, Any]]) ->
     assert open_env(url.replace("s3://", "s3a://"), storage_options=options).url.startswith("s3a://")
     plain = S3Env(url, storage_options={**options, "conditional_writes": False, "concurrency": 32})
     assert not plain.capabilities.conditional_create and plain.capabilities.concurrency == 32
+    # S3 is latency-bound: its requests-at-once width is its files-at-once width too
+    assert (caps.transfer_width, plain.capabilities.transfer_width) == (16, 32)
+    assert caps.buffer_size == OBJECT_STORE_BUFFER_SIZE
 
 
 def test_multipart_upload_of_a_large_file(s3_bucket_url: tuple[str, dict[str, Any]]) -> None:

@@ -1,0 +1,78 @@
+"""The engine reads each capability for what it says, never one standing in for another.
+
+A store that has directories is not thereby slow to transfer or fond of big buffers, and a
+local directory is not thereby best read one meta file at a time: the widths and the
+buffer come from the fields that declare them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import pytest
+
+from rbackup import BackupableDBOptions, BackupEngine
+from rbackup.env.base import DISK_BUFFER_SIZE, OBJECT_STORE_BUFFER_SIZE, BackupEnv, Capabilities, ReadStream
+from rbackup.env.local import LocalEnv
+from rbackup.env.memory import MemoryEnv
+from rbackup.env.wrappers import WrapperEnv
+from rbackup.transfer import Buffers
+
+
+class DeclaringEnv(WrapperEnv):
+    """`inner`, declaring the capabilities a test chooses, and noting which threads read meta files."""
+
+    def __init__(self, inner: BackupEnv, capabilities: Capabilities) -> None:
+        super().__init__(inner)
+        self._capabilities = capabilities
+        self.meta_readers: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        return self._capabilities
+
+    def open_read(self, path: str) -> ReadStream:
+        if path.startswith("meta/"):
+            with self._lock:
+                self.meta_readers.add(threading.current_thread().name)
+        return super().open_read(path)
+
+
+def test_transfer_width_is_declared_not_inferred_from_directories(tmp_path) -> None:
+    """A store with directories that declares a width gets it; one without gets max_background_operations."""
+    wide = DeclaringEnv(LocalEnv(tmp_path / "a"), Capabilities(directories=True, transfer_width=5))
+    narrow = DeclaringEnv(MemoryEnv(), Capabilities(directories=False, concurrency=16, transfer_width=1))
+    with BackupEngine.open(BackupableDBOptions(str(tmp_path / "a"), backup_env=wide)) as engine:
+        assert engine._workers == 5
+    with BackupEngine.open(BackupableDBOptions("memory://", backup_env=narrow, max_background_operations=2)) as e:
+        assert e._workers == 2
+
+
+def test_buffer_size_is_declared_not_inferred_from_directories() -> None:
+    assert Buffers.for_store(0, Capabilities(directories=True, buffer_size=123 << 10)).size == 123 << 10
+    assert Buffers.for_store(0, Capabilities(directories=False, buffer_size=DISK_BUFFER_SIZE)).size == DISK_BUFFER_SIZE
+    assert Buffers.for_store(64 << 10, Capabilities(buffer_size=DISK_BUFFER_SIZE)).size == 64 << 10
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_meta_files_are_read_as_wide_as_the_store_declares(tmp_path, live_db, concurrency: int) -> None:
+    """A local directory declaring concurrency 4 has its meta files read by a pool; declaring 1, by the caller."""
+    backup_dir = str(tmp_path / "backups")
+    with BackupEngine.open(BackupableDBOptions(backup_dir)) as engine:
+        for _ in range(3):
+            engine.create_new_backup(live_db.db)
+    env = DeclaringEnv(LocalEnv(backup_dir), dataclasses.replace(LocalEnv.capabilities, concurrency=concurrency))
+    with BackupEngine.open(BackupableDBOptions(backup_dir, backup_env=env)) as engine:
+        assert len(engine.get_backup_info()) == 3
+    if concurrency == 1:
+        assert env.meta_readers == {threading.current_thread().name}
+    else:
+        assert env.meta_readers and all(name.startswith("rbackup-meta") for name in env.meta_readers)
+
+
+def test_built_in_stores_keep_their_widths_and_buffers(tmp_path) -> None:
+    """The declared values are the ones the engine used to infer: behaviour did not move."""
+    local, memory = LocalEnv(tmp_path / "b").capabilities, MemoryEnv().capabilities
+    assert (local.concurrency, local.transfer_width, local.buffer_size) == (1, 1, DISK_BUFFER_SIZE)
+    assert (memory.concurrency, memory.transfer_width, memory.buffer_size) == (8, 4, OBJECT_STORE_BUFFER_SIZE)
