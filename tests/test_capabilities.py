@@ -7,12 +7,15 @@ buffer come from the fields that declare them.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 
 import pytest
+import rocksdict
 
 from rbackup import BackupableDBOptions, BackupEngine
 from rbackup.env.base import DISK_BUFFER_SIZE, OBJECT_STORE_BUFFER_SIZE, BackupEnv, Capabilities, ReadStream
+from rbackup.env.encrypted import EncryptedEnv
 from rbackup.env.local import LocalEnv
 from rbackup.env.memory import MemoryEnv
 from rbackup.env.wrappers import WrapperEnv
@@ -76,3 +79,19 @@ def test_built_in_stores_keep_their_widths_and_buffers(tmp_path) -> None:
     local, memory = LocalEnv(tmp_path / "b").capabilities, MemoryEnv().capabilities
     assert (local.concurrency, local.transfer_width, local.buffer_size) == (1, 1, DISK_BUFFER_SIZE)
     assert (memory.concurrency, memory.transfer_width, memory.buffer_size) == (8, 4, OBJECT_STORE_BUFFER_SIZE)
+
+
+def test_encrypted_local_directory_keeps_its_flock_but_open_backup_decrypts(tmp_path) -> None:
+    """`local_path("")` is the directory (flock, restore-target check); `local_path(file)` is a file
+    readable as is, which an encrypted file is not: open_backup must fetch it through decryption."""
+    db = rocksdict.Rdict(str(tmp_path / "db"))
+    db[b"key"] = b"value"
+    db.flush()
+    env = EncryptedEnv(LocalEnv(tmp_path / "b"), key=os.urandom(32))
+    assert env.local_path("") == str(tmp_path / "b") and env.local_path("meta/1") is None
+    with BackupEngine.open(BackupableDBOptions(str(tmp_path / "b"), backup_env=env)) as engine:
+        engine.create_new_backup(db)
+        assert (tmp_path / "b" / "rbackup.lock").exists()  # the flock, not a lease
+        with engine.open_backup(1, cache_dir=str(tmp_path / "cache")) as view:
+            assert view[b"key"] == b"value"
+    db.close()

@@ -251,8 +251,23 @@ class BackupEnv(abc.ABC):
         """Remove a directory if it is empty; silently keep it otherwise or if absent."""
 
     def local_path(self, path: str = "") -> str | None:
-        """The local filesystem path of `path` when the store is a local directory
-        (lets the engine use a real flock), else None."""
+        """Where `path` is on this machine's filesystem, else None (the default).
+
+        `local_path("")` is the backup directory itself when it is a local directory;
+        `local_path(file)` is a file holding exactly the bytes `open_read(file)` returns
+        (None when the store transforms them, as encryption does, even in a local directory).
+        Returning a path is a promise the engine acts on, in exactly these places:
+
+        - the writer lock (`lock.hold_writer_lock`) is an `flock` on `<local_path("")>/rbackup.lock`
+          (exact, released by the kernel when the process dies) instead of a lease object
+          in the store (`create_exclusive` plus a TTL);
+        - restore refuses a `db_dir` or `wal_dir` inside `local_path("")`
+          (a restore must not write into the backup it reads);
+        - `open_backup` links `local_path(file)` into its view instead of
+          fetching the file through its cache;
+        - the CLI reports a missing `local_path("")` as NotFound instead of an empty list.
+
+        How wide meta files are read is not among them: that is `capabilities.concurrency`."""
         return None
 
     def sync_dir(self, path: str = "") -> None:  # noqa: B027 (a no-op unless the store has directories)
