@@ -75,6 +75,10 @@ class BackupEngine:
             for directory in ["", options.shared_dir, PRIVATE_DIR, META_DIR]:
                 if directory is not None:
                     self.env.makedirs(directory)
+        if not self.read_only and options.sync and not self.env.capabilities.durable_sync:
+            # said once, at open: every write of this engine asks for sync and none gets it
+            self._log.warning("%s cannot make writes durable (no durable_sync): sync=True is best effort there",
+                              self.env.describe())
         self._cached_state = self._load()  # a broken backup directory fails the open, as in RocksDB
         if options.destroy_old_data:
             with self._writing("destroy_old_data"):

@@ -7,18 +7,20 @@ buffer come from the fields that declare them.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 
 import pytest
 import rocksdict
 
-from rbackup import BackupableDBOptions, BackupEngine
+from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly
 from rbackup.env.base import DISK_BUFFER_SIZE, OBJECT_STORE_BUFFER_SIZE, BackupEnv, Capabilities, ReadStream
 from rbackup.env.encrypted import EncryptedEnv
 from rbackup.env.local import LocalEnv
 from rbackup.env.memory import MemoryEnv
 from rbackup.env.wrappers import WrapperEnv
+from rbackup.testing.doubles import CountingEnv
 from rbackup.transfer import Buffers
 
 
@@ -95,3 +97,27 @@ def test_encrypted_local_directory_keeps_its_flock_but_open_backup_decrypts(tmp_
         with engine.open_backup(1, cache_dir=str(tmp_path / "cache")) as view:
             assert view[b"key"] == b"value"
     db.close()
+
+
+@pytest.mark.parametrize(("store", "sync", "warned"), [("memory", True, True), ("memory", False, False),
+                                                       ("local", True, False)])
+def test_sync_on_a_store_without_durable_sync_is_said_to_be_best_effort(tmp_path, caplog, store, sync, warned) -> None:
+    env = MemoryEnv() if store == "memory" else LocalEnv(tmp_path / "b")
+    with caplog.at_level(logging.WARNING, logger="rbackup"):
+        BackupEngine.open(BackupableDBOptions(str(tmp_path / "b"), backup_env=env, sync=sync)).close()
+        BackupEngineReadOnly.open(BackupableDBOptions(str(tmp_path / "b"), backup_env=env, sync=sync)).close()
+    said = [r for r in caplog.records if "durable_sync" in r.getMessage()]
+    assert len(said) == (1 if warned else 0)  # once, by the writable engine only
+    assert all(env.describe() in r.getMessage() for r in said)
+
+
+@pytest.mark.parametrize("conditional_create", [True, False])
+def test_create_reads_its_commit_back_where_the_store_cannot_arbitrate(tmp_path, live_db, conditional_create) -> None:
+    """Under a flock on a store with conditional_create the commit is exact; without it, the
+    commit was exists-then-write, and the create reads meta/<id> back before returning it."""
+    caps = dataclasses.replace(LocalEnv.capabilities, conditional_create=conditional_create)
+    env = CountingEnv(DeclaringEnv(LocalEnv(tmp_path / "b"), caps))
+    with BackupEngine.open(BackupableDBOptions(str(tmp_path / "b"), backup_env=env)) as engine:
+        env.reads.clear()
+        engine.create_new_backup(live_db.db)
+        assert ("meta/1" in env.reads) is not conditional_create
