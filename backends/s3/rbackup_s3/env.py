@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,10 @@ PROBE_DIR = "rbackup.lock.d/probe"
 garbage collection and every listing of backups leave alone."""
 
 
+DEPRECATED_OPTIONS = ("read_block_size",)
+"""Storage options still accepted but ignored (read_block_size: reads became one streaming GET per file)."""
+
+
 @dataclass(frozen=True)
 class S3Settings:
     """rbackup's own storage options; everything else in `storage_options` goes to s3fs."""
@@ -82,8 +87,6 @@ class S3Settings:
     """False for stores without `If-None-Match` on PUT: create_exclusive becomes best effort."""
     part_size: int = 8 * MiB
     """First multipart part size; also the largest file sent as a single PUT."""
-    read_block_size: int = 8 * MiB
-    """Ignored since reads became one streaming GET per file; still accepted."""
     concurrency: int = 16
     """Requests at once, as `Capabilities.concurrency` means for every store (meta files read at
     once, HTTP connections kept), and, S3 being latency-bound, files copied at once too
@@ -96,13 +99,22 @@ class S3Settings:
     def __post_init__(self) -> None:
         if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
             raise InvalidArgument(f"part_size must be between 5 MiB and 5 GiB, got {self.part_size}")
-        for name in ("read_block_size", "concurrency", "max_attempts", "parts_in_flight"):
+        for name in ("concurrency", "max_attempts", "parts_in_flight"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")
 
     @classmethod
     def pop_from(cls, options: dict[str, Any]) -> S3Settings:
-        """Take rbackup's keys out of `options`, leaving only s3fs's."""
+        """Take rbackup's keys out of `options`, leaving only s3fs's.
+
+        A deprecated key is taken out too, whatever its value, with a FutureWarning (the
+        deprecation category users see): it changes nothing, and refusing it would break
+        configurations that still name it."""
+        for name in DEPRECATED_OPTIONS:
+            if name in options:
+                options.pop(name)
+                warnings.warn(f"S3 storage option {name!r} is deprecated and ignored (reads are one streaming "
+                              "GET per file, their segments are part_size)", FutureWarning, stacklevel=2)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: options.pop(k) for k in list(options) if k in names})
 
