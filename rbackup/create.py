@@ -154,8 +154,10 @@ def create_backup(env: BackupEnv, state: BackupState, options: BackupableDBOptio
         _cleanup(env, lock, backup_id, attempt.written, attempt.log)
         raise
     _commit(attempt, data)
-    # Committed: from here on a failure must not remove anything.
-    if lock.can_be_taken_over:
+    # Committed: from here on a failure must not remove anything.  Read it back where another
+    # writer could have raced it: a lease can be lost unawares, and a store without
+    # conditional_create makes the commit itself best effort (exists, then write).
+    if lock.can_be_taken_over or not env.capabilities.conditional_create:
         _check_committed(env, lock, backup_id, data, copied, workers, stop, attempt.log)
     _sync_dirs(attempt)
     attempt.log.info("backup %d: %d files (%d copied, %d bytes) in %.2fs", backup_id, len(meta.files),
@@ -293,8 +295,8 @@ def _sync_dirs(attempt: _Attempt) -> None:
 def _check_committed(env: BackupEnv, lock: WriterLock, backup_id: int, data: bytes,
                      copied: dict[str, tuple[int, int]], workers: int, stop: threading.Event,
                      log: logging.Logger) -> None:
-    """After the commit under a lease: this writer still holds the lease, and meta/<id> and the
-    files this attempt copied are still what it wrote.
+    """After a commit under a lease or on a store without conditional_create: this writer
+    still holds the lock, and meta/<id> and the files this attempt copied are still what it wrote.
 
     A writer that stalled between its last check and its commit may commit
     after a successor took the lease over; the successor's garbage collection

@@ -75,6 +75,10 @@ class BackupEngine:
             for directory in ["", options.shared_dir, PRIVATE_DIR, META_DIR]:
                 if directory is not None:
                     self.env.makedirs(directory)
+        if not self.read_only and options.sync and not self.env.capabilities.durable_sync:
+            # said once, at open: every write of this engine asks for sync and none gets it
+            self._log.warning("%s cannot make writes durable (no durable_sync): sync=True is best effort there",
+                              self.env.describe())
         self._cached_state = self._load()  # a broken backup directory fails the open, as in RocksDB
         if options.destroy_old_data:
             with self._writing("destroy_old_data"):
@@ -88,11 +92,9 @@ class BackupEngine:
     # -- internals -------------------------------------------------------------
     @property
     def _workers(self) -> int:
-        """max_background_operations files in flight; object stores, which are
-        latency- not bandwidth-bound, get at least their own sensible width."""
-        caps = self.env.capabilities
-        floor = 1 if caps.directories else caps.concurrency
-        return max(self.options.max_background_operations, floor)
+        """max_background_operations files in flight, and at least the width the
+        store declares (`Capabilities.transfer_width`: object stores are latency-bound)."""
+        return max(self.options.max_background_operations, self.env.capabilities.transfer_width)
 
     @property
     def _state(self) -> BackupState:
@@ -107,10 +109,10 @@ class BackupEngine:
 
     def _load(self) -> BackupState:
         max_valid = self.options.max_valid_backups_to_open if self.read_only else None
-        # Meta files are a round trip each on a remote store: fetch them concurrently
-        # there.  On local disk parsing holds the GIL and one thread is 30% faster.
-        workers = 1 if self.env.local_path("") is not None else max(8, self.env.capabilities.concurrency)
-        return load_state(self.env, max_valid=max_valid, workers=workers, logger=self._log,
+        # Meta files are a round trip each on a remote store: the store declares how many
+        # to fetch at once (`Capabilities.concurrency`; 1 on local disk, where parsing holds
+        # the GIL and one thread is 30% faster).
+        return load_state(self.env, max_valid=max_valid, workers=self.env.capabilities.concurrency, logger=self._log,
                           cache=self._meta_cache)
 
     def _check_open(self) -> None:

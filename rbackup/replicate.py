@@ -150,11 +150,6 @@ def _as_env(where: BackupEnv | str | os.PathLike, storage_options: dict[str, Any
     return open_env(where, storage_options=storage_options), True
 
 
-def _preferred_workers(env: BackupEnv) -> int:
-    caps = env.capabilities
-    return 1 if caps.directories else caps.concurrency
-
-
 def copy_backups(source: BackupEnv | str | os.PathLike, destination: BackupEnv | str | os.PathLike,
                  backup_ids: Iterable[int] | None = None, *,
                  source_storage_options: dict[str, Any] | None = None,
@@ -204,7 +199,7 @@ def _copy(src: BackupEnv, dst: BackupEnv, backup_ids: list[int] | None, workers:
                 raise NotFound(f"backup {backup_id} not found in {src.describe()}")
             if backup.error is not None:
                 raise type(backup.error)(f"backup {backup_id} in {src.describe()} is corrupt: {backup.error}")
-    width = workers or max(_preferred_workers(src), _preferred_workers(dst))
+    width = workers or max(src.capabilities.transfer_width, dst.capabilities.transfer_width)
     copier = _Copier(src, dst, width, Buffers.for_store(io_buffer_size, dst.capabilities), sync, stop,
                      progress_callback, report)
     dst.makedirs("")

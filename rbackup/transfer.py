@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
-from .env.base import Capabilities, ReadStream
+from .env.base import DISK_BUFFER_SIZE, Capabilities, ReadStream
 from .errors import Aborted, Corruption, Incomplete
 from .format.checksum import crc32c
 from .options import Progress, ProgressCallback
@@ -24,10 +24,8 @@ from .ratelimit import RateLimiter
 
 log = logging.getLogger("rbackup")
 
-DEFAULT_BUFFER_SIZE = 4 << 20
-OBJECT_STORE_BUFFER_SIZE = 1 << 20
-"""Object stores run 16 files wide and buffer their own parts: 1 MiB here keeps a
-backup to S3 under ~200 MB of RSS at no measured cost in throughput."""
+DEFAULT_BUFFER_SIZE = DISK_BUFFER_SIZE
+"""The buffer of a `Buffers()` that has no store to ask (the backup cache on local disk)."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -109,10 +107,9 @@ class Buffers(threading.local):
 
     @classmethod
     def for_store(cls, io_buffer_size: int, capabilities: Capabilities) -> Buffers:
-        """`io_buffer_size` when set, else what suits the store: big buffers for
-        disks (fewer syscalls), small ones for wide object-store transfers."""
-        default = DEFAULT_BUFFER_SIZE if capabilities.directories else OBJECT_STORE_BUFFER_SIZE
-        return cls(io_buffer_size or default)
+        """`io_buffer_size` when set, else what the store declares suits it
+        (`Capabilities.buffer_size`)."""
+        return cls(io_buffer_size or capabilities.buffer_size)
 
     def get(self) -> memoryview:
         if self._buf is None:

@@ -73,7 +73,7 @@ def test_default_capabilities_are_conservative(tmp_path: Path) -> None:
     env = FsspecEnv(LocalFileSystem(), str(tmp_path), url=str(tmp_path))
     assert env.capabilities == CONSERVATIVE
     assert not (CONSERVATIVE.atomic_rename or CONSERVATIVE.conditional_create or CONSERVATIVE.durable_sync)
-    assert CONSERVATIVE.concurrency == 4
+    assert (CONSERVATIVE.concurrency, CONSERVATIVE.transfer_width) == (8, 4)  # the widths the engine used before
 
 
 def test_from_url_memory_and_local(tmp_path: Path) -> None:

@@ -199,6 +199,11 @@ class EncryptedEnv(WrapperEnv):
         return self._keys
 
     # -- the contract ----------------------------------------------------------------
+    def local_path(self, path: str = "") -> str | None:
+        """The directory stays the inner one's (its flock, the restore-target check), but no
+        file on disk holds the bytes `open_read` returns: `open_backup` must decrypt them."""
+        return self.inner.local_path("") if path == "" else None
+
     def open_read(self, path: str) -> ReadStream:
         check_path(path)
         keys = self._keys_for_read(path)

@@ -50,6 +50,7 @@ from ..errors import (
 )
 from ..format.tempnames import temp_path
 from .base import (
+    OBJECT_STORE_BUFFER_SIZE,
     AtomicWriter,
     BackupEnv,
     Capabilities,
@@ -66,7 +67,9 @@ CONSERVATIVE = Capabilities(
     conditional_create=False,
     durable_sync=False,
     directories=False,
-    concurrency=4,
+    concurrency=8,
+    transfer_width=4,
+    buffer_size=OBJECT_STORE_BUFFER_SIZE,
 )
 """What an unknown fsspec store is assumed to offer: nothing but plain reads and writes."""
 

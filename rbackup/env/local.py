@@ -32,6 +32,7 @@ from ..errors import BackupError, Corruption, InvalidArgument, NotFound
 from ..format.tempnames import exclusive_temp_path, temp_path
 from ..osutil import advise_sequential
 from .base import (
+    DISK_BUFFER_SIZE,
     AtomicWriter,
     BackupEnv,
     Capabilities,
@@ -82,7 +83,9 @@ class LocalEnv(BackupEnv):
         conditional_create=True,
         durable_sync=True,
         directories=True,
-        concurrency=4,
+        concurrency=1,  # meta files one at a time: parsing holds the GIL, one thread is fastest
+        transfer_width=1,  # bandwidth-bound: max_background_operations decides
+        buffer_size=DISK_BUFFER_SIZE,
     )
 
     def __init__(

@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import AlreadyExists, InvalidArgument, NotFound
-from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream, check_path, refuse_unknown_options
+from .base import (
+    OBJECT_STORE_BUFFER_SIZE,
+    AtomicWriter,
+    BackupEnv,
+    Capabilities,
+    FileInfo,
+    ReadStream,
+    check_path,
+    refuse_unknown_options,
+)
 
 _PROTOCOL = "memory://"
 
@@ -36,7 +45,9 @@ class MemoryEnv(BackupEnv):
         conditional_create=True,
         durable_sync=False,
         directories=False,
-        concurrency=4,
+        concurrency=8,  # meta files are read 8 at a time, like a remote store's
+        transfer_width=4,  # an object store stand-in: wide transfers run in every fast test
+        buffer_size=OBJECT_STORE_BUFFER_SIZE,
     )
 
     _registry: ClassVar[dict[str, _Store]] = {}

@@ -138,7 +138,7 @@ class BackupEnvContract:
     def test_declares_capabilities(self, env: BackupEnv) -> None:
         caps = env.capabilities
         assert isinstance(caps, Capabilities)
-        assert caps.concurrency >= 1
+        assert caps.concurrency >= 1 and caps.transfer_width >= 1 and caps.buffer_size >= 4096
         assert "meta/1" in env.describe("meta/1")
 
     def test_write_read_round_trip(self, env: BackupEnv) -> None:

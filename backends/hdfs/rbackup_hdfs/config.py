@@ -125,7 +125,9 @@ class HdfsSettings:
     """Hadoop configuration overriding core-site.xml/hdfs-site.xml (HA, RPC timeouts, ...);
     values are stored as the strings Hadoop reads."""
     concurrency: int = 8
-    """Parallel metadata reads the engine may run (file copies follow max_background_operations)."""
+    """Requests at once, as `Capabilities.concurrency` means for every store: meta files read at
+    once.  HDFS is bandwidth-bound, so file copies follow max_background_operations
+    (`Capabilities.transfer_width` is 1)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.replication <= 32767:

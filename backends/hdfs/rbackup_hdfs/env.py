@@ -43,7 +43,7 @@ import hdfs_native
 import pyarrow.fs
 from fsspec.implementations.arrow import ArrowFSWrapper
 
-from rbackup.env.base import Capabilities, check_path
+from rbackup.env.base import DISK_BUFFER_SIZE, Capabilities, check_path
 from rbackup.env.fsspec_env import FsspecEnv
 from rbackup.errors import AlreadyExists, BackupError, InvalidArgument, NotFound
 from rbackup.format.tempnames import exclusive_temp_path
@@ -178,7 +178,8 @@ class HdfsEnv(FsspecEnv):
     """
 
     capabilities = Capabilities(atomic_rename=True, conditional_create=True, durable_sync=False,
-                                directories=True, concurrency=HdfsSettings.concurrency)
+                                directories=True, concurrency=HdfsSettings.concurrency,
+                                transfer_width=1, buffer_size=DISK_BUFFER_SIZE)
     """The defaults, for `rbackup backends`; an instance reflects its own settings."""
 
     def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None,

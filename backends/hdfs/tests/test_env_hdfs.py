@@ -42,6 +42,7 @@ from rbackup_hdfs import (
 )
 
 from rbackup import BackupableDBOptions, BackupEngine
+from rbackup.env.base import DISK_BUFFER_SIZE
 from rbackup.env.registry import backend_class, open_env
 from rbackup.errors import (
     AlreadyExists,
@@ -251,6 +252,8 @@ def test_option_mapping_reaches_hadoop_filesystem(tmp_path: Path) -> None:
     caps = env.capabilities
     assert (caps.atomic_rename, caps.conditional_create, caps.durable_sync, caps.directories, caps.concurrency) == (
         True, True, False, True, 3)
+    # concurrency means what it means for S3 (requests at once); copies stay bandwidth-bound
+    assert (caps.transfer_width, caps.buffer_size) == (1, DISK_BUFFER_SIZE)
 
 
 def test_default_options_keep_the_cluster_configuration() -> None:

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,14 @@ from typing import Any
 import s3fs
 from fsspec.dircache import DirCache
 
-from rbackup.env.base import AtomicWriter, Capabilities, FileInfo, check_path, refuse_unknown_options
+from rbackup.env.base import (
+    OBJECT_STORE_BUFFER_SIZE,
+    AtomicWriter,
+    Capabilities,
+    FileInfo,
+    check_path,
+    refuse_unknown_options,
+)
 from rbackup.env.fsspec_env import FsspecEnv, error_code, redact_url
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, NotSupported, PermissionDenied, StorageError
 
@@ -67,6 +75,10 @@ PROBE_DIR = "rbackup.lock.d/probe"
 garbage collection and every listing of backups leave alone."""
 
 
+DEPRECATED_OPTIONS = ("read_block_size",)
+"""Storage options still accepted but ignored (read_block_size: reads became one streaming GET per file)."""
+
+
 @dataclass(frozen=True)
 class S3Settings:
     """rbackup's own storage options; everything else in `storage_options` goes to s3fs."""
@@ -75,10 +87,10 @@ class S3Settings:
     """False for stores without `If-None-Match` on PUT: create_exclusive becomes best effort."""
     part_size: int = 8 * MiB
     """First multipart part size; also the largest file sent as a single PUT."""
-    read_block_size: int = 8 * MiB
-    """Ignored since reads became one streaming GET per file; still accepted."""
     concurrency: int = 16
-    """Transfers the engine should run at once (and HTTP connections kept)."""
+    """Requests at once, as `Capabilities.concurrency` means for every store (meta files read at
+    once, HTTP connections kept), and, S3 being latency-bound, files copied at once too
+    (`Capabilities.transfer_width`)."""
     max_attempts: int = 5
     """Attempts per request in botocore's standard retry mode (1 means no retry)."""
     parts_in_flight: int = 4
@@ -87,13 +99,22 @@ class S3Settings:
     def __post_init__(self) -> None:
         if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
             raise InvalidArgument(f"part_size must be between 5 MiB and 5 GiB, got {self.part_size}")
-        for name in ("read_block_size", "concurrency", "max_attempts", "parts_in_flight"):
+        for name in ("concurrency", "max_attempts", "parts_in_flight"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be positive, got {getattr(self, name)}")
 
     @classmethod
     def pop_from(cls, options: dict[str, Any]) -> S3Settings:
-        """Take rbackup's keys out of `options`, leaving only s3fs's."""
+        """Take rbackup's keys out of `options`, leaving only s3fs's.
+
+        A deprecated key is taken out too, whatever its value, with a FutureWarning (the
+        deprecation category users see): it changes nothing, and refusing it would break
+        configurations that still name it."""
+        for name in DEPRECATED_OPTIONS:
+            if name in options:
+                options.pop(name)
+                warnings.warn(f"S3 storage option {name!r} is deprecated and ignored (reads are one streaming "
+                              "GET per file, their segments are part_size)", FutureWarning, stacklevel=2)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: options.pop(k) for k in list(options) if k in names})
 
@@ -124,7 +145,8 @@ class S3Env(FsspecEnv):
     """
 
     capabilities = Capabilities(conditional_create=True, exclusive_publish=True, durable_sync=True,
-                                concurrency=S3Settings.concurrency)
+                                concurrency=S3Settings.concurrency, transfer_width=S3Settings.concurrency,
+                                buffer_size=OBJECT_STORE_BUFFER_SIZE)
     """The defaults, for `rbackup backends`; an instance reflects its own settings."""
 
     def __new__(cls, url: str, *, storage_options: dict[str, Any] | None = None) -> S3Env:
@@ -166,6 +188,8 @@ class S3Env(FsspecEnv):
                 durable_sync=True,
                 directories=False,
                 concurrency=settings.concurrency,
+                transfer_width=settings.concurrency,  # latency-bound: as many files as requests
+                buffer_size=OBJECT_STORE_BUFFER_SIZE,
             ),
         )
         self.bucket = bucket

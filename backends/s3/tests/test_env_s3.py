@@ -17,6 +17,7 @@ import rbackup_s3.upload
 from rbackup_s3 import S3Env, S3Settings, parse_s3_url, part_size
 from rbackup_s3.upload import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 
+from rbackup.env.base import OBJECT_STORE_BUFFER_SIZE
 from rbackup.env.registry import open_env
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StorageError
 from rbackup.testing import BackendConformance
@@ -92,6 +93,14 @@ def test_parse_url_and_settings() -> None:
         S3Settings(concurrency=0)
 
 
+@pytest.mark.parametrize("value", [MiB, 0, -1])
+def test_read_block_size_is_accepted_with_a_deprecation_warning_and_not_validated(value: int) -> None:
+    options = {"read_block_size": value, "part_size": 16 * MiB, "anon": True}
+    with pytest.warns(FutureWarning, match="read_block_size.*deprecated and ignored"):
+        settings = S3Settings.pop_from(options)
+    assert settings == S3Settings(part_size=16 * MiB) and options == {"anon": True}
+
+
 # -- against moto ----------------------------------------------------------------------
 def test_capabilities_and_registry(s3_bucket_url: tuple[str, dict[str, Any]]) -> None:
     url, options = s3_bucket_url
@@ -102,6 +111,9 @@ def test_capabilities_and_registry(s3_bucket_url: tuple[str, dict[str, Any]]) ->
     assert open_env(url.replace("s3://", "s3a://"), storage_options=options).url.startswith("s3a://")
     plain = S3Env(url, storage_options={**options, "conditional_writes": False, "concurrency": 32})
     assert not plain.capabilities.conditional_create and plain.capabilities.concurrency == 32
+    # S3 is latency-bound: its requests-at-once width is its files-at-once width too
+    assert (caps.transfer_width, plain.capabilities.transfer_width) == (16, 32)
+    assert caps.buffer_size == OBJECT_STORE_BUFFER_SIZE
 
 
 def test_multipart_upload_of_a_large_file(s3_bucket_url: tuple[str, dict[str, Any]]) -> None:
@@ -415,7 +427,7 @@ def test_part_bodies_are_not_copied(s3_bucket_url: tuple[str, dict[str, Any]], m
 def test_survives_random_faults_byte_identically(s3_faulty: FaultyS3) -> None:
     """20% of requests fail in every way the injector knows; every byte still comes back."""
     env = S3Env(f"{s3_faulty.url}/db",
-                storage_options={**s3_faulty.storage_options, **SMALL_PARTS, "read_block_size": MiB})
+                storage_options={**s3_faulty.storage_options, **SMALL_PARTS})
     sizes = [0, 1, 100_000, 5 * MiB, 12 * MiB + 3, 6 * MiB, 11 * MiB] + [4096 * i for i in range(1, 20)]
     files = {f"shared_checksum/{i:06d}.sst": _pattern(size, seed=i) for i, size in enumerate(sizes)}
     s3_faulty.injector.chaos(0.2)

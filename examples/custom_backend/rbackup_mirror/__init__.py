@@ -73,6 +73,8 @@ class MirrorEnv(BackupEnv):
             durable_sync=p.durable_sync and r.durable_sync,
             directories=p.directories or r.directories,
             concurrency=min(p.concurrency, r.concurrency),
+            transfer_width=min(p.transfer_width, r.transfer_width),  # every file goes to both
+            buffer_size=max(p.buffer_size, r.buffer_size),
         )
 
     def open_read(self, path: str) -> ReadStream:
