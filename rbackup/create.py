@@ -28,7 +28,15 @@ from .errors import Aborted, BackupError, Corruption, FileTooLarge, LockError, N
 from .format import sstprops
 from .format.checksum import crc32c
 from .format.meta import BackupMeta, MetaFileEntry, serialize_meta
-from .format.naming import META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, FileKind, meta_path, private_dir
+from .format.naming import (
+    META_DIR,
+    PRIVATE_DIR,
+    SHARED_CHECKSUM_DIR,
+    FileKind,
+    meta_path,
+    private_dir,
+    private_file_path,
+)
 from .lock import WriterLock
 from .namingcache import PROCESS_CACHE
 from .options import BackupableDBOptions, ExcludeFilesCallback, MaybeExcludeBackupFile, ProgressCallback
@@ -183,7 +191,7 @@ def _plan(attempt: _Attempt, files: list[SourceFile], side_files: list[SourceFil
     plan = plan_backup(files, backup_id, share_table_files=options.share_table_files,
                        share_files_with_checksum=options.share_files_with_checksum,
                        facts=facts, referenced=state.referenced())
-    side = [PlannedFile(f, f"{private_dir(backup_id)}/{f.name}", True, None) for f in side_files]
+    side = [PlannedFile(f, private_file_path(backup_id, f.name), True, None) for f in side_files]
     excluded = _exclusions(plan, attempt.req.exclude_files_callback, backup_id)
     return _Planned(plan, excluded, [p for p in plan if p.copy and p.dest not in excluded] + side)
 

@@ -29,7 +29,7 @@ from .format.naming import (
     SIDE_FILES,
     meta_path,
     parse_backup_id,
-    private_dir,
+    private_file_path,
 )
 from .gc_plan import plan_garbage_collection
 from .lock import WriterLock, hold_writer_lock
@@ -292,7 +292,7 @@ class BackupEngine:
         files = locate_files(self.env, backup, alternate_dirs)
         listing = self._state.listing
         side = [Located(self.env, path, listing[path], None, name) for name in SIDE_FILES
-                if (path := f"{private_dir(backup_id)}/{name}") in listing]
+                if (path := private_file_path(backup_id, name)) in listing]
         cache = FileCache(os.fspath(cache_dir or default_cache_dir()), cache_limit, self._log)
         return open_view(backup_id, files, side, cache=cache, workers=self._workers, log=self._log,
                          view_parent=os.fspath(view_dir) if view_dir is not None else None)

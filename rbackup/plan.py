@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 
 from .errors import Corruption
 from .format.naming import (
-    SHARED_CHECKSUM_DIR,
-    SHARED_DIR,
     FileKind,
     is_shareable,
     private_dir,
+    private_file_path,
+    shared_checksum_file_path,
     shared_checksum_name,
+    shared_file_path,
 )
 
 
@@ -66,15 +67,15 @@ def needs_crc_for_name(f: SourceFile, session_id: str | None) -> bool:
 def destination(f: SourceFile, backup_id: int, *, share_table_files: bool,
                 share_files_with_checksum: bool, facts: NamingFacts | None) -> str:
     if not (share_table_files and is_shareable(f.kind)):
-        return f"{private_dir(backup_id)}/{f.name}"
+        return private_file_path(backup_id, f.name)
     if not share_files_with_checksum:
-        return f"{SHARED_DIR}/{f.name}"
+        return shared_file_path(f.name)
     facts = facts or NamingFacts()
     name = shared_checksum_name(
         f.name, size=f.size,
         session_id=facts.session_id if f.kind is FileKind.TABLE else None,
         crc32c=facts.crc32c)
-    return f"{SHARED_CHECKSUM_DIR}/{name}"
+    return shared_checksum_file_path(name)
 
 
 def plan_backup(files: list[SourceFile], backup_id: int, *, share_table_files: bool,

@@ -33,7 +33,7 @@ from .env.base import BackupEnv
 from .env.registry import open_env
 from .errors import AlreadyExists, Corruption, InvalidArgument, NotFound
 from .format.meta import MAX_META_FILE_SIZE, BackupMeta, parse_meta
-from .format.naming import META_DIR, SIDE_FILES, meta_path, private_dir
+from .format.naming import META_DIR, SIDE_FILES, meta_path, private_file_path
 from .lock import writer_lock
 from .options import ProgressCallback
 from .state import BackupState, MetaCache, load_state
@@ -123,7 +123,7 @@ class _Copier:
                                "but not found")
             items.append(_Item(entry.path, size, entry.crc32c))
         for name in SIDE_FILES:  # not in the meta file (RocksDB would reject them) but restored
-            path = f"{private_dir(backup_id)}/{name}"
+            path = private_file_path(backup_id, name)
             if path in src_listing:
                 items.append(_Item(path, src_listing[path], None))
         return items

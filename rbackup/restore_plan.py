@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from .errors import Corruption
-from .format.naming import SIDE_FILES, FileKind, classify, is_shareable, private_dir
+from .format.naming import SIDE_FILES, FileKind, classify, is_shareable, private_file_path
 from .format.tempnames import RESTORE_CURRENT_TEMP
 
 __all__ = ["KeepDecision", "LocatedFile", "Probe", "RestoreItem", "RestoreMode", "RestorePlan", "RestoreTargets",
@@ -98,7 +98,7 @@ def plan_restore_targets(backup_id: int, located: Iterable[LocatedFile[Store]], 
     if current is None:
         raise Corruption(f"backup {backup_id}: no CURRENT file in the backup")
     for side in SIDE_FILES:
-        src = f"{private_dir(backup_id)}/{side}"
+        src = private_file_path(backup_id, side)
         if src in listing:
             items.append(RestoreItem(src, os.path.join(db_dir, side), listing[src], None, own))
     return RestoreTargets(items, current)
