@@ -76,8 +76,9 @@ class BackupEngine:
                 if directory is not None:
                     self.env.makedirs(directory)
         if not self.read_only and options.sync and not self.env.capabilities.durable_sync:
-            # said once, at open: every write of this engine asks for sync and none gets it
-            self._log.warning("%s cannot make writes durable (no durable_sync): sync=True is best effort there",
+            # said once, at open: every write of this engine asks for sync and none gets it.  INFO,
+            # not WARNING: the CLI prints warnings, and a store's README already states its durability.
+            self._log.info("%s cannot make writes durable (no durable_sync): sync=True is best effort there",
                               self.env.describe())
         self._cached_state = self._load()  # a broken backup directory fails the open, as in RocksDB
         if options.destroy_old_data:

@@ -103,7 +103,7 @@ def test_encrypted_local_directory_keeps_its_flock_but_open_backup_decrypts(tmp_
                                                        ("local", True, False)])
 def test_sync_on_a_store_without_durable_sync_is_said_to_be_best_effort(tmp_path, caplog, store, sync, warned) -> None:
     env = MemoryEnv() if store == "memory" else LocalEnv(tmp_path / "b")
-    with caplog.at_level(logging.WARNING, logger="rbackup"):
+    with caplog.at_level(logging.INFO, logger="rbackup"):
         BackupEngine.open(BackupableDBOptions(str(tmp_path / "b"), backup_env=env, sync=sync)).close()
         BackupEngineReadOnly.open(BackupableDBOptions(str(tmp_path / "b"), backup_env=env, sync=sync)).close()
     said = [r for r in caplog.records if "durable_sync" in r.getMessage()]

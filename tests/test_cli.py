@@ -244,7 +244,7 @@ def test_version_help_and_backends():
     lines = ok("backends").stdout.splitlines()
     assert lines[0].split()[:2] == ["PROTOCOL", "PACKAGE"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert rows["file"][1:7] == ["rbackup", "yes", "yes", "yes", "yes", "4"]
+    assert rows["file"][1:7] == ["rbackup", "yes", "yes", "yes", "yes", "1"]  # local disk: one request at a time
     assert rows["s3"][1] == "rbackup-s3"
 
 
