@@ -15,9 +15,10 @@ ranged GETs only use connections the env's other open readers leave idle
 (`OpenReaders`): a restore that already streams `concurrency` files at once
 reads each in one GET, since more requests would add cost, not speed (and on
 stores that serve a ranged GET by reading the whole object, as moto does, a
-multiple of the work).  Every
-ranged GET carries `If-Match: <ETag of the first response>` and its own ETag
-and Content-Range are checked, so segments of two versions are never joined.
+multiple of the work).
+
+Every ranged GET carries `If-Match: <ETag of the first response>` and its own
+ETag and Content-Range are checked, so segments of two versions are never joined.
 
 A body cut off mid-way (a dropped connection, a read timeout) is resumed
 with `Range: bytes=<offset>-` and `If-Match: <ETag of the first response>`,
