@@ -37,12 +37,12 @@ import struct
 import sys
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import AlreadyExists, Corruption, InvalidArgument, NotFound, NotSupported, PermissionDenied
 from ..format.naming import ENCRYPTION_MARKER, META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, SHARED_DIR
-from .base import AtomicWriter, BackupEnv, FileInfo, ReadStream, check_path
+from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream, check_path
 from .wrappers import WrapperEnv
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "ENCRYPTION_MARKER", "EncryptedEnv", "load_key_file", "plaintext_size"]
@@ -57,6 +57,8 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 """1 MiB: per-chunk cost (a nonce, a tag, one Python call) is lost in the noise,
 and a reader or writer holds at most about two chunks."""
 KEY_SIZE = 32
+MIN_TRANSFER_WIDTH = 2
+"""Files copied at once through the wrapper, at least (see `EncryptedEnv.capabilities`)."""
 FORMAT = "rbackup-encrypted-1"
 _MAX_MARKER = 64 << 10
 _BACKUP_DIRS = (META_DIR, PRIVATE_DIR, SHARED_DIR, SHARED_CHECKSUM_DIR)
@@ -233,6 +235,20 @@ class EncryptedEnv(WrapperEnv):
         return self._keys
 
     # -- the contract ----------------------------------------------------------------
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """The inner store's, but copying at least two files at once.
+
+        A disk copies one file at a time (its bandwidth is the limit), and then the
+        cipher's CPU time adds straight onto the disk's: each file is sealed, then
+        waits for its fsync, with the CPU idle.  With a second file in flight one
+        file is sealed while the other is synced.  Measured with
+        `examples/bench_encryption.py` under load 3-7: 0.82x plain with one file at
+        a time, 0.88x with two (plain stays at one: it has no cipher to hide).
+        """
+        inner = self.inner.capabilities
+        return replace(inner, transfer_width=max(inner.transfer_width, MIN_TRANSFER_WIDTH))
+
     def local_path(self, path: str = "") -> str | None:
         """The directory stays the inner one's (its flock, the restore-target check), but no
         file on disk holds the bytes `open_read` returns: `open_backup` must decrypt them."""
