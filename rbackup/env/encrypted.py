@@ -383,7 +383,8 @@ class _EncryptingWriter(AtomicWriter):
         self._release()
 
     def commit(self) -> None:
-        self.finish()
+        if self._sealed is not _RELEASED:  # a second commit is the inner writer's to answer
+            self.finish()
         self._inner.commit()
 
     def abort(self) -> None:
