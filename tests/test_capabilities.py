@@ -83,6 +83,20 @@ def test_built_in_stores_keep_their_widths_and_buffers(tmp_path) -> None:
     assert (memory.concurrency, memory.transfer_width, memory.buffer_size) == (8, 4, OBJECT_STORE_BUFFER_SIZE)
 
 
+def test_encryption_copies_at_least_two_files_at_once(tmp_path) -> None:
+    """A second file in flight lets one be sealed while the other is synced; a store that
+    already declares more (memory, S3) keeps its width, and the rest is the inner store's."""
+    local = EncryptedEnv(LocalEnv(tmp_path / "b"), key=os.urandom(32))
+    assert local.capabilities.transfer_width == 2
+    assert local.capabilities.buffer_size == DISK_BUFFER_SIZE and local.capabilities.concurrency == 1
+    assert EncryptedEnv(MemoryEnv(), key=os.urandom(32)).capabilities.transfer_width == 4
+    with BackupEngine.open(BackupableDBOptions(str(tmp_path / "b"), backup_env=local)) as engine:
+        assert engine._workers == 2
+    with BackupEngine.open(BackupableDBOptions(str(tmp_path / "b"), backup_env=local,
+                                               max_background_operations=3)) as engine:
+        assert engine._workers == 3
+
+
 def test_encrypted_local_directory_keeps_its_flock_but_open_backup_decrypts(tmp_path) -> None:
     """`local_path("")` is the directory (flock, restore-target check); `local_path(file)` is a file
     readable as is, which an encrypted file is not: open_backup must fetch it through decryption."""

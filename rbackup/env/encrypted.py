@@ -34,14 +34,15 @@ import io
 import json
 import os
 import struct
+import sys
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import AlreadyExists, Corruption, InvalidArgument, NotFound, NotSupported, PermissionDenied
 from ..format.naming import ENCRYPTION_MARKER, META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, SHARED_DIR
-from .base import AtomicWriter, BackupEnv, FileInfo, ReadStream, check_path
+from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream, check_path
 from .wrappers import WrapperEnv
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "ENCRYPTION_MARKER", "EncryptedEnv", "load_key_file", "plaintext_size"]
@@ -56,6 +57,8 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 """1 MiB: per-chunk cost (a nonce, a tag, one Python call) is lost in the noise,
 and a reader or writer holds at most about two chunks."""
 KEY_SIZE = 32
+MIN_TRANSFER_WIDTH = 2
+"""Files copied at once through the wrapper, at least (see `EncryptedEnv.capabilities`)."""
 FORMAT = "rbackup-encrypted-1"
 _MAX_MARKER = 64 << 10
 _BACKUP_DIRS = (META_DIR, PRIVATE_DIR, SHARED_DIR, SHARED_CHECKSUM_DIR)
@@ -109,6 +112,38 @@ def _aad(file_id: bytes, path: str, index: int, final: bool) -> bytes:
     return file_id + struct.pack(">QQ?", len(encoded), index, final) + encoded
 
 
+class _SpareBuffers(threading.local):
+    """Chunk buffers that this thread's readers and writers have finished with.
+
+    Every file needs two chunk-sized buffers.  A new pair per file (zeroed, and on
+    fresh pages the kernel must fault in) made reading or writing a small file (a meta
+    file, CURRENT) through the wrapper cost ten times a plain one, which opening a
+    directory of a thousand backups pays a thousand times; large files paid it too.
+    A reader or writer gives its buffers back exactly once, when it ends, and then
+    refuses to be used, so no two live ones ever share a buffer.
+    """
+
+    _KEEP = 4  # a reader and a writer open at once on one thread (copy, replication)
+
+    def __init__(self) -> None:
+        self.free: list[bytearray] = []
+
+    def take(self, size: int) -> memoryview:
+        for i, buf in enumerate(self.free):
+            if len(buf) == size:
+                return memoryview(self.free.pop(i))
+        return memoryview(bytearray(size))
+
+    def give(self, *views: memoryview) -> None:
+        for view in views:
+            if isinstance(view.obj, bytearray) and len(self.free) < self._KEEP:
+                self.free.append(view.obj)
+
+
+_RELEASED = memoryview(b"")
+"""What a finished reader's or writer's buffers point at, once given back."""
+
+
 @dataclass(frozen=True)
 class _Keys:
     aead: Any
@@ -128,6 +163,7 @@ class EncryptedEnv(WrapperEnv):
         self._master = bytes(key)
         self._new_chunk_size = chunk_size
         self._init_lock = threading.Lock()
+        self._spares = _SpareBuffers()
         self._keys: _Keys | None = self._open_marker()
 
     @classmethod
@@ -199,6 +235,20 @@ class EncryptedEnv(WrapperEnv):
         return self._keys
 
     # -- the contract ----------------------------------------------------------------
+    @property
+    def capabilities(self) -> Capabilities:  # type: ignore[override]
+        """The inner store's, but copying at least two files at once.
+
+        A disk copies one file at a time (its bandwidth is the limit), and then the
+        cipher's CPU time adds straight onto the disk's: each file is sealed, then
+        waits for its fsync, with the CPU idle.  With a second file in flight one
+        file is sealed while the other is synced.  Measured with
+        `examples/bench_encryption.py` under load 3-7: 0.82x plain with one file at
+        a time, 0.88x with two (plain stays at one: it has no cipher to hide).
+        """
+        inner = self.inner.capabilities
+        return replace(inner, transfer_width=max(inner.transfer_width, MIN_TRANSFER_WIDTH))
+
     def local_path(self, path: str = "") -> str | None:
         """The directory stays the inner one's (its flock, the restore-target check), but no
         file on disk holds the bytes `open_read` returns: `open_backup` must decrypt them."""
@@ -207,7 +257,7 @@ class EncryptedEnv(WrapperEnv):
     def open_read(self, path: str) -> ReadStream:
         check_path(path)
         keys = self._keys_for_read(path)
-        return _DecryptingReader(self.inner.open_read(path), keys, path, self.describe(path))
+        return _DecryptingReader(self.inner.open_read(path), keys, path, self.describe(path), self._spares)
 
     def _check_writable(self, path: str) -> None:
         if check_path(path) == ENCRYPTION_MARKER:
@@ -216,20 +266,20 @@ class EncryptedEnv(WrapperEnv):
     def open_write(self, path: str, *, sync: bool = True) -> AtomicWriter:
         self._check_writable(path)
         keys = self._keys_for_write()
-        return _EncryptingWriter(self.inner.open_write(path, sync=sync), keys, path)
+        return _EncryptingWriter(self.inner.open_write(path, sync=sync), keys, path, self._spares)
 
     def open_write_new(self, path: str, *, sync: bool = True) -> AtomicWriter:
         # The inner store's never-replace publish (If-None-Match on S3), not the base class's
         # check-then-commit: encryption must not weaken what the store guarantees.
         self._check_writable(path)
         keys = self._keys_for_write()
-        return _EncryptingWriter(self.inner.open_write_new(path, sync=sync), keys, path)
+        return _EncryptingWriter(self.inner.open_write_new(path, sync=sync), keys, path, self._spares)
 
     def create_exclusive(self, path: str, data: bytes, *, sync: bool = True) -> None:
         self._check_writable(path)
         keys = self._keys_for_write()
         out = io.BytesIO()
-        writer = _EncryptingWriter(out, keys, path)
+        writer = _EncryptingWriter(out, keys, path, self._spares)
         writer.write(data)
         writer.finish()
         self.inner.create_exclusive(path, out.getvalue(), sync=sync)
@@ -273,21 +323,33 @@ class _EncryptingWriter(AtomicWriter):
     the caller's memory; only the held-back chunk is copied.  Sealing goes into
     one reused buffer (nonce, ciphertext, tag), handed to the inner writer in
     one call, which consumes it before returning (the AtomicWriter contract).
+    Both buffers come from, and go back to, the thread's spares.
     """
 
-    def __init__(self, inner: Any, keys: _Keys, path: str) -> None:
+    def __init__(self, inner: Any, keys: _Keys, path: str, spares: _SpareBuffers) -> None:
         self._inner = inner
         self._aead = keys.aead
         self._chunk = keys.chunk_size
         self._path = path
+        self._spares = spares
         self._file_id = os.urandom(FILE_ID_SIZE)
-        self._held = memoryview(bytearray(self._chunk))
-        self._held_len = 0
-        self._sealed = memoryview(bytearray(self._chunk + CHUNK_OVERHEAD))
-        self._index = 0
         self._inner.write(MAGIC + self._file_id)
+        self._held = spares.take(self._chunk)
+        self._held_len = 0
+        self._sealed = spares.take(self._chunk + CHUNK_OVERHEAD)
+        self._index = 0
+
+    def _check_open(self) -> None:
+        if self._sealed is _RELEASED:
+            raise InvalidArgument(f"{self._path}: encrypting writer already finished")
+
+    def _release(self) -> None:
+        if self._sealed is not _RELEASED:
+            self._spares.give(self._held, self._sealed)
+            self._held = self._sealed = _RELEASED
 
     def write(self, data: bytes | memoryview) -> int:
+        self._check_open()
         view = memoryview(data).cast("B")
         total = view.nbytes
         while view.nbytes:
@@ -314,15 +376,20 @@ class _EncryptingWriter(AtomicWriter):
         self._index += 1
 
     def finish(self) -> None:
+        """Seal the final chunk; the writer takes no more data after this."""
+        self._check_open()
         self._seal(self._held[:self._held_len], final=True)
         self._held_len = 0
+        self._release()
 
     def commit(self) -> None:
-        self.finish()
+        if self._sealed is not _RELEASED:  # a second commit is the inner writer's to answer
+            self.finish()
         self._inner.commit()
 
     def abort(self) -> None:
         self._held_len = 0
+        self._release()
         self._inner.abort()
 
 
@@ -331,16 +398,16 @@ class _DecryptingReader(io.RawIOBase):
     whether that chunk is the last (the final flag is part of its authentication).
 
     A chunk decrypts straight into the caller's buffer when it fits there,
-    else into one reused buffer that later reads drain.
+    else into one reused buffer that later reads drain.  Both buffers come from,
+    and go back to (at close), the thread's spares.
     """
 
-    def __init__(self, inner: ReadStream, keys: _Keys, path: str, where: str) -> None:
+    def __init__(self, inner: ReadStream, keys: _Keys, path: str, where: str, spares: _SpareBuffers) -> None:
         super().__init__()
         self._inner = inner
         self._aead = keys.aead
-        self._sealed = memoryview(bytearray(keys.chunk_size + CHUNK_OVERHEAD))
-        self._plain_buf = memoryview(bytearray(keys.chunk_size))
-        self._plain = self._plain_buf[:0]
+        self._spares = spares
+        self._sealed = self._plain_buf = self._plain = _RELEASED
         self._path = path
         self._where = where
         self._index = 0
@@ -357,6 +424,8 @@ class _DecryptingReader(io.RawIOBase):
             raise Corruption(f"{where}: not an rbackup-encrypted file (bad or missing header)")
         self._file_id = header[len(MAGIC):]
         self._lookahead = self._inner.read(1)
+        self._sealed = spares.take(keys.chunk_size + CHUNK_OVERHEAD)
+        self._plain_buf = spares.take(keys.chunk_size)
 
     def _fill(self, view: memoryview) -> int:
         """Read into `view` until it is full or the stream ends."""
@@ -409,6 +478,8 @@ class _DecryptingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        if self.closed:
+            raise ValueError(f"{self._where}: read from a closed file")
         out = memoryview(buffer).cast("B")
         written = 0
         while written < out.nbytes:
@@ -424,18 +495,27 @@ class _DecryptingReader(io.RawIOBase):
         return written
 
     def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            chunks: list[bytes] = []
-            while True:
-                piece = self.read(self._sealed.nbytes)
-                if not piece:
-                    return b"".join(chunks)
-                chunks.append(piece)
-        buf = bytearray(size)
-        n = self.readinto(buf)
-        return bytes(buf[:n])
+        """Up to `size` bytes (all if negative), gathered chunk by chunk: `size` is a bound
+        (`read_bytes` passes 64 MiB to read a meta file of a few KiB), never an allocation."""
+        if self.closed:
+            raise ValueError(f"{self._where}: read from a closed file")
+        want = sys.maxsize if size is None or size < 0 else size
+        pieces: list[bytes] = []
+        while want > 0:
+            if not self._plain.nbytes:
+                if self._done:
+                    break
+                self._open_next(None)
+                continue
+            n = min(want, self._plain.nbytes)
+            pieces.append(bytes(self._plain[:n]))
+            self._plain = self._plain[n:]
+            want -= n
+        return b"".join(pieces)
 
     def close(self) -> None:
         if not self.closed:
             self._inner.close()
+            self._spares.give(self._sealed, self._plain_buf)
+            self._sealed = self._plain_buf = self._plain = _RELEASED
         super().close()
