@@ -105,8 +105,10 @@ def page_buffer(size: int) -> mmap.mmap:
     freed they stay in that arena (glibc raises its mmap threshold to the
     largest block freed), so 16 transfer threads left about 25 MB of idle
     arena memory at a backup's peak; a mapping goes back to the kernel when
-    the last view of it is dropped.
+    the last view of it is dropped.  Private, so a forked child does not share it.
     """
+    if hasattr(mmap, "MAP_PRIVATE"):  # POSIX
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     return mmap.mmap(-1, size)
 
 

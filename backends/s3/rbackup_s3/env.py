@@ -85,6 +85,8 @@ def _over_tls(options: dict[str, Any]) -> bool:
     endpoint = (options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
                 or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
     return endpoint is None or str(endpoint).startswith("https://")
+
+
 PROBE_DIR = "rbackup.lock.d/probe"
 """Where the conditional-write probe puts (and removes) its object: beside the leases, which
 garbage collection and every listing of backups leave alone."""
