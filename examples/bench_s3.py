@@ -8,7 +8,10 @@ then for each repetition runs, each as its own process so that wall time, CPU ti
 peak RSS come from `wait4`:
 
 - backup: `rbackup create`, `s5cmd cp 'db/*' s3://...` and s3fs `put(files)`, all 16 wide;
-- restore: `rbackup restore`, `s5cmd cp 's3://.../*' dir/` and s3fs `get(files)`.
+- restore: `rbackup restore`, `s5cmd cp 's3://.../*' dir/` and s3fs `get(files)`.  rbackup
+  fsyncs every file it restores (as RocksDB does), so s3fs's files are fsynced in its process
+  and s5cmd's by `sync FILE...` right after it, timed with it (`s5cmd + sync`); the row
+  `s5cmd, no fsync` is s5cmd alone, leaving the bytes in the page cache.
 
 Prints medians (MB/s), ratios to s5cmd and s3fs, CPU seconds per GiB and peak RSS as a
 Markdown table.  SeaweedFS burns about as much CPU as the client on the same cores: compare
@@ -46,6 +49,8 @@ from tests.s3_fixtures import DUMMY_AWS_ENV  # noqa: E402
 from tests.s3_servers import client_for, run_seaweedfs  # noqa: E402
 
 WIDTH = 16
+ORDER = ["rbackup", "s5cmd", "s5cmd, no fsync", "s3fs"]
+"""The rows of each operation, in this order."""
 MiB = 2**20
 
 S3FS_SCRIPT = """
@@ -179,6 +184,11 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
     return wall, usage.ru_utime + usage.ru_stime, peak
 
 
+def add(first: tuple[float, float, float], then: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Two processes run one after the other as one step: wall and CPU add up, peak RSS is the larger."""
+    return first[0] + then[0], first[1] + then[1], max(first[2], then[2])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=int, default=512)
@@ -210,6 +220,7 @@ def main() -> None:
             client_for(endpoint, env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=bucket)
             opts = ["-o", f"endpoint_url={endpoint}"]
             results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+            loads = [os.getloadavg()[0]]
             for rep in range(args.reps):
                 tag = f"r{rep}"
                 target = {t: str(work / f"restore-{t}-{tag}") for t in ("rbackup", "s5cmd", "s3fs")}
@@ -235,25 +246,31 @@ def main() -> None:
                     results.setdefault(("backup", tool), []).append(run(backup[tool], env))
                 for tool in order:
                     results.setdefault(("restore", tool), []).append(run(restore[tool], env))
+                    if tool == "s5cmd":
+                        results.setdefault(("restore", "s5cmd, no fsync"), []).append(results["restore", tool][-1])
+                        results["restore", tool][-1] = add(results["restore", tool][-1], run(
+                            ["sync", *sorted(str(p) for p in Path(target[tool]).iterdir()), target[tool]], env))
                 for path in target.values():
                     shutil.rmtree(path, ignore_errors=True)
-            report(results, nbytes, files, args)
+                loads.append(os.getloadavg()[0])
+            report(results, nbytes, files, args, loads)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def report(results: dict[tuple[str, str], list[tuple[float, float, float]]], nbytes: int, files: int,
-           args: argparse.Namespace) -> None:
+           args: argparse.Namespace, loads: list[float]) -> None:
     gib = nbytes / 2**30
     print(f"\n{nbytes / MiB:.0f} MiB in {files} files, SeaweedFS on loopback, width {WIDTH}, "
-          f"medians of {args.reps}\n")
+          f"medians of {args.reps}; load average (1 min) during the run {min(loads):.1f}-{max(loads):.1f}\n")
     print("| op | tool | MB/s | vs s5cmd | vs s3fs | CPU s/GiB | CPU vs s3fs | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")
     for op in ("backup", "restore"):
         med = {tool: (statistics.median(w for w, _, _ in runs), statistics.median(c for _, c, _ in runs),
                       max(r for _, _, r in runs)) for (o, tool), runs in results.items() if o == op}
-        for tool, (wall, cpu, rss) in med.items():
+        for tool, (wall, cpu, rss) in sorted(med.items(), key=lambda item: ORDER.index(item[0])):
             speed = nbytes / MiB / wall
+            tool = "s5cmd + sync" if op == "restore" and tool == "s5cmd" else tool
             print(f"| {op} | {tool} | {speed:.0f} | {med['s5cmd'][0] / wall:.2f}x | {med['s3fs'][0] / wall:.2f}x "
                   f"| {cpu / gib:.1f} | {cpu / med['s3fs'][1]:.2f}x | {rss:.0f} |")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import mmap
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -97,6 +98,20 @@ class ProgressTracker:
             raise
 
 
+def page_buffer(size: int) -> mmap.mmap:
+    """A zeroed buffer of `size` bytes in its own anonymous mapping, for buffers of a MiB and up.
+
+    malloc would serve them from the arena of the thread that asks, and once
+    freed they stay in that arena (glibc raises its mmap threshold to the
+    largest block freed), so 16 transfer threads left about 25 MB of idle
+    arena memory at a backup's peak; a mapping goes back to the kernel when
+    the last view of it is dropped.  Private, so a forked child does not share it.
+    """
+    if hasattr(mmap, "MAP_PRIVATE"):  # POSIX
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return mmap.mmap(-1, size)
+
+
 class Buffers(threading.local):
     """One reusable copy buffer per worker thread: memory stays flat at
     (threads x buffer size) whatever the number or size of files."""
@@ -113,7 +128,7 @@ class Buffers(threading.local):
 
     def get(self) -> memoryview:
         if self._buf is None:
-            self._buf = memoryview(bytearray(self.size))
+            self._buf = memoryview(page_buffer(self.size))
         return self._buf
 
 
@@ -215,6 +230,7 @@ __all__ = [
     "CopyResult",
     "ProgressTracker",
     "file_crc32c",
+    "page_buffer",
     "run_parallel",
     "stream_copy",
 ]

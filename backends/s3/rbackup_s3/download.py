@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import mmap
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -87,7 +88,7 @@ class _Ahead:
     """A segment being fetched ahead into a budget buffer."""
 
     task: asyncio.Task[None]
-    buffer: bytearray
+    buffer: mmap.mmap
     reserved: tuple[int, int]
 
 

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import os
 import threading
 import time
 import uuid
@@ -70,6 +71,22 @@ def _s3fs_options() -> frozenset[str]:
 
 
 S3FS_OPTIONS = _s3fs_options()
+
+
+def _over_tls(options: dict[str, Any]) -> bool:
+    """Whether requests go over HTTPS: to the endpoint the options or AWS_ENDPOINT_URL(_S3) name,
+    else to AWS's own (an endpoint set only in an AWS config file is not seen here).
+
+    There uploads are not SHA-256 signed: TLS and the signed CRC-32C header each body carries
+    (`upload.with_checksum`) cover it, as botocore decides for the checksums it adds itself; it
+    cannot know that ours are there, and would hash every part on the event loop thread.  Over
+    plain HTTP bodies stay signed.  An explicit `config_kwargs={"s3": {"payload_signing_enabled":
+    ...}}` wins."""
+    endpoint = (options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
+                or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    return endpoint is None or str(endpoint).startswith("https://")
+
+
 PROBE_DIR = "rbackup.lock.d/probe"
 """Where the conditional-write probe puts (and removes) its object: beside the leases, which
 garbage collection and every listing of backups leave alone."""
@@ -167,6 +184,8 @@ class S3Env(FsspecEnv):
         config = dict(options.pop("config_kwargs", None) or {})
         config.setdefault("retries", {"mode": "standard", "total_max_attempts": settings.max_attempts})
         config.setdefault("max_pool_connections", settings.concurrency)
+        if _over_tls(options):
+            config["s3"] = {"payload_signing_enabled": False, **(config.get("s3") or {})}
         for fixed in ("use_listings_cache", "skip_instance_cache"):
             options.pop(fixed, None)
         fs = s3fs.S3FileSystem(

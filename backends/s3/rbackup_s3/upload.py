@@ -6,8 +6,9 @@ multipart upload that is completed only once every part is in, and aborted
 (never completed) on any failure.
 
 Memory: a writer fills a part buffer and sends it as a read-only view
-(botocore checksums it in place, aiohttp streams it with backpressure: no
-copy of the part is made).  Files up to `UNBUDGETED_BYTES` use a small
+(aiohttp streams it with backpressure: no copy of the part is made), with
+the CRC-32C the store checks it against.  Buffers of a MiB and more are page
+buffers (`rbackup.transfer.page_buffer`), out of malloc's arenas.  Files up to `UNBUDGETED_BYTES` use a small
 private buffer; a larger file first takes a part's worth of the env's
 `PartBudget`, so at most `parts_in_flight` part buffers exist at once
 whatever the number of files in flight.
@@ -21,10 +22,12 @@ and a writer never waits for a buffer while holding one another could need.
 """
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import hashlib
 import io
 import logging
+import mmap
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 from rbackup.env.base import AtomicWriter
 from rbackup.env.fsspec_env import error_code
 from rbackup.errors import AlreadyExists, StorageError
+from rbackup.format.checksum import crc32c
+from rbackup.transfer import page_buffer
 
 if TYPE_CHECKING:
     from .env import S3Env
@@ -47,8 +52,28 @@ MAX_PARTS = 10_000
 PARTS_PER_DOUBLING = 500
 UNBUDGETED_BYTES = 2**20
 """Files up to this size are buffered without taking from the part budget."""
+SMALL_BYTES = 64 * 2**10
+"""A small file's buffer grows as a bytearray up to this size, then is a page buffer of
+`UNBUDGETED_BYTES`: malloc never frees a block above its mmap threshold (see `page_buffer`)."""
+
+PartBuffer = bytearray | mmap.mmap
+"""A part's bytes: a small file's private bytearray, or a page-mapped budget buffer."""
 
 _CHECKSUM_FIELDS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1", "ChecksumSHA256")
+
+
+def checksum_crc32c(data: memoryview | bytes) -> str:
+    """The `x-amz-checksum-crc32c` of `data`: the store checks the body against it and refuses
+    one damaged in transit.  Computed here, on the writer's thread (the crc32c extension: the
+    CPU's CRC instruction, GIL released), it spares botocore its own default checksum, which
+    copies the body 1 MiB at a time and hashes it on the event loop thread."""
+    return base64.b64encode(crc32c(data).to_bytes(4, "big")).decode("ascii")
+
+
+def with_checksum(data: memoryview | bytes) -> dict[str, str]:
+    """The arguments of a PUT or part upload of `data` that carry its CRC-32C: the value, and the
+    algorithm's name (`x-amz-sdk-checksum-algorithm`, which Object Lock uploads must carry)."""
+    return {"ChecksumAlgorithm": "CRC32C", "ChecksumCRC32C": checksum_crc32c(data)}
 
 
 def part_size(part_number: int, base: int) -> int:
@@ -102,21 +127,21 @@ class PartBudget:
         """The most bytes held at once (for tests and tuning)."""
         self._cond = threading.Condition()
         self._by_thread: dict[int, int] = {}
-        self._free: list[bytearray] = []
+        self._free: list[mmap.mmap] = []
         self._waiting = 0
 
-    def buffer(self, size: int) -> bytearray:
+    def buffer(self, size: int) -> mmap.mmap:
         """A buffer of `size` bytes, reused if one was given back (call while holding a reservation)."""
         with self._cond:
             for i, buf in enumerate(self._free):
                 if len(buf) == size:
                     return self._free.pop(i)
-        return bytearray(size)
+        return page_buffer(size)
 
-    def give_back(self, buf: bytearray) -> None:
+    def give_back(self, buf: PartBuffer) -> None:
         """Keep `buf` for the next writer, as long as the kept buffers fit in the budget."""
         with self._cond:
-            if len(buf) and sum(map(len, self._free)) + len(buf) <= self.limit:
+            if isinstance(buf, mmap.mmap) and sum(map(len, self._free)) + len(buf) <= self.limit:
                 self._free.append(buf)
 
     def acquire(self, size: int) -> tuple[int, int]:
@@ -161,8 +186,9 @@ class PartBudget:
 class PartBody(io.RawIOBase):
     """A seekable, read-only stream over a part buffer: the request body without a copy.
 
-    botocore reads it to checksum it and seeks back (and again on a retry);
-    aiohttp sends it in small chunks with backpressure.
+    botocore seeks it back on a retry (it computes no checksum of its own: the
+    request carries ours, `checksum_crc32c`); aiohttp sends it in small chunks
+    with backpressure.
     """
 
     def __init__(self, view: memoryview) -> None:
@@ -266,7 +292,7 @@ class _PartInFlight:
 
     number: int
     future: concurrent.futures.Future[dict[str, Any]]
-    buffer: bytearray
+    buffer: PartBuffer
     reserved: tuple[int, int] | None
 
 
@@ -293,7 +319,7 @@ class S3Writer(AtomicWriter):
         self._budget = budget
         self._reserved: tuple[int, int] | None = None
         """What this writer's current buffer holds of `budget` (None while it is small)."""
-        self._buffer = bytearray()
+        self._buffer: PartBuffer = bytearray()
         """The part being filled: its first `_fill` bytes."""
         self._fill = 0
         self._number = 1
@@ -329,7 +355,13 @@ class S3Writer(AtomicWriter):
         """Make room in the buffer: privately up to UNBUDGETED_BYTES for a first part (a small
         file), else a whole budgeted part."""
         if wanted <= UNBUDGETED_BYTES and not self._reserved and self._number == 1:
-            self._buffer.extend(bytes(min(wanted, UNBUDGETED_BYTES) - len(self._buffer)))
+            if wanted <= SMALL_BYTES:
+                assert isinstance(self._buffer, bytearray)  # a page buffer is never this small
+                self._buffer.extend(bytes(wanted - len(self._buffer)))
+            else:
+                page = page_buffer(UNBUDGETED_BYTES)
+                page[: self._fill] = memoryview(self._buffer)[: self._fill]
+                self._buffer = page
             return
         if self._budget is not None:
             if not self._reserved:  # every part gets its own buffer, of its own size
@@ -457,9 +489,11 @@ class S3Writer(AtomicWriter):
         """Send the part filled so far in the background; the next part gets another buffer."""
         try:
             if self._upload_id is None:
-                self._upload_id = self._env._call("create_multipart_upload", Key=self._key)["UploadId"]
+                self._upload_id = self._env._call("create_multipart_upload", Key=self._key,
+                                                  ChecksumAlgorithm="CRC32C")["UploadId"]
+            body = self._body()
             future = self._env._call_async("upload_part", Key=self._key, UploadId=self._upload_id,
-                                           PartNumber=self._number, Body=self._body())
+                                           PartNumber=self._number, Body=body, **with_checksum(body.whole()))
         except Exception as exc:
             raise self._env._error(exc, self._path, "write") from exc
         self._inflight.append(_PartInFlight(self._number, future, self._buffer, self._reserved))
@@ -489,7 +523,7 @@ class S3Writer(AtomicWriter):
         # complete the PUT over an object made meanwhile.
         sent: PartBody | bytes = bytes(body.whole()) if condition and self._fill <= UNBUDGETED_BYTES else body
         try:
-            self._env._call("put_object", Key=self._key, Body=sent, **condition)
+            self._env._call("put_object", Key=self._key, Body=sent, **with_checksum(body.whole()), **condition)
         except Exception as exc:
             # A lost response makes botocore's retry find our own object: 412 for it.
             if error_code(exc) != "PreconditionFailed" or not condition:

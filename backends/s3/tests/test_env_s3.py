@@ -551,3 +551,19 @@ def test_a_big_file_replaced_while_its_segments_are_fetched_is_an_error(s3_fault
     with env.open_read("shared/big.sst") as f:
         with pytest.raises(StorageError, match="replaced while it was read"):
             f.read()
+
+
+@pytest.mark.parametrize(("endpoint", "signed"), [("http://127.0.0.1:9000", True), ("https://s3.example.com", False),
+                                                  (None, False)])
+def test_bodies_are_sha256_signed_only_without_tls(endpoint: str | None, signed: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over TLS the CRC-32C header of each upload stands in for a SHA-256 of its body, as botocore
+    decides for its own checksums; over plain HTTP botocore signs the body; the user's choice wins."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    options = {} if endpoint is None else {"endpoint_url": endpoint}
+    config = S3Env("s3://bucket/db", storage_options=options).fs.config_kwargs
+    assert config.get("s3", {}).get("payload_signing_enabled", True) is signed
+    explicit = S3Env("s3://bucket/db", storage_options={**options, "config_kwargs": {
+        "s3": {"payload_signing_enabled": True}}}).fs.config_kwargs
+    assert explicit["s3"]["payload_signing_enabled"] is True

@@ -10,6 +10,7 @@ for a bug.
 """
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 import uuid
@@ -18,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rbackup_s3.upload
 from rbackup_s3 import S3Env
+from rbackup_s3.env import parse_s3_url
 
 from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly
 from rbackup.errors import NotFound, NotSupported, StorageError
+from rbackup.format.checksum import crc32c
 from rbackup.lock import LEASE_DIR
 from rbackup.testing import BackendConformance
 from rbackup.testing.env_contract import _pattern
@@ -131,6 +135,41 @@ def test_resumed_read_of_a_replaced_object_fails_on_every_store(s3_store: S3Stor
         _cut_body(f)
         assert f.read() == new[1000:]
         assert f._raw.resumes == 1
+
+
+@pytest.fixture
+def seaweedfs_store(request: pytest.FixtureRequest) -> Iterator[S3Store]:
+    yield from make_store(request, "seaweedfs")
+
+
+def test_uploads_carry_their_crc32c_and_a_damaged_body_is_refused(seaweedfs_store: S3Store,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every PUT and part carries the CRC-32C rbackup computes over its buffer (instead of botocore's
+    own CRC32 pass); SeaweedFS keeps it and refuses a body that does not match it, so bytes damaged
+    on the way fail the upload, and leave no object, instead of landing in a backup."""
+    store = seaweedfs_store
+    env = S3Env(store.url, storage_options={**store.storage_options, **SMALL_PARTS})
+    _, bucket, prefix = parse_s3_url(store.url)
+    small, big = _pattern(1000, seed=5), _pattern(11 * MiB, seed=6)
+    env.write_bytes("small", small)
+    env.write_bytes("big", big)
+
+    def stored_checksum(name: str) -> str:
+        return store.client().head_object(Bucket=bucket, Key=f"{prefix}/{name}", ChecksumMode="ENABLED")[
+            "ChecksumCRC32C"]
+
+    assert stored_checksum("small") == rbackup_s3.upload.checksum_crc32c(small)
+    assert crc32c(small) == int.from_bytes(base64.b64decode(stored_checksum("small")), "big")
+    assert stored_checksum("big").endswith("-3"), "the checksum of the 5 + 5 + 1 MiB parts' checksums"
+    assert env.read_bytes("big", len(big) + 1) == big
+    real = rbackup_s3.upload.checksum_crc32c
+    monkeypatch.setattr(rbackup_s3.upload, "checksum_crc32c", lambda data: real(bytes(data) + b"damaged"))
+    for name, data in (("bad-small", small), ("bad-big", big)):
+        with pytest.raises(StorageError, match=name):
+            env.write_bytes(name, data)
+    assert [f.path for f in env.list()] == ["big", "small"]
+    uploads = store.client().list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+    assert uploads == []
 
 
 def test_missing_bucket_policy_is_told_from_a_bug(s3_store: S3Store, tmp_path: Path) -> None:
