@@ -58,6 +58,16 @@ def checkpoint_dir(db_path: str) -> Iterator[str]:
         os.close(fd)  # last: the lock guarded the directory until it was gone
 
 
+def remove_dead_checkpoints_beside(db_path: str) -> None:
+    """What a checkpointing backup does first, for a backup of the DB that needs no checkpoint:
+    the leftovers of killed ones still pin the space of SSTs the DB has deleted since."""
+    try:
+        parent = _place_for(db_path)
+    except (NotSupported, StorageError):
+        return  # no checkpoint can have been made there either
+    remove_dead_checkpoints(parent)
+
+
 def _place_for(db_path: str) -> str:
     real = os.path.realpath(db_path)
     try:

@@ -25,13 +25,15 @@ field this reader does not know and may not ignore (a future RocksDB) or an SST 
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..errors import Corruption, NotSupported
-from .logformat import read_records
+from .logformat import LogReader
 
 DEFAULT_CF = "default"
 
@@ -357,6 +359,16 @@ class _Replay:
         self.wals: dict[int, int | None] = {}
         self.group: list[VersionEdit] = []
 
+    def copy(self) -> _Replay:
+        """A replay that goes on from here without changing this one (nor the DbVersion it returned)."""
+        twin = copy.copy(self)
+        twin.cfs = {i: dataclasses.replace(cf, tables=dict(cf.tables),
+                                           blobs={n: dataclasses.replace(b) for n, b in cf.blobs.items()})
+                    for i, cf in self.cfs.items()}
+        twin.wals = dict(self.wals)
+        twin.group = list(self.group)
+        return twin
+
     def add(self, edit: VersionEdit, index: int) -> None:
         if edit.atomic_group_remaining is None:
             if self.group:
@@ -441,4 +453,31 @@ def replay(records: Iterable[bytes], manifest: str) -> DbVersion:
 
 def read_manifest(f: BinaryIO, manifest: str) -> DbVersion:
     """The DB state that the MANIFEST in `f` records (`manifest` names it in errors)."""
-    return replay(read_records(f, manifest), manifest)
+    return read_manifest_from(f, manifest)[0]
+
+
+@dataclass(frozen=True)
+class ManifestProgress:
+    """Where a read of a MANIFEST stopped (the end of its last complete record) and the replay there.
+
+    A MANIFEST only ever grows at its end, so a later read of the same file goes on from here and
+    decodes only the edits appended since: a DB of 10,000 SSTs has a MANIFEST of ~1 MB that costs
+    0.3 s of Python to decode whole.  Never changed once made (`read_manifest_from` copies it)."""
+
+    offset: int
+    records: int
+    replay: _Replay
+
+
+def read_manifest_from(f: BinaryIO, manifest: str,
+                       since: ManifestProgress | None = None) -> tuple[DbVersion, ManifestProgress]:
+    """The DB state the MANIFEST in `f` records, and how far it was read.  With `since` (a progress of
+    this very file), `f` is positioned at `since.offset` and only what follows is decoded."""
+    state = since.replay.copy() if since is not None else _Replay(manifest)
+    first = since.records if since is not None else 0
+    reader = LogReader(f, manifest, start=since.offset if since is not None else 0)
+    count = first
+    for index, record in enumerate(reader, first):
+        state.add(decode_edit(record, f"{manifest} (record {index})"), index)
+        count = index + 1
+    return state.result(), ManifestProgress(reader.record_end, count, state)
