@@ -1,5 +1,8 @@
 """Where the checkpoint of an open Rdict goes, and which leftover checkpoints may be removed.
 
+(A backup that pins the Rdict's files in place instead stages the MANIFEST prefix, CURRENT, OPTIONS
+and WALs it copies in the same kind of locked directory, so its leftover is cleaned up the same way.)
+
 A checkpoint hard-links the DB's SSTs, so it must sit on the DB's filesystem:
 beside the DB's real directory (symlinks resolved), else in the temp directory,
 else, for a DB that is the root of its own volume, inside the DB directory
@@ -56,16 +59,6 @@ def checkpoint_dir(db_path: str) -> Iterator[str]:
             shutil.rmtree(leftover, ignore_errors=True)
         _unlink_quiet(path + LOCK_SUFFIX)
         os.close(fd)  # last: the lock guarded the directory until it was gone
-
-
-def remove_dead_checkpoints_beside(db_path: str) -> None:
-    """What a checkpointing backup does first, for a backup of the DB that needs no checkpoint:
-    the leftovers of killed ones still pin the space of SSTs the DB has deleted since."""
-    try:
-        parent = _place_for(db_path)
-    except (NotSupported, StorageError):
-        return  # no checkpoint can have been made there either
-    remove_dead_checkpoints(parent)
 
 
 def _place_for(db_path: str) -> str:

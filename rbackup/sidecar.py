@@ -18,8 +18,9 @@ of the DB's write stream, and older WALs are complete.  The backup is therefore 
 itself would recover after a crash at (about) the moment of the copy: every write acknowledged
 before the backup started is in it, and if a later write is in it so is every write before that
 (writes made with `disableWAL` and not yet flushed are not, as after a crash).  The MANIFEST prefix,
-CURRENT, OPTIONS and the WALs are staged in a private temporary directory (their live copies keep
-changing); SSTs and blob files are read through the descriptors.  Nothing in the DB's directories
+CURRENT, OPTIONS and the WALs are staged, since their live copies keep changing, in a private
+temporary directory (or where the caller says: an open Rdict's backup stages where its checkpoint
+would go); SSTs and blob files are read through the descriptors.  Nothing in the DB's directories
 is created or changed, and its LOCK is never touched.
 """
 from __future__ import annotations
@@ -225,11 +226,13 @@ def _stage(fd: int, path: str, limit: int | None) -> int:
 
 @contextlib.contextmanager
 def live_db_files(db_path: str, *, with_wals: bool = True, attempts: int = ATTEMPTS,
-                  sequence: int | None = None) -> Iterator[ClosedDb]:
+                  sequence: int | None = None, stage_at: str | None = None) -> Iterator[ClosedDb]:
     """The live files of a DB that may be open elsewhere, readable for as long as the context lasts.
 
     `sequence`: the DB's sequence number as its owner reported it before the snapshot (an open Rdict);
-    without it, the newest one found in the MANIFEST and the staged WALs."""
+    without it, the newest one found in the MANIFEST and the staged WALs.  `stage_at`: a path, not yet
+    existing, for the staging directory (whose leftover the caller knows how to clean up after a kill);
+    without it, a new temporary directory."""
     for attempt in range(attempts):
         found = _try_once(db_path, with_wals)
         if found is not None:
@@ -238,7 +241,15 @@ def live_db_files(db_path: str, *, with_wals: bool = True, attempts: int = ATTEM
     else:
         raise Incomplete(f"the DB at {db_path} changed its files {attempts} times while rbackup tried to take a "
                          f"consistent set of them: try again, or back it up from its own process")
-    stage = tempfile.mkdtemp(prefix=".rbackup-sidecar-")
+    if stage_at is None:
+        stage = tempfile.mkdtemp(prefix=".rbackup-sidecar-")
+    else:
+        stage = stage_at
+        try:
+            os.mkdir(stage, 0o700)
+        except BaseException:
+            _close(found.fds)
+            raise
     try:
         yield _staged(db_path, found, stage, sequence)
     finally:

@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .checkpointdir import checkpoint_dir, remove_dead_checkpoints_beside
+from .checkpointdir import checkpoint_dir
 from .dbdir import ClosedDb, read_closed_db
 from .dblock import hold_db_lock
 from .errors import Corruption, Incomplete, InvalidArgument, NotFound, NotSupported, StorageError
@@ -197,7 +197,6 @@ def _pinned_or_checkpoint(handle, db_path: str, backup_log_files: bool) -> Itera
         except (NotSupported, Incomplete, Corruption) as exc:
             reason = str(exc)
         if found is not None:
-            remove_dead_checkpoints_beside(db_path)  # left by a killed backup that had to checkpoint
             yield _snapshot_of(db_path, found)
             return
     log.info("backing up the DB at %s through a checkpoint: its files cannot be pinned in place (%s)",
@@ -206,9 +205,15 @@ def _pinned_or_checkpoint(handle, db_path: str, backup_log_files: bool) -> Itera
         yield snap
 
 
-def _pinned(db_path: str, backup_log_files: bool, sequence: int) -> contextlib.AbstractContextManager[ClosedDb]:
-    """The DB's live files held open (tests replace this to take the checkpoint path)."""
-    return live_db_files(db_path, with_wals=backup_log_files, attempts=PINNING_ATTEMPTS, sequence=sequence)
+@contextlib.contextmanager
+def _pinned(db_path: str, backup_log_files: bool, sequence: int) -> Iterator[ClosedDb]:
+    """The DB's live files held open (tests replace this to take the checkpoint path).  The MANIFEST
+    prefix, CURRENT, OPTIONS and WALs are staged where a checkpoint would go, under its lock: a killed
+    backup's staging is then removed by the next backup, as a killed checkpoint is, dead ones first."""
+    with checkpoint_dir(db_path) as stage, live_db_files(db_path, with_wals=backup_log_files,
+                                                         attempts=PINNING_ATTEMPTS, sequence=sequence,
+                                                         stage_at=stage) as found:
+        yield found
 
 
 def _snapshot_of(db_path: str, db: ClosedDb) -> Snapshot:

@@ -5,6 +5,8 @@ the checkpoint is taken instead.  Also the MANIFEST progress cache the pinning d
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -13,6 +15,7 @@ import pytest
 import rocksdict
 
 from rbackup import BackupableDBOptions, BackupEngine, StorageError, sidecar, source
+from rbackup.checkpointdir import LOCK_SUFFIX, PREFIX
 from rbackup.format.logformat import LogReader, encode_records
 from rbackup.format.manifest import read_manifest
 
@@ -320,3 +323,46 @@ def test_manifest_progress_resumes_after_appends_and_rereads_a_file_rewritten_in
         dst.write(src.read())
     assert os.stat(name).st_ino == inode
     assert via_cache(name).tables() == whole(theirs).tables()
+
+
+_KILLED_MID_COPY = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import rocksdict
+from rbackup import BackupableDBOptions, BackupEngine
+from tests.db_fixtures import fill
+db = rocksdict.Rdict(sys.argv[2])
+fill(db, 300, value_size=1000)
+def wait(progress):
+    print("copying", flush=True)
+    sys.stdin.readline()
+with BackupEngine.open(BackupableDBOptions(sys.argv[3], callback_trigger_interval_size=4096)) as eng:
+    eng.create_new_backup(db, progress_callback=wait)
+"""
+
+
+def test_the_staging_of_a_killed_pinned_backup_is_removed_by_the_next_backup(tmp_path, checkpoints):
+    """What a pinned backup stages (MANIFEST prefix, CURRENT, OPTIONS, WALs) sits beside the DB in a
+    locked checkpoint-style directory: a SIGKILL leaves it, and the next backup removes it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    db_path, backups = str(tmp_path / "db"), str(tmp_path / "bk")
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_MID_COPY, root, db_path, backups],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "copying"
+        left = [n for n in os.listdir(tmp_path) if n.startswith(PREFIX) and not n.endswith(LOCK_SUFFIX)]
+        assert len(left) == 1 and any(n.startswith("MANIFEST-") for n in os.listdir(tmp_path / left[0]))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert os.path.isdir(tmp_path / left[0])
+    db = rocksdict.Rdict(db_path)
+    try:
+        written = dict(db.items())
+        with BackupEngine(BackupableDBOptions(backups)) as eng:
+            eng.create_new_backup(db)
+            assert restored(eng, tmp_path) == written
+    finally:
+        db.close()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(PREFIX)]
+    assert checkpoints == []
