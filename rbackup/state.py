@@ -228,7 +228,7 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
     backups, so opening the newest N costs N meta files, not all of them.
 
     `unchanged`: a state this engine loaded (with `max_valid` None) and has not changed since;
-    returned as it is if the directory still lists exactly the same files and sizes (meta files
+    its backups are kept if the directory still lists exactly the same files and sizes (meta files
     are immutable once committed, so the same listing loads to the same state), which saves
     checking every file of every backup again when a writer reloads under its lock."""
     log = logger or logging.getLogger("rbackup")
@@ -242,7 +242,8 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
         raise PermissionDenied(f"{env.describe()} is encrypted ({ENCRYPTION_MARKER} found): open it with its key, "
                                "the storage option encryption_key_file=PATH")
     if unchanged is not None and max_valid is None and _same_files(unchanged.listing, listing):
-        return unchanged
+        # new dicts: the writer may drop entries from its state while a reader still walks the old one
+        return BackupState(listing, dict(unchanged.backups), unchanged.latest_backup_id)
     ids: dict[int, int] = {}
     for path in committed:
         size = listing.get(path)
