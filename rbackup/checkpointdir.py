@@ -1,5 +1,8 @@
 """Where the checkpoint of an open Rdict goes, and which leftover checkpoints may be removed.
 
+(A backup that pins the Rdict's files in place instead stages the MANIFEST prefix, CURRENT, OPTIONS
+and WALs it copies in the same kind of locked directory, so its leftover is cleaned up the same way.)
+
 A checkpoint hard-links the DB's SSTs, so it must sit on the DB's filesystem:
 beside the DB's real directory (symlinks resolved), else in the temp directory,
 else, for a DB that is the root of its own volume, inside the DB directory

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import Corruption, NotFound, NotSupported
 from .format import optionsfile
@@ -33,6 +33,8 @@ class LiveFile:
     name: str
     path: str
     size: int
+    stat: os.stat_result | None = field(default=None, compare=False, repr=False)
+    """The stat taken of it while it was pinned, when one was (the naming cache keys on it)."""
 
 
 @dataclass(frozen=True)

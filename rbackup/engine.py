@@ -64,6 +64,9 @@ class BackupEngine:
         self._mutex = threading.RLock()
         self._meta_cache = MetaCache()
         self._cached_state: BackupState | None = None
+        self._unchanged: BackupState | None = None
+        """The last state loaded, while nothing this engine did can have changed it: the next load
+        returns it if the directory lists the same files (`load_state`'s `unchanged`)."""
         self._closed = False
         self._held: WriterLock | None = None
         """The writer lock while an operation holds it."""
@@ -105,16 +108,20 @@ class BackupEngine:
             self._cached_state = self._load()
         return self._cached_state
 
-    def _invalidate(self) -> None:
+    def _invalidate(self, *, untouched: bool = False) -> None:
+        """Reload before the next use; `untouched`: this engine changed nothing since the last
+        load (a writer taking its lock), so an unchanged directory may keep that state."""
+        self._unchanged = self._cached_state if untouched else None
         self._cached_state = None
 
     def _load(self) -> BackupState:
+        unchanged, self._unchanged = self._unchanged, None
         max_valid = self.options.max_valid_backups_to_open if self.read_only else None
         # Meta files are a round trip each on a remote store: the store declares how many
         # to fetch at once (`Capabilities.concurrency`; 1 on local disk, where parsing holds
         # the GIL and one thread is 30% faster).
         return load_state(self.env, max_valid=max_valid, workers=self.env.capabilities.concurrency, logger=self._log,
-                          cache=self._meta_cache)
+                          cache=self._meta_cache, unchanged=unchanged)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -130,7 +137,7 @@ class BackupEngine:
         """Serialise writers (threads here, processes anywhere) and act on a fresh view."""
         with self._mutex, hold_writer_lock(self.env, operation, timeout=self.options.lock_timeout,
                                            ttl=self.options.lock_ttl) as held:
-            self._invalidate()
+            self._invalidate(untouched=True)
             self._held = held
             try:
                 yield

@@ -8,6 +8,7 @@ backup is reused without being read again, after its size is checked.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -71,11 +72,15 @@ def destination(f: SourceFile, backup_id: int, *, share_table_files: bool,
     if not share_files_with_checksum:
         return shared_file_path(f.name)
     facts = facts or NamingFacts()
-    name = shared_checksum_name(
-        f.name, size=f.size,
-        session_id=facts.session_id if f.kind is FileKind.TABLE else None,
-        crc32c=facts.crc32c)
-    return shared_checksum_file_path(name)
+    return _shared_checksum_dest(f.name, f.size, facts.session_id if f.kind is FileKind.TABLE else None,
+                                 facts.crc32c)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _shared_checksum_dest(name: str, size: int, session_id: str | None, crc32c: int | None) -> str:
+    """Memoised: every incremental backup names the same 10,000 files again (8 us each otherwise);
+    the bound holds the files of a DB of 65,536 SSTs (~10 MB), and a miss only costs the naming."""
+    return shared_checksum_file_path(shared_checksum_name(name, size=size, session_id=session_id, crc32c=crc32c))
 
 
 def plan_backup(files: list[SourceFile], backup_id: int, *, share_table_files: bool,

@@ -18,8 +18,9 @@ of the DB's write stream, and older WALs are complete.  The backup is therefore 
 itself would recover after a crash at (about) the moment of the copy: every write acknowledged
 before the backup started is in it, and if a later write is in it so is every write before that
 (writes made with `disableWAL` and not yet flushed are not, as after a crash).  The MANIFEST prefix,
-CURRENT, OPTIONS and the WALs are staged in a private temporary directory (their live copies keep
-changing); SSTs and blob files are read through the descriptors.  Nothing in the DB's directories
+CURRENT, OPTIONS and the WALs are staged, since their live copies keep changing, in a private
+temporary directory (or where the caller says: an open Rdict's backup stages where its checkpoint
+would go); SSTs and blob files are read through the descriptors.  Nothing in the DB's directories
 is created or changed, and its LOCK is never touched.
 """
 from __future__ import annotations
@@ -29,12 +30,15 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .dbdir import ClosedDb, LiveFile, last_sequence_in, live_wals, newest_options, read_options, wal_dir_of
-from .errors import Corruption, Incomplete
-from .format.manifest import DbVersion, parse_current, read_manifest
+from .errors import Corruption, Incomplete, NotSupported
+from .format.checksum import crc32c
+from .format.manifest import DbVersion, ManifestProgress, parse_current, read_manifest_from
 from .osutil import ensure_open_files
 
 log = logging.getLogger("rbackup")
@@ -74,19 +78,89 @@ class _Attempt:
     wal_dir: str
 
 
+class _ManifestProgressCache:
+    """How far this process read each MANIFEST, so the next snapshot of the DB decodes only what was
+    appended since (a no-change backup of a 10,000-SST DB: nothing, instead of 0.3 s).
+
+    Keyed by the file's (st_dev, st_ino, path) and trusted only if the bytes read then are still the
+    file's first bytes (their CRC-32C, one C pass over ~1 MB): a MANIFEST is append-only, and a new
+    file that got the same inode and name (a DB deleted and made again) fails the check.  Bounded:
+    the `MAX_ENTRIES` most recently used MANIFESTs (~200 bytes of replay state per live SST each)."""
+
+    MAX_ENTRIES = 8
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple[int, int, str], tuple[ManifestProgress, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def read(self, fd: int, size: int, path: str) -> DbVersion:
+        """The version that the MANIFEST open at `fd` records in its first `size` bytes."""
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, path)
+        with self._lock:
+            hit = self._entries.get(key)
+        since, crc = None, 0
+        if hit is not None and hit[0].offset <= size and _crc_of(fd, 0, hit[0].offset) == hit[1]:
+            since, crc = hit
+        reader = _Prefix(fd, size)
+        reader.pos = since.offset if since is not None else 0
+        version, progress = read_manifest_from(reader, path, since)  # type: ignore[arg-type]
+        crc = _crc_of(fd, since.offset if since is not None else 0, progress.offset, crc)
+        with self._lock:
+            self._entries[key] = (progress, crc)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.MAX_ENTRIES:
+                self._entries.popitem(last=False)
+        return version
+
+
+def _crc_of(fd: int, start: int, end: int, crc: int = 0) -> int:
+    """The CRC-32C of bytes [0, end) of the file, given `crc` of bytes [0, start)."""
+    done = start
+    while done < end:
+        chunk = os.pread(fd, min(_COPY_CHUNK, end - done), done)
+        if not chunk:
+            return -1  # shorter than that now: not the file it was
+        crc = crc32c(chunk, crc)
+        done += len(chunk)
+    return crc
+
+
+MANIFEST_PROGRESS = _ManifestProgressCache()
+
+
 def _read_current(db_path: str) -> bytes:
     with open(os.path.join(db_path, "CURRENT"), "rb") as fh:
         return fh.read(4096)
 
 
-def _open_all(db_path: str, fds: dict[str, int], names: list[tuple[str, str]]) -> bool:
-    """Open each (name, directory); False if one is gone (the DB moved on: try again)."""
+def _open_all(db_path: str, fds: dict[str, int], names: list[tuple[str, str]]) -> str | None:
+    """Open each (name, directory); the path of the first one not there (the DB moved on, or keeps it
+    elsewhere), or None."""
     for name, directory in names:
+        path = os.path.join(directory, name)
         try:
-            fds[name] = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
+            fds[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return False
-    return True
+            return path
+    return None
+
+
+def column_families(db_path: str, attempts: int = ATTEMPTS) -> list[str]:
+    """The names of the DB's column families, as its MANIFEST records them now (decoded through the
+    progress cache, which the snapshot that follows then reuses)."""
+    for _ in range(attempts):
+        name = parse_current(_read_current(db_path), os.path.join(db_path, "CURRENT"))
+        try:
+            fd = os.open(os.path.join(db_path, name), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # CURRENT moved on to a new MANIFEST meanwhile
+            continue
+        try:
+            version = MANIFEST_PROGRESS.read(fd, os.fstat(fd).st_size, os.path.join(db_path, name))
+        finally:
+            os.close(fd)
+        return [cf.name for _, cf in sorted(version.column_families.items())]
+    raise Incomplete(f"the DB at {db_path} replaced its MANIFEST {attempts} times while rbackup read it")
 
 
 def _try_once(db_path: str, with_wals: bool) -> _Attempt | None:
@@ -100,7 +174,7 @@ def _try_once(db_path: str, with_wals: bool) -> _Attempt | None:
             return None
         fds[name] = mfd
         size = os.fstat(mfd).st_size
-        version = read_manifest(_Prefix(mfd, size), os.path.join(db_path, name))  # type: ignore[arg-type]
+        version = MANIFEST_PROGRESS.read(mfd, size, os.path.join(db_path, name))
         options = newest_options(db_path)
         wal_dir = wal_dir_of(db_path, options, read_options(options))
         wanted = [(f"{t.number:06d}.sst", db_path) for t in version.tables()]
@@ -111,9 +185,12 @@ def _try_once(db_path: str, with_wals: bool) -> _Attempt | None:
         except Corruption:  # a WAL this MANIFEST prefix tracks is gone: the DB has moved on
             raise _Retry() from None
         ensure_open_files(len(wanted), f"backing up the live DB at {db_path}")
-        if not _open_all(db_path, fds, wanted):
-            raise _Retry()
-        if _read_current(db_path) != current or os.fstat(mfd).st_size != size:
+        missing = _open_all(db_path, fds, wanted)
+        moved_on = _read_current(db_path) != current or os.fstat(mfd).st_size != size
+        if missing and not moved_on:  # RocksDB deletes a live file only after a MANIFEST edit drops it
+            raise NotSupported(f"{missing}, which the MANIFEST of the DB at {db_path} lists, is not there: the DB "
+                               f"keeps data files elsewhere (db_paths/cf_paths), which rbackup cannot pin")
+        if moved_on:
             raise _Retry()
         return _Attempt(current, LiveFile(name, os.path.join(db_path, name), size), mfd, version, fds, wal_dir)
     except (_Retry, FileNotFoundError):  # FileNotFoundError: an OPTIONS file replaced meanwhile
@@ -148,28 +225,43 @@ def _stage(fd: int, path: str, limit: int | None) -> int:
 
 
 @contextlib.contextmanager
-def live_db_files(db_path: str, *, with_wals: bool = True) -> Iterator[ClosedDb]:
-    """The live files of a DB that may be open elsewhere, readable for as long as the context lasts."""
-    for attempt in range(ATTEMPTS):
+def live_db_files(db_path: str, *, with_wals: bool = True, attempts: int = ATTEMPTS,
+                  sequence: int | None = None, stage_at: str | None = None) -> Iterator[ClosedDb]:
+    """The live files of a DB that may be open elsewhere, readable for as long as the context lasts.
+
+    `sequence`: the DB's sequence number as its owner reported it before the snapshot (an open Rdict);
+    without it, the newest one found in the MANIFEST and the staged WALs.  `stage_at`: a path, not yet
+    existing, for the staging directory (whose leftover the caller knows how to clean up after a kill);
+    without it, a new temporary directory."""
+    for attempt in range(attempts):
         found = _try_once(db_path, with_wals)
         if found is not None:
             break
         log.info("the DB at %s changed its files while rbackup looked (attempt %d); looking again", db_path, attempt)
     else:
-        raise Incomplete(f"the DB at {db_path} changed its files {ATTEMPTS} times while rbackup tried to take a "
+        raise Incomplete(f"the DB at {db_path} changed its files {attempts} times while rbackup tried to take a "
                          f"consistent set of them: try again, or back it up from its own process")
-    stage = tempfile.mkdtemp(prefix=".rbackup-sidecar-")
+    if stage_at is None:
+        stage = tempfile.mkdtemp(prefix=".rbackup-sidecar-")
+    else:
+        stage = stage_at
+        try:
+            os.mkdir(stage, 0o700)
+        except BaseException:
+            _close(found.fds)
+            raise
     try:
-        yield _staged(db_path, found, stage)
+        yield _staged(db_path, found, stage, sequence)
     finally:
         _close(found.fds)
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _staged(db_path: str, found: _Attempt, stage: str) -> ClosedDb:
+def _staged(db_path: str, found: _Attempt, stage: str, sequence: int | None) -> ClosedDb:
     def by_fd(name: str) -> LiveFile:
         fd = found.fds[name]
-        return LiveFile(name, f"/proc/self/fd/{fd}", os.fstat(fd).st_size)
+        st = os.fstat(fd)
+        return LiveFile(name, f"/proc/self/fd/{fd}", st.st_size, st)
 
     def staged(name: str, limit: int | None) -> LiveFile:
         path = os.path.join(stage, name)
@@ -187,5 +279,6 @@ def _staged(db_path: str, found: _Attempt, stage: str) -> ClosedDb:
     current = LiveFile("CURRENT", os.path.join(stage, "CURRENT"), len(found.current))
     options = next((staged(n, None) for n in found.fds if n.startswith("OPTIONS-")), None)
     wals = [staged(n, None) for n in sorted(found.fds) if n.endswith(".log")]
-    sequence = max([version.last_sequence] + [last_sequence_in(w) for w in wals])
+    if sequence is None:
+        sequence = max([version.last_sequence] + [last_sequence_in(w) for w in wals])
     return ClosedDb(version, tables, blobs, manifest, current, options, wals, found.wal_dir, sequence)

@@ -21,6 +21,7 @@ from .env.base import BackupEnv
 from .errors import BackupError, Corruption, FileTooLarge, NotFound, NotSupported, PermissionDenied
 from .format.meta import MAX_META_FILE_SIZE, BackupMeta, EntryList, EntryTable, parse_meta
 from .format.naming import ENCRYPTION_MARKER, META_DIR, meta_path, parse_backup_id
+from .lock import is_lock_file
 
 
 @dataclass
@@ -220,10 +221,16 @@ _Fetched = BackupMeta | BackupError | bytes | None
 
 
 def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8,
-               logger: logging.Logger | None = None, cache: MetaCache | None = None) -> BackupState:
+               logger: logging.Logger | None = None, cache: MetaCache | None = None,
+               unchanged: BackupState | None = None) -> BackupState:
     """Load the directory: newest backup first, each meta file parsed as soon as it
     is read (up to `workers` reads in flight), stopping after `max_valid` valid
-    backups, so opening the newest N costs N meta files, not all of them."""
+    backups, so opening the newest N costs N meta files, not all of them.
+
+    `unchanged`: a state this engine loaded (with `max_valid` None) and has not changed since;
+    its backups are kept if the directory still lists exactly the same files and sizes (meta files
+    are immutable once committed, so the same listing loads to the same state), which saves
+    checking every file of every backup again when a writer reloads under its lock."""
     log = logger or logging.getLogger("rbackup")
     cache = cache if cache is not None else MetaCache()
     # meta/ on its own, first: a backup whose meta file shows here was committed, files and
@@ -234,6 +241,9 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
     if ENCRYPTION_MARKER in listing:  # an EncryptedEnv hides its marker: this env cannot decrypt
         raise PermissionDenied(f"{env.describe()} is encrypted ({ENCRYPTION_MARKER} found): open it with its key, "
                                "the storage option encryption_key_file=PATH")
+    if unchanged is not None and max_valid is None and _same_files(unchanged.listing, listing):
+        # new dicts: the writer may drop entries from its state while a reader still walks the old one
+        return BackupState(listing, dict(unchanged.backups), unchanged.latest_backup_id)
     ids: dict[int, int] = {}
     for path in committed:
         size = listing.get(path)
@@ -292,6 +302,15 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
             backups.pop(backup_id, None)  # read ahead of the cut: read-only engines see the newest N valid only
         cache.compact_if_due()
     return BackupState(listing, backups, max(ids, default=0))
+
+
+def _same_files(a: dict[str, int], b: dict[str, int]) -> bool:
+    """Whether two listings hold the same files at the same sizes, the writer lock's own files aside
+    (taking the lock rewrites them)."""
+    if a == b:
+        return True
+    differ = (a.keys() ^ b.keys()) | {p for p in a.keys() & b.keys() if a[p] != b[p]}
+    return all(map(is_lock_file, differ))
 
 
 def _load_newest_first(newest_first: list[int], cached: Callable[[int], _Fetched | None],

@@ -13,7 +13,7 @@ import uuid
 import pytest
 import rocksdict
 
-from rbackup import BackupableDBOptions, BackupEngine, NotSupported
+from rbackup import BackupableDBOptions, BackupEngine, NotSupported, source
 from rbackup.checkpointdir import LOCK_SUFFIX, PREFIX, remove_dead_checkpoints
 
 from .db_fixtures import fill, read_all
@@ -151,6 +151,10 @@ from tests.db_fixtures import fill
 print("pid", os.getpid(), flush=True)
 db = rocksdict.Rdict(sys.argv[2])
 fill(db, 300, value_size=1000)
+# too few descriptors to pin the DB's files in place: this backup must take a checkpoint
+import resource
+spare = len(os.listdir("/proc/self/fd")) + 40
+resource.setrlimit(resource.RLIMIT_NOFILE, (spare, spare))
 told = []
 def wait_once(progress):
     if not told:
@@ -179,7 +183,9 @@ def _unused_pid_not_handed_out_soon() -> int:
                     reason="a pid namespace needs root and unshare(1)")
 def test_running_backup_in_another_pid_namespace_keeps_its_checkpoint(tmp_path):
     """Before: its pid, meaningless here, was judged dead and the running backup's
-    checkpoint deleted under it (it then failed with a raw FileNotFoundError)."""
+    checkpoint deleted under it (it then failed with a raw FileNotFoundError).  The worker
+    checkpoints because its open-file limit cannot pin its DB's files; ours pins them, and
+    still cleans the dead checkpoints beside the DB first."""
     free = _unused_pid_not_handed_out_soon()
     proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _NAMESPACED_BACKUP,
                              str(free), _WORKER, ROOT, str(tmp_path / "theirs"), str(tmp_path / "their-backups")],
@@ -208,6 +214,17 @@ def test_running_backup_in_another_pid_namespace_keeps_its_checkpoint(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(PREFIX)]
 
 
+@pytest.fixture(params=["pinned", "checkpoint"])
+def snapshot_way(request, monkeypatch):
+    """Run a test once with the open Rdict's files pinned in place, once through its checkpoint
+    (what a DB whose files cannot be pinned gets)."""
+    if request.param == "checkpoint":
+        def cannot_pin(db_path, *args):
+            raise NotSupported(f"{db_path}: pinning disabled by the test")
+        monkeypatch.setattr(source, "_pinned", cannot_pin)
+    return request.param
+
+
 @pytest.fixture
 def small_volume(tmp_path):
     """A tmpfs mount point: the root of its own filesystem."""
@@ -223,7 +240,7 @@ def small_volume(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_db_at_the_root_of_its_own_volume(small_volume, tmp_path, backup_dir):
+def test_db_at_the_root_of_its_own_volume(small_volume, tmp_path, backup_dir, snapshot_way):
     """Before: NotSupported (no writable directory on the DB's filesystem beside it)."""
     db = rocksdict.Rdict(small_volume)
     written = fill(db, 300)
@@ -236,7 +253,7 @@ def test_db_at_the_root_of_its_own_volume(small_volume, tmp_path, backup_dir):
         db.close()
 
 
-def test_db_reached_through_a_symlink(small_volume, tmp_path, backup_dir):
+def test_db_reached_through_a_symlink(small_volume, tmp_path, backup_dir, snapshot_way):
     """The link is on another filesystem than the DB: the checkpoint goes beside the real directory."""
     real = os.path.join(small_volume, "db")
     link = str(tmp_path / "db-link")

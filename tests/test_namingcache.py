@@ -28,7 +28,8 @@ def reads(monkeypatch) -> list[str]:
     real = sstprops.read_session_id
 
     def counting(f, size):
-        seen.append(os.path.basename(f.name))
+        # a pinned DB file is read through its descriptor's /proc/self/fd/N: name the file it is
+        seen.append(os.path.basename(os.readlink(f.name) if f.name.startswith("/proc/self/fd/") else f.name))
         return real(f, size)
 
     monkeypatch.setattr(sstprops, "read_session_id", counting)

@@ -73,15 +73,19 @@ class _EndOfLog(Exception):
 class LogReader:
     """Iterates the logical records of one log file (`name` is only for messages)."""
 
-    def __init__(self, f: BinaryIO, name: str, log_number: int | None = None) -> None:
+    def __init__(self, f: BinaryIO, name: str, log_number: int | None = None, *, start: int = 0) -> None:
+        """`start`: the file offset `f` is positioned at, the end of a logical record an earlier reader
+        reported as `record_end` (a log only grows at its end, so reading on from there is exact)."""
         self._f = f
         self._name = name
         self._log_number = log_number
         self._block = b""
         self._pos = 0
-        self._block_offset = 0
+        self._block_offset = start
         self._eof = False
         self._recycled: bool | None = None
+        self.record_end = start
+        """The file offset just past the last logical record yielded: where a later reader may start."""
 
     def __iter__(self) -> Iterator[bytes]:
         pending: list[bytes] | None = None
@@ -109,6 +113,7 @@ class LogReader:
                                      f"one ended (partial record without end)")
                 if role == FULL:
                     pending = None
+                    self.record_end = self._block_offset + self._pos
                     yield rec.payload
                 else:
                     pending = [rec.payload]
@@ -118,17 +123,20 @@ class LogReader:
                                      f"(missing start of fragmented record)")
                 pending.append(rec.payload)
                 if role == LAST:
+                    self.record_end = self._block_offset + self._pos
                     yield b"".join(pending)
                     pending = None
 
     def _fill(self) -> None:
-        """Move to the next block; raise _EndOfLog at EOF."""
+        """Move to the next block (the rest of the first one, when reading from a `start` inside it);
+        raise _EndOfLog at EOF."""
         self._block_offset += len(self._block)
-        self._block = self._f.read(BLOCK_SIZE)
+        want = BLOCK_SIZE - self._block_offset % BLOCK_SIZE
+        self._block = self._f.read(want)
         self._pos = 0
         if not self._block:
             raise _EndOfLog()
-        if len(self._block) < BLOCK_SIZE:
+        if len(self._block) < want:
             self._eof = True
 
     def _next_physical(self) -> _Physical:

@@ -25,13 +25,15 @@ field this reader does not know and may not ignore (a future RocksDB) or an SST 
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..errors import Corruption, NotSupported
-from .logformat import read_records
+from .logformat import LogReader
 
 DEFAULT_CF = "default"
 
@@ -280,31 +282,59 @@ def _old_new_file(c: _Cursor, tag: int) -> TableFile:
 
 
 def _new_file4(c: _Cursor, e: VersionEdit) -> TableFile:
-    level, number, size = c.varint(32), c.varint(), c.varint()
-    _internal_key(c)
-    _internal_key(c)
-    c.varint()  # smallest seqno
-    c.varint()  # largest seqno
-    path_id = oldest_blob = 0
-    while True:
-        custom = c.varint(32)
-        if custom == NF_TERMINATE:
-            break
-        value = c.slice()
-        if custom == NF_PATH_ID:
-            if len(value) != 1 or value[0] > 3:
-                raise Corruption(f"{c.what}: bad path id {value!r} of SST #{number}")
-            path_id = value[0]
-        elif custom == NF_OLDEST_BLOB:
-            oldest_blob = _Cursor(value, c.what).varint()
-        elif custom == NF_MIN_LOG_HACK:
-            if len(value) != 8:
-                raise Corruption(f"{c.what}: bad min log number field of SST #{number}")
-            e.min_log_number_to_keep = max(e.min_log_number_to_keep or 0, int.from_bytes(value, "little"))
-        elif custom & NF_NON_SAFE_IGNORE_MASK:
-            raise NotSupported(f"{c.what}: SST #{number} carries field {custom}, which a reader must understand "
-                               f"and this one does not (written by a newer RocksDB?)")
+    """Decoded on local variables, not through `_Cursor`: a MANIFEST snapshot written at a DB's open
+    is one record of a NewFile4 per live SST (10,000 of them: 0.3 s through the cursor's methods)."""
+    data, pos, end = c.data, c.pos, len(c.data)
+    try:
+        level, pos = _varint(data, pos, 32, c)
+        number, pos = _varint(data, pos, 64, c)
+        size, pos = _varint(data, pos, 64, c)
+        for _ in range(2):  # smallest and largest internal keys
+            length, pos = _varint(data, pos, 32, c)
+            if length < 8:
+                raise Corruption(f"{c.what}: internal key of {length} bytes (at least 8 expected)")
+            pos += length
+        _, pos = _varint(data, pos, 64, c)  # smallest seqno
+        _, pos = _varint(data, pos, 64, c)  # largest seqno
+        path_id = oldest_blob = 0
+        while True:
+            custom, pos = _varint(data, pos, 32, c)
+            if custom == NF_TERMINATE:
+                break
+            length, pos = _varint(data, pos, 32, c)
+            if pos + length > end:
+                raise IndexError
+            if custom == NF_PATH_ID:
+                if length != 1 or data[pos] > 3:
+                    raise Corruption(f"{c.what}: bad path id {data[pos:pos + length]!r} of SST #{number}")
+                path_id = data[pos]
+            elif custom == NF_OLDEST_BLOB:
+                oldest_blob = _Cursor(data[pos:pos + length], c.what).varint()
+            elif custom == NF_MIN_LOG_HACK:
+                if length != 8:
+                    raise Corruption(f"{c.what}: bad min log number field of SST #{number}")
+                e.min_log_number_to_keep = max(e.min_log_number_to_keep or 0,
+                                               int.from_bytes(data[pos:pos + 8], "little"))
+            elif custom & NF_NON_SAFE_IGNORE_MASK:
+                raise NotSupported(f"{c.what}: SST #{number} carries field {custom}, which a reader must understand "
+                                   f"and this one does not (written by a newer RocksDB?)")
+            pos += length
+        if pos > end:
+            raise IndexError
+    except IndexError:
+        raise Corruption(f"{c.what}: a new-file field runs past the record's end") from None
+    c.pos = pos
     return TableFile(number, level, size, path_id, oldest_blob)
+
+
+def _varint(data: bytes, pos: int, bits: int, c: _Cursor) -> tuple[int, int]:
+    """(value, next position) of the varint at `pos` (IndexError past the end, as the caller expects)."""
+    byte = data[pos]
+    if byte < 0x80:
+        return byte, pos + 1
+    c.pos = pos
+    value = c.varint(bits)
+    return value, c.pos
 
 
 def _blob_custom_fields(c: _Cursor, what: str) -> None:
@@ -356,6 +386,16 @@ class _Replay:
         self.db_id: str | None = None
         self.wals: dict[int, int | None] = {}
         self.group: list[VersionEdit] = []
+
+    def copy(self) -> _Replay:
+        """A replay that goes on from here without changing this one (nor the DbVersion it returned)."""
+        twin = copy.copy(self)
+        twin.cfs = {i: dataclasses.replace(cf, tables=dict(cf.tables),
+                                           blobs={n: dataclasses.replace(b) for n, b in cf.blobs.items()})
+                    for i, cf in self.cfs.items()}
+        twin.wals = dict(self.wals)
+        twin.group = list(self.group)
+        return twin
 
     def add(self, edit: VersionEdit, index: int) -> None:
         if edit.atomic_group_remaining is None:
@@ -441,4 +481,31 @@ def replay(records: Iterable[bytes], manifest: str) -> DbVersion:
 
 def read_manifest(f: BinaryIO, manifest: str) -> DbVersion:
     """The DB state that the MANIFEST in `f` records (`manifest` names it in errors)."""
-    return replay(read_records(f, manifest), manifest)
+    return read_manifest_from(f, manifest)[0]
+
+
+@dataclass(frozen=True)
+class ManifestProgress:
+    """Where a read of a MANIFEST stopped (the end of its last complete record) and the replay there.
+
+    A MANIFEST only ever grows at its end, so a later read of the same file goes on from here and
+    decodes only the edits appended since: a DB of 10,000 SSTs has a MANIFEST of ~1 MB that costs
+    0.3 s of Python to decode whole.  Never changed once made (`read_manifest_from` copies it)."""
+
+    offset: int
+    records: int
+    replay: _Replay
+
+
+def read_manifest_from(f: BinaryIO, manifest: str,
+                       since: ManifestProgress | None = None) -> tuple[DbVersion, ManifestProgress]:
+    """The DB state the MANIFEST in `f` records, and how far it was read.  With `since` (a progress of
+    this very file), `f` is positioned at `since.offset` and only what follows is decoded."""
+    state = since.replay.copy() if since is not None else _Replay(manifest)
+    first = since.records if since is not None else 0
+    reader = LogReader(f, manifest, start=since.offset if since is not None else 0)
+    count = first
+    for index, record in enumerate(reader, first):
+        state.add(decode_edit(record, f"{manifest} (record {index})"), index)
+        count = index + 1
+    return state.result(), ManifestProgress(reader.record_end, count, state)
