@@ -169,7 +169,7 @@ def list_json(backup_dir: str, backups: Sequence[BackupInfo], corrupt: dict[int,
 def verify_line(result: VerifyResult) -> str:
     """`rbackup verify`'s line for a backup that passed, saying how its files were checked."""
     if not result.with_checksum:
-        return f"backup {result.backup_id}: ok (files and sizes verified, {result.files} files)"
+        return f"backup {result.backup_id}: ok (files and sizes verified)"
     unchecked = result.files - result.from_store_checksum - result.downloaded
     how = [f"{result.from_store_checksum} from the store's CRC-32C",
            f"{result.downloaded} read back ({human_size(result.bytes_downloaded)})"]

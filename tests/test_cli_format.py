@@ -191,7 +191,7 @@ def test_backends_table():
 
 
 def test_verify_line_says_how_each_file_was_checked() -> None:
-    assert verify_line(VerifyResult(3, False, 7)) == "backup 3: ok (files and sizes verified, 7 files)"
+    assert verify_line(VerifyResult(3, False, 7)) == "backup 3: ok (files and sizes verified)"
     assert verify_line(VerifyResult(3, True, 7, 5, 2, 3 * 2**20)) == (
         "backup 3: ok (checksums verified: 5 from the store's CRC-32C, 2 read back (3.0 MiB))")
     assert verify_line(VerifyResult(4, True, 7, 0, 6, 10)).endswith(
