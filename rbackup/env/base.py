@@ -290,6 +290,7 @@ class BackupEnv(abc.ABC):
         only once it has shown that it checks (S3: a probe PUT with a wrong checksum must be
         refused): a value a store merely echoes back proves nothing.  What it cannot show is
         damage inside the store after the write; that is the store's own durability promise."""
+        check_path(path)
         return None
 
     def sync_dir(self, path: str = "") -> None:  # noqa: B027 (a no-op unless the store has directories)

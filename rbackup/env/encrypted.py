@@ -256,6 +256,7 @@ class EncryptedEnv(WrapperEnv):
 
     def stored_checksum(self, path: str) -> StoredChecksum | None:
         """None: the store checksums the ciphertext, the meta file the plaintext."""
+        check_path(path)
         return None
 
     def open_read(self, path: str) -> ReadStream:
