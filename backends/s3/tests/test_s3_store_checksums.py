@@ -132,14 +132,32 @@ def test_verify_on_seaweedfs_reads_no_data_and_counts_it(seaweedfs_store: S3Stor
         assert env.calls["open_read"] == result.files
 
 
-def test_a_file_whose_store_crc_differs_from_the_meta_is_corruption(seaweedfs_store: S3Store, big_db: str) -> None:
-    """An object replaced by other bytes of the same size (the store's CRC-32C now theirs): the store's
-    CRC-32C no longer matches the meta file's, reported like a mismatch found by reading, naming the
-    backup and the file, without a download; reading back finds the same."""
+def _edit_meta_crc(store: S3Store, url: str, path: str) -> None:
+    """Change the CRC-32C meta/1 records for `path` (a meta file that no longer matches the object)."""
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    client = store.client()
+    meta = client.get_object(Bucket=bucket, Key=f"{prefix}/meta/1")["Body"].read().decode()
+    lines = meta.split("\n")
+    [i] = [n for n, line in enumerate(lines) if line.startswith(f"{path} crc32 ")]
+    crc = int(lines[i].split(" ")[2])
+    lines[i] = f"{path} crc32 {crc ^ 1}"
+    client.put_object(Bucket=bucket, Key=f"{prefix}/meta/1", Body="\n".join(lines).encode())
+
+
+@pytest.mark.parametrize("damage", ["object replaced", "meta file edited"])
+def test_a_file_whose_store_crc_differs_from_the_meta_is_corruption(seaweedfs_store: S3Store, big_db: str,
+                                                                    damage: str) -> None:
+    """An object replaced by other bytes of the same size (the store's CRC-32C now theirs), or a meta
+    file whose CRC-32C for it was changed: the store's CRC-32C no longer matches the meta file's,
+    reported like a mismatch found by reading, naming the backup and the file, without a download;
+    reading back finds the same."""
     url = _backup(seaweedfs_store, big_db)
     with BackupEngineReadOnly(BackupableDBOptions(url, storage_options=_options(seaweedfs_store))) as probe:
         largest = _largest_file(probe, 1)
-    _replace_object(seaweedfs_store, url, largest)
+    if damage == "object replaced":
+        _replace_object(seaweedfs_store, url, largest)
+    else:
+        _edit_meta_crc(seaweedfs_store, url, largest)
     engine, env = _counted_engine(seaweedfs_store, url)
     with engine:
         with pytest.raises(Corruption, match=rf"backup 1: checksum mismatch in {largest} \(the store's crc32c"):
