@@ -1,14 +1,5 @@
 """Storage envs: the BackupEnv contract and the envs that ship with the core."""
-from .base import (
-    AtomicWriter,
-    BackendFactory,
-    BackupEnv,
-    Capabilities,
-    FileInfo,
-    ReadStream,
-    StoredChecksum,
-    check_path,
-)
+from .base import AtomicWriter, BackendFactory, BackupEnv, Capabilities, FileInfo, ReadStream, check_path
 from .encrypted import EncryptedEnv
 from .fsspec_env import FsspecEnv
 from .local import LocalEnv
@@ -27,7 +18,6 @@ __all__ = [
     "MemoryEnv",
     "ReadOnlyEnv",
     "ReadStream",
-    "StoredChecksum",
     "WrapperEnv",
     "check_path",
 ]
