@@ -16,11 +16,13 @@ damaged commit being withdrawn and reported as a failure.
 """
 from __future__ import annotations
 
+import contextlib
 import enum
+import gc
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from .env.base import BackupEnv
@@ -49,6 +51,26 @@ from .transfer import Buffers, ProgressTracker, file_crc32c, run_parallel, strea
 
 RECHECK_READ_LIMIT = 4 << 20
 """Files up to this size are read back after the commit (MANIFEST, OPTIONS, CURRENT, small SSTs)."""
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cycle collector held off while one backup runs, and let run again after.
+
+    Why: a backup of a DB of 10,000 files holds ~100,000 small objects at once (a stat, a file, a
+    plan entry and a meta entry per file), which the collector promotes to its oldest generation,
+    so every backup set off a full collection of the process's heap: 50-75 ms, a fifth of a
+    no-change backup's work, to find nothing (these objects hold no cycles: reference counting
+    frees them).  Only a collector this call found enabled is enabled again; one that any code
+    switches off meanwhile is switched back on at the end, the price of a process-wide switch."""
+    enabled = gc.isenabled()
+    if enabled:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from .dbdir import ClosedDb, LiveFile, last_sequence_in, live_wals, newest_options, read_options, wal_dir_of
 from .errors import Corruption, Incomplete, NotSupported
 from .format.checksum import crc32c
-from .format.manifest import DbVersion, ManifestProgress, parse_current, read_manifest_from
+from .format.manifest import BlobFile, DbVersion, ManifestProgress, TableFile, parse_current, read_manifest_from
 from .osutil import ensure_open_files
 
 log = logging.getLogger("rbackup")
@@ -73,6 +73,9 @@ class _Attempt:
     manifest: LiveFile
     manifest_fd: int
     version: DbVersion
+    tables: list[TableFile]
+    """`version.tables()`, sorted once."""
+    blobs: list[BlobFile]
     fds: dict[str, int]
     """DB file name -> open descriptor (SSTs, blob files, WALs, OPTIONS)."""
     wal_dir: str
@@ -135,10 +138,9 @@ def _read_current(db_path: str) -> bytes:
 
 
 def _open_all(db_path: str, fds: dict[str, int], names: list[tuple[str, str]]) -> str | None:
-    """Open each (name, directory); the path of the first one not there (the DB moved on, or keeps it
+    """Open each (name, path); the path of the first one not there (the DB moved on, or keeps it
     elsewhere), or None."""
-    for name, directory in names:
-        path = os.path.join(directory, name)
+    for name, path in names:
         try:
             fds[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -175,13 +177,18 @@ def _try_once(db_path: str, with_wals: bool) -> _Attempt | None:
         fds[name] = mfd
         size = os.fstat(mfd).st_size
         version = MANIFEST_PROGRESS.read(mfd, size, os.path.join(db_path, name))
-        options = newest_options(db_path)
+        listing = os.listdir(db_path)  # once: a DB of 10,000 SSTs is a long listing
+        options = newest_options(db_path, listing)
         wal_dir = wal_dir_of(db_path, options, read_options(options))
-        wanted = [(f"{t.number:06d}.sst", db_path) for t in version.tables()]
-        wanted += [(f"{b.number:06d}.blob", db_path) for b in version.blobs()]
-        wanted += [(options.name, db_path)] if options else []
+        tables, blobs = version.tables(), version.blobs()
+        prefix = os.path.join(db_path, "")
+        wanted = [(name, prefix + name) for name in [f"{t.number:06d}.sst" for t in tables]]
+        wanted += [(name, prefix + name) for name in [f"{b.number:06d}.blob" for b in blobs]]
+        wanted += [(options.name, options.path)] if options else []
         try:
-            wanted += [(w.name, wal_dir) for w in live_wals(wal_dir, version)] if with_wals else []
+            if with_wals:
+                wals = live_wals(wal_dir, version, listing if wal_dir == db_path else None)
+                wanted += [(w.name, w.path) for w in wals]
         except Corruption:  # a WAL this MANIFEST prefix tracks is gone: the DB has moved on
             raise _Retry() from None
         ensure_open_files(len(wanted), f"backing up the live DB at {db_path}")
@@ -192,7 +199,8 @@ def _try_once(db_path: str, with_wals: bool) -> _Attempt | None:
                                f"keeps data files elsewhere (db_paths/cf_paths), which rbackup cannot pin")
         if moved_on:
             raise _Retry()
-        return _Attempt(current, LiveFile(name, os.path.join(db_path, name), size), mfd, version, fds, wal_dir)
+        return _Attempt(current, LiveFile(name, os.path.join(db_path, name), size), mfd, version, tables, blobs, fds,
+                        wal_dir)
     except (_Retry, FileNotFoundError):  # FileNotFoundError: an OPTIONS file replaced meanwhile
         _close(fds)
         return None
@@ -258,9 +266,11 @@ def live_db_files(db_path: str, *, with_wals: bool = True, attempts: int = ATTEM
 
 
 def _staged(db_path: str, found: _Attempt, stage: str, sequence: int | None) -> ClosedDb:
+    fds, fstat = found.fds, os.fstat
+
     def by_fd(name: str) -> LiveFile:
-        fd = found.fds[name]
-        st = os.fstat(fd)
+        fd = fds[name]
+        st = fstat(fd)
         return LiveFile(name, f"/proc/self/fd/{fd}", st.st_size, st)
 
     def staged(name: str, limit: int | None) -> LiveFile:
@@ -268,11 +278,13 @@ def _staged(db_path: str, found: _Attempt, stage: str, sequence: int | None) -> 
         return LiveFile(name, path, _stage(found.fds[name], path, limit))
 
     version = found.version
-    tables = [by_fd(f"{t.number:06d}.sst") for t in version.tables()]
-    for table, meta in zip(tables, version.tables(), strict=True):
+    tables = []
+    for meta in found.tables:
+        table = by_fd(f"{meta.number:06d}.sst")
         if table.size != meta.size:
             raise Corruption(f"{db_path}/{table.name} has {table.size} bytes, its MANIFEST entry says {meta.size}")
-    blobs = [by_fd(f"{b.number:06d}.blob") for b in version.blobs()]
+        tables.append(table)
+    blobs = [by_fd(f"{b.number:06d}.blob") for b in found.blobs]
     manifest = staged(found.manifest.name, found.manifest.size)
     with open(os.path.join(stage, "CURRENT"), "wb") as fh:
         fh.write(found.current)
