@@ -72,14 +72,15 @@ def destination(f: SourceFile, backup_id: int, *, share_table_files: bool,
     if not share_files_with_checksum:
         return shared_file_path(f.name)
     facts = facts or NamingFacts()
-    return _shared_checksum_dest(f.name, f.size, facts.session_id if f.kind is FileKind.TABLE else None,
+    return shared_checksum_dest(f.name, f.size, facts.session_id if f.kind is FileKind.TABLE else None,
                                  facts.crc32c)
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _shared_checksum_dest(name: str, size: int, session_id: str | None, crc32c: int | None) -> str:
-    """Memoised: every incremental backup names the same 10,000 files again (8 us each otherwise);
-    the bound holds the files of a DB of 65,536 SSTs (~10 MB), and a miss only costs the naming."""
+def shared_checksum_dest(name: str, size: int, session_id: str | None, crc32c: int | None) -> str:
+    """An SST's destination under shared_checksum/ (a blob file's: session_id None).  Memoised: every
+    incremental backup names the same 10,000 files again (8 us each otherwise); the bound holds the
+    files of a DB of 65,536 SSTs (~10 MB), and a miss only costs the naming."""
     return shared_checksum_file_path(shared_checksum_name(name, size=size, session_id=session_id, crc32c=crc32c))
 
 
@@ -96,7 +97,7 @@ def plan_backup(files: list[SourceFile], backup_id: int, *, share_table_files: b
     for f in files:
         known = facts.get(f.name)
         if by_checksum and known is not None and f.kind is table:
-            dest = _shared_checksum_dest(f.name, f.size, known.session_id, known.crc32c)
+            dest = shared_checksum_dest(f.name, f.size, known.session_id, known.crc32c)
         else:
             dest = destination(f, backup_id, share_table_files=share_table_files,
                                share_files_with_checksum=share_files_with_checksum, facts=known)

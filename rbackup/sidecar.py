@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .dbdir import ClosedDb, LiveFile, last_sequence_in, live_wals, newest_options, read_options, wal_dir_of
@@ -79,6 +79,27 @@ class _Attempt:
     fds: dict[str, int]
     """DB file name -> open descriptor (SSTs, blob files, WALs, OPTIONS)."""
     wal_dir: str
+    manifest_key: _ManifestKey
+    unpinned: dict[str, os.stat_result]
+    """SSTs left unpinned (`Reusable`): name -> the stat an earlier snapshot took of it."""
+
+
+_ManifestKey = tuple[int, int, str]
+"""A MANIFEST's st_dev, st_ino and path."""
+
+Reusable = Callable[[list[tuple[str, int, os.stat_result]]], set[str]]
+"""Asked of SSTs (name, size, the stat taken when an earlier snapshot pinned it): the names of those the
+backup being made will neither read nor need to stay (their copies are already where the backup goes)."""
+
+
+@dataclass(frozen=True)
+class _Known:
+    progress: ManifestProgress
+    crc: int
+    """CRC-32C of the MANIFEST's bytes [0, progress.offset)."""
+    pins: dict[int, os.stat_result]
+    """SST number -> its stat, taken through the descriptor of a snapshot that stood, for the SSTs of
+    the last snapshot read through this MANIFEST (see `_ManifestProgressCache.pins`)."""
 
 
 class _ManifestProgressCache:
@@ -88,33 +109,57 @@ class _ManifestProgressCache:
     Keyed by the file's (st_dev, st_ino, path) and trusted only if the bytes read then are still the
     file's first bytes (their CRC-32C, one C pass over ~1 MB): a MANIFEST is append-only, and a new
     file that got the same inode and name (a DB deleted and made again) fails the check.  Bounded:
-    the `MAX_ENTRIES` most recently used MANIFESTs (~200 bytes of replay state per live SST each)."""
+    the `MAX_ENTRIES` most recently used MANIFESTs (~200 bytes of replay state per live SST each).
+
+    Each entry also keeps the stats of the SSTs the last snapshot through it pinned (`pins`): an SST
+    the same MANIFEST still lists is the same file, so a later snapshot may know it by that stat
+    without opening it (`live_db_files`'s `reusable`)."""
 
     MAX_ENTRIES = 8
 
     def __init__(self) -> None:
-        self._entries: OrderedDict[tuple[int, int, str], tuple[ManifestProgress, int]] = OrderedDict()
+        self._entries: OrderedDict[_ManifestKey, _Known] = OrderedDict()
         self._lock = threading.Lock()
 
     def read(self, fd: int, size: int, path: str) -> DbVersion:
         """The version that the MANIFEST open at `fd` records in its first `size` bytes."""
+        return self.read_with_pins(fd, size, path)[0]
+
+    def read_with_pins(self, fd: int, size: int,
+                       path: str) -> tuple[DbVersion, _ManifestKey, dict[int, os.stat_result]]:
+        """`read`, with the MANIFEST's key and the SSTs' stats remembered for this very file (none if
+        the file is not the one read before)."""
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino, path)
         with self._lock:
             hit = self._entries.get(key)
-        since, crc = None, 0
-        if hit is not None and hit[0].offset <= size and _crc_of(fd, 0, hit[0].offset) == hit[1]:
-            since, crc = hit
+        if hit is not None and not (hit.progress.offset <= size and _crc_of(fd, 0, hit.progress.offset) == hit.crc):
+            hit = None
+        since, crc, pins = (hit.progress, hit.crc, hit.pins) if hit is not None else (None, 0, {})
         reader = _Prefix(fd, size)
         reader.pos = since.offset if since is not None else 0
         version, progress = read_manifest_from(reader, path, since)  # type: ignore[arg-type]
         crc = _crc_of(fd, since.offset if since is not None else 0, progress.offset, crc)
         with self._lock:
-            self._entries[key] = (progress, crc)
+            self._entries[key] = _Known(progress, crc, pins)
             self._entries.move_to_end(key)
             while len(self._entries) > self.MAX_ENTRIES:
                 self._entries.popitem(last=False)
-        return version
+        return version, key, pins
+
+    def pin(self, key: _ManifestKey, pins: dict[int, os.stat_result]) -> None:
+        """Remember the stats of a snapshot's SSTs, read through the MANIFEST `key` names.
+
+        Why that is enough to know an SST again without opening it: RocksDB never reuses a file
+        number within a DB and never changes an SST it wrote; every read-write open of a DB starts
+        a new MANIFEST, and an entry here is used only for the same file with the same first bytes.
+        So while this MANIFEST lists SST n, `n.sst` in the DB directory is the file that was pinned
+        here (a copy of the DB, or one restored from a backup, has the same bytes under the same
+        names).  A file compacted away meanwhile is gone, but `reusable` said nobody reads it."""
+        with self._lock:
+            known = self._entries.get(key)
+            if known is not None:
+                self._entries[key] = _Known(known.progress, known.crc, pins)
 
 
 def _crc_of(fd: int, start: int, end: int, crc: int = 0) -> int:
@@ -165,7 +210,7 @@ def column_families(db_path: str, attempts: int = ATTEMPTS) -> list[str]:
     raise Incomplete(f"the DB at {db_path} replaced its MANIFEST {attempts} times while rbackup read it")
 
 
-def _try_once(db_path: str, with_wals: bool) -> _Attempt | None:
+def _try_once(db_path: str, with_wals: bool, reusable: Reusable | None) -> _Attempt | None:
     current = _read_current(db_path)
     name = parse_current(current, os.path.join(db_path, "CURRENT"))
     fds: dict[str, int] = {}
@@ -176,14 +221,21 @@ def _try_once(db_path: str, with_wals: bool) -> _Attempt | None:
             return None
         fds[name] = mfd
         size = os.fstat(mfd).st_size
-        version = MANIFEST_PROGRESS.read(mfd, size, os.path.join(db_path, name))
+        version, key, pins = MANIFEST_PROGRESS.read_with_pins(mfd, size, os.path.join(db_path, name))
         listing = os.listdir(db_path)  # once: a DB of 10,000 SSTs is a long listing
         options = newest_options(db_path, listing)
         wal_dir = wal_dir_of(db_path, options, read_options(options))
         tables, blobs = version.tables(), version.blobs()
         prefix = os.path.join(db_path, "")
-        wanted = [(name, prefix + name) for name in [f"{t.number:06d}.sst" for t in tables]]
-        wanted += [(name, prefix + name) for name in [f"{b.number:06d}.blob" for b in blobs]]
+        ssts = [f"{t.number:06d}.sst" for t in tables]
+        unpinned: dict[str, os.stat_result] = {}
+        if reusable is not None and pins:
+            candidates = [(sst, t.size, st) for sst, t in zip(ssts, tables, strict=True)
+                          if (st := pins.get(t.number)) is not None and st.st_size == t.size]
+            reused = reusable(candidates)
+            unpinned = {sst: st for sst, _, st in candidates if sst in reused}
+        wanted = [(sst, prefix + sst) for sst in ssts if sst not in unpinned]
+        wanted += [(blob, prefix + blob) for blob in [f"{b.number:06d}.blob" for b in blobs]]
         wanted += [(options.name, options.path)] if options else []
         try:
             if with_wals:
@@ -200,7 +252,7 @@ def _try_once(db_path: str, with_wals: bool) -> _Attempt | None:
         if moved_on:
             raise _Retry()
         return _Attempt(current, LiveFile(name, os.path.join(db_path, name), size), mfd, version, tables, blobs, fds,
-                        wal_dir)
+                        wal_dir, key, unpinned)
     except (_Retry, FileNotFoundError):  # FileNotFoundError: an OPTIONS file replaced meanwhile
         _close(fds)
         return None
@@ -234,15 +286,20 @@ def _stage(fd: int, path: str, limit: int | None) -> int:
 
 @contextlib.contextmanager
 def live_db_files(db_path: str, *, with_wals: bool = True, attempts: int = ATTEMPTS,
-                  sequence: int | None = None, stage_at: str | None = None) -> Iterator[ClosedDb]:
+                  sequence: int | None = None, stage_at: str | None = None,
+                  reusable: Reusable | None = None) -> Iterator[ClosedDb]:
     """The live files of a DB that may be open elsewhere, readable for as long as the context lasts.
+
+    `reusable`: SSTs it says yes to, among those an earlier snapshot through the same MANIFEST
+    pinned, are not opened again (their path is the DB's, their stat the one taken then): a
+    no-change backup of 10,000 SSTs already in the backup directory opens none of them.
 
     `sequence`: the DB's sequence number as its owner reported it before the snapshot (an open Rdict);
     without it, the newest one found in the MANIFEST and the staged WALs.  `stage_at`: a path, not yet
     existing, for the staging directory (whose leftover the caller knows how to clean up after a kill);
     without it, a new temporary directory."""
     for attempt in range(attempts):
-        found = _try_once(db_path, with_wals)
+        found = _try_once(db_path, with_wals, reusable)
         if found is not None:
             break
         log.info("the DB at %s changed its files while rbackup looked (attempt %d); looking again", db_path, attempt)
@@ -277,13 +334,17 @@ def _staged(db_path: str, found: _Attempt, stage: str, sequence: int | None) -> 
         path = os.path.join(stage, name)
         return LiveFile(name, path, _stage(found.fds[name], path, limit))
 
-    version = found.version
+    version, unpinned, prefix = found.version, found.unpinned, os.path.join(db_path, "")
     tables = []
     for meta in found.tables:
-        table = by_fd(f"{meta.number:06d}.sst")
+        name = f"{meta.number:06d}.sst"
+        st = unpinned.get(name)
+        table = by_fd(name) if st is None else LiveFile(name, prefix + name, st.st_size, st)
         if table.size != meta.size:
             raise Corruption(f"{db_path}/{table.name} has {table.size} bytes, its MANIFEST entry says {meta.size}")
         tables.append(table)
+    MANIFEST_PROGRESS.pin(found.manifest_key, {m.number: t.stat for m, t in zip(found.tables, tables, strict=True)
+                                               if t.stat is not None})
     blobs = [by_fd(f"{b.number:06d}.blob") for b in found.blobs]
     manifest = staged(found.manifest.name, found.manifest.size)
     with open(os.path.join(stage, "CURRENT"), "wb") as fh:
