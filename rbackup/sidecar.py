@@ -18,23 +18,22 @@ of the DB's write stream, and older WALs are complete.  The backup is therefore 
 itself would recover after a crash at (about) the moment of the copy: every write acknowledged
 before the backup started is in it, and if a later write is in it so is every write before that
 (writes made with `disableWAL` and not yet flushed are not, as after a crash).  The MANIFEST prefix,
-CURRENT, OPTIONS and the WALs are staged, since their live copies keep changing, in a private
-temporary directory (or where the caller says: an open Rdict's backup stages where its checkpoint
-would go); SSTs and blob files are read through the descriptors.  Nothing in the DB's directories
-is created or changed, and its LOCK is never touched.
+CURRENT, OPTIONS and the WALs are staged, since their live copies keep changing, in a directory
+beside the DB (else in the temp directory) locked as a checkpoint is (`checkpointdir`), so a killed
+backup's staging is removed by the next backup; SSTs and blob files are read through the
+descriptors.  Nothing in the DB's directories is created or changed, and its LOCK is never touched.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .checkpointdir import checkpoint_dir
 from .dbdir import ClosedDb, LiveFile, last_sequence_in, live_wals, newest_options, read_options, wal_dir_of
 from .errors import Corruption, Incomplete, NotSupported
 from .format.checksum import crc32c
@@ -286,8 +285,7 @@ def _stage(fd: int, path: str, limit: int | None) -> int:
 
 @contextlib.contextmanager
 def live_db_files(db_path: str, *, with_wals: bool = True, attempts: int = ATTEMPTS,
-                  sequence: int | None = None, stage_at: str | None = None,
-                  reusable: Reusable | None = None) -> Iterator[ClosedDb]:
+                  sequence: int | None = None, reusable: Reusable | None = None) -> Iterator[ClosedDb]:
     """The live files of a DB that may be open elsewhere, readable for as long as the context lasts.
 
     `reusable`: SSTs it says yes to, among those an earlier snapshot through the same MANIFEST
@@ -295,9 +293,8 @@ def live_db_files(db_path: str, *, with_wals: bool = True, attempts: int = ATTEM
     no-change backup of 10,000 SSTs already in the backup directory opens none of them.
 
     `sequence`: the DB's sequence number as its owner reported it before the snapshot (an open Rdict);
-    without it, the newest one found in the MANIFEST and the staged WALs.  `stage_at`: a path, not yet
-    existing, for the staging directory (whose leftover the caller knows how to clean up after a kill);
-    without it, a new temporary directory."""
+    without it, the newest one found in the MANIFEST and the staged WALs.  What is staged goes to a
+    locked directory beside the DB (`checkpointdir`): a killed backup's is removed by the next one."""
     for attempt in range(attempts):
         found = _try_once(db_path, with_wals, reusable)
         if found is not None:
@@ -306,20 +303,12 @@ def live_db_files(db_path: str, *, with_wals: bool = True, attempts: int = ATTEM
     else:
         raise Incomplete(f"the DB at {db_path} changed its files {attempts} times while rbackup tried to take a "
                          f"consistent set of them: try again, or back it up from its own process")
-    if stage_at is None:
-        stage = tempfile.mkdtemp(prefix=".rbackup-sidecar-")
-    else:
-        stage = stage_at
-        try:
-            os.mkdir(stage, 0o700)
-        except BaseException:
-            _close(found.fds)
-            raise
     try:
-        yield _staged(db_path, found, stage, sequence)
+        with checkpoint_dir(db_path, same_filesystem=False) as stage:
+            os.mkdir(stage, 0o700)
+            yield _staged(db_path, found, stage, sequence)
     finally:
         _close(found.fds)
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _staged(db_path: str, found: _Attempt, stage: str, sequence: int | None) -> ClosedDb:

@@ -211,11 +211,10 @@ def _pinned_or_checkpoint(handle, db_path: str, backup_log_files: bool,
 @contextlib.contextmanager
 def _pinned(db_path: str, backup_log_files: bool, sequence: int, reusable: Reusable | None) -> Iterator[ClosedDb]:
     """The DB's live files held open (tests replace this to take the checkpoint path).  The MANIFEST
-    prefix, CURRENT, OPTIONS and WALs are staged where a checkpoint would go, under its lock: a killed
-    backup's staging is then removed by the next backup, as a killed checkpoint is, dead ones first."""
-    with checkpoint_dir(db_path) as stage, live_db_files(db_path, with_wals=backup_log_files,
-                                                         attempts=PINNING_ATTEMPTS, sequence=sequence,
-                                                         stage_at=stage, reusable=reusable) as found:
+    prefix, CURRENT, OPTIONS and WALs are staged beside the DB under a checkpoint-style lock, as for a
+    `LiveDbPath`: a killed backup's staging is removed by the next backup, as a killed checkpoint is."""
+    with live_db_files(db_path, with_wals=backup_log_files, attempts=PINNING_ATTEMPTS, sequence=sequence,
+                       reusable=reusable) as found:
         yield found
 
 
