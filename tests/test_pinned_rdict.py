@@ -14,7 +14,8 @@ import uuid
 import pytest
 import rocksdict
 
-from rbackup import BackupableDBOptions, BackupEngine, StorageError, create, sidecar, source
+from rbackup import BackupableDBOptions, BackupEngine, BackupError, StorageError, create, sidecar, source
+from rbackup import engine as engine_module
 from rbackup.checkpointdir import LOCK_SUFFIX, PREFIX
 from rbackup.format.logformat import LogReader, encode_records
 from rbackup.format.manifest import read_manifest
@@ -471,3 +472,35 @@ def test_a_reopened_db_pins_every_sst_again(tmp_path, opened):
             assert restored(eng, tmp_path) == written
     finally:
         db.close()
+
+
+def test_the_cycle_collector_is_switched_back_on_after_a_backup_and_left_off_if_it_was(tmp_path, monkeypatch):
+    """`create_new_backup` pauses Python's cycle collector while it works (issue 15): it is on again
+    after a backup, also one that fails, and a collector the caller had switched off stays off."""
+    import gc
+
+    db = rocksdict.Rdict(str(tmp_path / "db"))
+    fill(db, 50)
+    paused: list[bool] = []
+    real = create.create_backup
+
+    def spy(*args, **kwargs):
+        paused.append(not gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "create_backup", spy)
+    with BackupEngine(BackupableDBOptions(str(tmp_path / "bk"))) as eng:
+        assert gc.isenabled()
+        eng.create_new_backup(db)
+        assert gc.isenabled() and paused == [True]
+        db.close()
+        with pytest.raises(BackupError):
+            eng.create_new_backup(db)  # closed: the create fails
+        assert gc.isenabled() and paused == [True, True]
+        gc.disable()
+        try:
+            with pytest.raises(BackupError):
+                eng.create_new_backup(db)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
