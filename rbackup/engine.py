@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .alternates import Located, locate_files, verify_alternate_file
 from .backup_cache import DEFAULT_CACHE_LIMIT, FileCache, default_cache_dir
-from .create import BackupRequest, create_backup
+from .create import BackupRequest, collector_paused, create_backup
 from .env.base import BackupEnv
 from .env.registry import open_env
 from .env.wrappers import ReadOnlyEnv
@@ -212,10 +213,11 @@ class BackupEngine:
         metadata = app_metadata.encode("utf-8") if isinstance(app_metadata, str) else bytes(app_metadata or b"")
         if len(metadata) > MAX_APP_METADATA:
             raise InvalidArgument(f"app_metadata is {len(metadata)} bytes, over the limit of {MAX_APP_METADATA}")
-        with self._writing("create_new_backup"):
+        with collector_paused(), self._writing("create_new_backup"):
             assert self._held is not None
             backup_id = self._new_backup_id(self._held)
-            if any(p.startswith(f"{PRIVATE_DIR}/{backup_id}/") for p in self._state.listing):
+            own = f"{PRIVATE_DIR}/{backup_id}/"
+            if any(map(str.startswith, self._state.listing, itertools.repeat(own))):
                 self._garbage_collect()  # leftovers of a crashed attempt at this id
             try:
                 self._held.claim(backup_id)
