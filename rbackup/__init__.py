@@ -1,4 +1,13 @@
-"""rbackup: RocksDB's BackupEngine for Python."""
+"""rbackup: RocksDB's BackupEngine for Python.
+
+The public names below are imported on first use (PEP 562), so that `python -m rbackup`
+and the `rbackup` command load only the modules their command needs: a `create` has no
+use for retention, replication or restore."""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -15,22 +24,50 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
-from .api import BackupableDB, RestoreBackupableDB
-from .engine import BackupEngine, BackupEngineReadOnly
-from .env.base import BackupEnv, Capabilities, FileInfo
-from .options import (
-    BackupableDBOptions,
-    BackupEngineOptions,
-    BackupFileInfo,
-    BackupInfo,
-    BackupStatistics,
-    MaybeExcludeBackupFile,
-    Progress,
-    RestoreOptions,
-)
-from .replicate import CopyReport, copy_backups
-from .restore_plan import RestoreMode
-from .retention import RetentionPlan, RetentionPolicy
+
+if TYPE_CHECKING:
+    from .api import BackupableDB, RestoreBackupableDB
+    from .engine import BackupEngine, BackupEngineReadOnly
+    from .env.base import BackupEnv, Capabilities, FileInfo
+    from .options import (
+        BackupableDBOptions,
+        BackupEngineOptions,
+        BackupFileInfo,
+        BackupInfo,
+        BackupStatistics,
+        MaybeExcludeBackupFile,
+        Progress,
+        RestoreOptions,
+    )
+    from .replicate import CopyReport, copy_backups
+    from .restore_plan import RestoreMode
+    from .retention import RetentionPlan, RetentionPolicy
+
+_LAZY = {
+    "BackupableDB": "api", "RestoreBackupableDB": "api",
+    "BackupEngine": "engine", "BackupEngineReadOnly": "engine",
+    "BackupEnv": "env.base", "Capabilities": "env.base", "FileInfo": "env.base",
+    "BackupableDBOptions": "options", "BackupEngineOptions": "options", "BackupFileInfo": "options",
+    "BackupInfo": "options", "BackupStatistics": "options", "MaybeExcludeBackupFile": "options",
+    "Progress": "options", "RestoreOptions": "options",
+    "CopyReport": "replicate", "copy_backups": "replicate",
+    "RestoreMode": "restore_plan",
+    "RetentionPlan": "retention", "RetentionPolicy": "retention",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "Aborted", "AlreadyExists", "BackupEngine", "BackupEngineOptions", "BackupEngineReadOnly", "BackupEnv",

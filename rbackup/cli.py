@@ -25,8 +25,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
 from .cli_format import (
@@ -45,13 +43,17 @@ from .engine import BackupEngine, BackupEngineReadOnly
 from .env.registry import list_backends
 from .errors import Aborted, BackupError, Corruption, InvalidArgument, NotFound
 from .options import BackupableDBOptions, MiB, Progress, RestoreOptions
-from .replicate import copy_backups
 from .restore_plan import parse_mode
-from .retention import RetentionPolicy, parse_duration
 from .sidecar import LiveDbPath
 
 if TYPE_CHECKING:
+    from tqdm import tqdm
+
     from .restore import VerifyResult
+
+# Imported by the commands that use them, not here: every command pays for what this module
+# imports, and a `create` to S3 is measured against s5cmd, which starts in 10 ms.  tqdm only
+# draws on a terminal; replicate and retention serve `copy` and `purge`.
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -221,6 +223,8 @@ class ProgressBar:
         if not self.enabled:
             return
         if self._bar is None:
+            from tqdm import tqdm
+
             self._bar = self._stack.enter_context(tqdm(
                 total=progress.bytes_total, desc=f"{progress.operation} {progress.backup_id}", unit="B",
                 unit_scale=True, unit_divisor=1024, file=sys.stderr, dynamic_ncols=True, leave=True))
@@ -229,6 +233,8 @@ class ProgressBar:
 
     def __enter__(self) -> ProgressBar:
         if self.enabled:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
             self._stack.enter_context(logging_redirect_tqdm())
         return self
 
@@ -496,6 +502,8 @@ def delete(backup_dir: str, storage_options: dict[str, Any] | None, backup_id: i
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    from .retention import parse_duration
+
     try:
         return None if value is None else parse_duration(value)
     except InvalidArgument as exc:
@@ -539,6 +547,8 @@ def purge(backup_dir: str, storage_options: dict[str, Any] | None, keep: int | N
       rbackup purge --backup-dir s3://bucket/app --keep-daily 7 --keep-weekly 4 --keep-monthly 12
       rbackup purge --backup-dir /backups/app --keep-last 3 --keep-within 2w --tz Europe/Berlin --dry-run
     """
+    from .retention import RetentionPolicy
+
     counts = (keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
     policy_plan: RetentionPolicy | None = None
     if keep is not None:
@@ -609,6 +619,8 @@ def copy(source: str, destination: str, source_options: dict[str, Any] | None,
       rbackup copy --from s3://bucket/app --to /mnt/usb/app --backup-id 12 --backup-id 13
       rbackup copy --from /backups/app --to s3://offsite/app --to-option encryption_key_file=/etc/app.key
     """
+    from .replicate import copy_backups
+
     with ProgressBar(not quiet) as bar, _interruptible(
             "the copy did not finish; backups already committed at the destination are complete, and running "
             "the same copy again resumes without sending the files already there"):

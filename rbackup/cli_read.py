@@ -8,15 +8,17 @@ Registered on the `rbackup` group by `cli.py`.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .backup_db import BackupDB
 from .cli import _backup_dir_options, _options, _report_failures
 from .cli_format import human_size, render_table
 from .engine import BackupEngine, BackupEngineReadOnly
 from .errors import NotFound
+
+if TYPE_CHECKING:  # the engine imports it when a backup is opened; `rbackup create` never does
+    from .backup_db import BackupDB
 
 __all__ = ["get", "inspect", "scan"]
 

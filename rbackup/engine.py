@@ -13,10 +13,10 @@ import itertools
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from .alternates import Located, locate_files, verify_alternate_file
 from .backup_cache import DEFAULT_CACHE_LIMIT, FileCache, default_cache_dir
-from .backup_db import BackupDB, open_view
 from .create import BackupRequest, collector_paused, create_backup
 from .env.base import BackupEnv
 from .env.registry import open_env
@@ -44,8 +44,11 @@ from .options import (
     RestoreOptions,
 )
 from .restore import RestoreRequest, Run, VerifyRequest, VerifyResult, restore_backup, verify_backup
-from .retention import RetentionPlan, RetentionPolicy, plan_retention
 from .state import BackupState, LoadedBackup, MetaCache, load_state
+
+if TYPE_CHECKING:  # imported where used: a create needs neither rocksdict nor the retention rules
+    from .backup_db import BackupDB
+    from .retention import RetentionPlan, RetentionPolicy
 
 
 class BackupEngine:
@@ -297,6 +300,8 @@ class BackupEngine:
         opens).  The backup directory is never written.  Close the result (or use
         `with`) to close the DB and remove the view.
         """
+        from .backup_db import open_view
+
         self._check_open()
         backup = self._backup(backup_id)
         files = locate_files(self.env, backup, alternate_dirs)
@@ -334,6 +339,8 @@ class BackupEngine:
         `rbackup.retention`) and return the plan, which says why each kept one is
         kept.  With `dry_run` nothing is written and no lock is taken.  Corrupt
         backups are left for `delete_backup`/`garbage_collect`."""
+        from .retention import RetentionPolicy
+
         if not isinstance(policy, RetentionPolicy):
             raise InvalidArgument(f"purge_by_policy: expected a RetentionPolicy, got {type(policy).__name__}")
         self._check_open()
@@ -349,6 +356,8 @@ class BackupEngine:
         return plan
 
     def _retention_plan(self, policy: RetentionPolicy) -> RetentionPlan:
+        from .retention import plan_retention
+
         backups = []
         for b in self._state.valid:
             assert b.meta is not None

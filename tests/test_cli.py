@@ -351,6 +351,58 @@ def test_ctrl_c_and_a_second_writer(tmp_path):
     assert read_all(str(target)) == written
 
 
+# -- what a command imports ---------------------------------------------------------------
+# Start-up is most of a small backup's cost (a `create` to S3 is measured against s5cmd, which
+# starts in 10 ms): a command must not import what it does not use.  No timing here, only which
+# modules a real run has loaded when it exits.
+MODULES_AT_EXIT = """
+import json, sys
+from rbackup.cli import main
+try:
+    code = main(sys.argv[2:])
+finally:
+    with open(sys.argv[1], "w") as fh:
+        json.dump(sorted(sys.modules), fh)
+sys.exit(code)
+"""
+
+NEVER_FOR_A_PLAIN_CREATE = {
+    "cryptography", "rbackup.env.encrypted",  # encryption only
+    "rocksdict", "rbackup.backup_db",  # a DB given by path is read without opening it
+    "tqdm",  # progress bars only on a terminal
+    "rbackup.replicate", "rbackup.retention",  # copy, purge --keep-*
+    "rbackup_hdfs", "pyarrow",  # the HDFS backend: never for another protocol
+    "rbackup_s3.object_lock",  # Object Lock options only
+}
+
+
+def modules_at_exit(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> set[str]:
+    """The modules `rbackup ARGS` had imported when it exited (a fresh interpreter, the console
+    script's entry point); the command must succeed."""
+    out = tmp_path / "modules.json"
+    result = subprocess.run([sys.executable, "-c", MODULES_AT_EXIT, str(out), *args], capture_output=True,
+                            text=True, env=env or cli_env(), stdin=subprocess.DEVNULL, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(out.read_text()))
+
+
+def test_a_local_create_imports_neither_fsspec_nor_what_other_commands_use(closed_db, tmp_path):
+    db, _ = closed_db
+    loaded = modules_at_exit(tmp_path, "create", "--db", db, "--backup-dir", str(tmp_path / "b"), "--quiet")
+    assert {"rbackup.create", "rbackup.env.local"} <= loaded  # it did back up, to local disk
+    not_for_local_disk = {"fsspec", "rbackup.env.fsspec_env", "rbackup_s3", "s3fs"}
+    assert sorted(loaded & (NEVER_FOR_A_PLAIN_CREATE | not_for_local_disk)) == []
+
+
+def test_an_s3_create_imports_only_the_s3_backend(closed_db, s3_bucket_url, tmp_path):
+    db, _ = closed_db
+    url, storage_options = s3_bucket_url
+    loaded = modules_at_exit(tmp_path, "create", "--db", db, "--backup-dir", f"{url}/app", "--quiet",
+                             "-o", f"endpoint_url={storage_options['endpoint_url']}")
+    assert {"rbackup.create", "rbackup_s3.env"} <= loaded
+    assert sorted(loaded & NEVER_FOR_A_PLAIN_CREATE) == []
+
+
 # -- S3 (moto server) -------------------------------------------------------------------
 def test_s3_end_to_end(closed_db, s3_bucket_url, tmp_path):
     db, written = closed_db

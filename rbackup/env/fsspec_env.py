@@ -446,11 +446,17 @@ class FsspecEnv(BackupEnv):
             raise AlreadyExists(f"create {self.describe(path)}: already exists")
         self.write_bytes(path, data, sync=sync)
 
+    def _find(self, top: str) -> dict[str, dict[str, Any]]:
+        """Every file below `top` (full name -> fsspec info), fresh from the store;
+        FileNotFoundError where `top` does not exist.  `list` keeps those under `top/`."""
+        self.fs.invalidate_cache()
+        found: dict[str, dict[str, Any]] = self.fs.find(top, detail=True)
+        return found
+
     def list(self, prefix: str = "") -> list[FileInfo]:
         top = self._full(prefix) if prefix else self.root
         try:
-            self.fs.invalidate_cache()
-            found = self.fs.find(top, detail=True)
+            found = self._find(top)
         except FileNotFoundError as exc:
             # A missing directory has no files; a missing bucket is an error.
             if error_code(exc) == "NoSuchBucket":

@@ -14,12 +14,8 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-import fsspec
-
 from ..errors import InvalidArgument, NotSupported
 from .base import BackendFactory, BackupEnv, Capabilities
-from .encrypted import EncryptedEnv
-from .fsspec_env import FsspecEnv
 
 log = logging.getLogger("rbackup")
 
@@ -80,6 +76,8 @@ def open_env(backup_dir: str | os.PathLike, *, storage_options: dict[str, Any] |
     env = _open_store(backup_dir, options)
     if key_file is None:
         return env
+    from .encrypted import EncryptedEnv  # only for encrypted stores
+
     try:
         return EncryptedEnv.from_key_file(env, key_file)
     except BaseException:
@@ -99,6 +97,11 @@ def _open_store(backup_dir: str | os.PathLike, storage_options: dict[str, Any]) 
     if protocol in KNOWN_PLUGINS:
         raise NotSupported(f"no backend installed for {protocol}:// URLs: "
                            f"pip install {KNOWN_PLUGINS[protocol]} (or rbackup[{KNOWN_PLUGINS[protocol][8:]}])")
+    # fsspec (about 0.1 s to import) only for a protocol no backend registers
+    import fsspec
+
+    from .fsspec_env import FsspecEnv
+
     if protocol not in fsspec.available_protocols():
         raise NotSupported(f"unknown storage protocol {protocol!r} in {location!r}: no rbackup backend "
                            "and no fsspec implementation is registered for it")

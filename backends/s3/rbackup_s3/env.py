@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import s3fs
+from fsspec.asyn import sync
 from fsspec.dircache import DirCache
 
 from rbackup.env.base import (
@@ -387,6 +388,15 @@ class S3Env(FsspecEnv):
                     f"delete {self.describe()}: {len(failed)} of {len(batch)} objects not deleted, "
                     f"first {first.get('Key')!r}: {first.get('Code')}: {first.get('Message')}"
                 )
+
+    def _find(self, top: str) -> dict[str, dict[str, Any]]:
+        """One ListObjectsV2 per 1,000 keys under `top/`.  s3fs's `find` follows an empty listing
+        with a HEAD of `top` and a second listing, to report `top` itself as a file or an empty
+        "directory", both of which `list` drops: two more round trips for each empty prefix (a
+        new backup directory's meta/ and lease directory, read twice by every first create).
+        Errors are s3fs's, as from `find` (a missing bucket: FileNotFoundError, NoSuchBucket)."""
+        found = sync(self.fs.loop, self.fs._lsdir, top, delimiter="")
+        return {info["name"]: info for info in found}
 
     def makedirs(self, path: str = "") -> None:
         """S3 has no directories (the name is still checked, like every name)."""

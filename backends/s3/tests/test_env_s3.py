@@ -268,6 +268,23 @@ def test_missing_bucket_fails_fast_and_clearly(moto_server: str, s3_bucket_url: 
     assert time.monotonic() - started < 5
 
 
+def test_a_listing_is_one_request_even_when_empty(s3_faulty: FaultyS3) -> None:
+    """A new backup directory's meta/ and lease directory are empty, and every first create lists
+    them: each listing is one ListObjectsV2, not s3fs's list, HEAD and list again.  An object
+    named like the prefix, or one that merely starts with it, is not listed under it."""
+    env = S3Env(f"{s3_faulty.url}/db", storage_options=s3_faulty.storage_options)
+    env.write_bytes("meta", b"a file named like the directory")
+    env.write_bytes("metadata/1", b"a sibling")
+    for prefix, expected in (("meta", []), ("rbackup.lock.d", []), ("metadata", [env.stat("metadata/1")])):
+        before = s3_faulty.injector.requests
+        assert env.list(prefix) == expected
+        assert s3_faulty.injector.requests - before == 1, prefix
+    empty = S3Env(f"{s3_faulty.url}/nothing-here", storage_options=s3_faulty.storage_options)
+    before = s3_faulty.injector.requests
+    assert empty.list() == []
+    assert s3_faulty.injector.requests - before == 1
+
+
 def test_access_denied_fails_fast(s3_faulty: FaultyS3) -> None:
     s3_faulty.injector.add(Fault("error", status=403, code="AccessDenied", message="Access Denied"))
     env = S3Env(f"{s3_faulty.url}/db", storage_options=s3_faulty.storage_options)
