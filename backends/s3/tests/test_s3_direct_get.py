@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from rbackup_s3 import S3Env
 from rbackup_s3.download import BlockingS3Reader, S3Reader
@@ -199,7 +200,8 @@ def test_https_with_a_custom_ca_or_without_verification(s3_faulty: FaultyS3, htt
 
 def test_anonymous_reads_are_sent_unsigned(s3_faulty: FaultyS3) -> None:
     """anon=True: the direct GETs carry no Authorization header, as the client's would not."""
-    S3Env(s3_faulty.url, storage_options=s3_faulty.clean_storage_options).write_bytes("public", b"p" * 100)
+    admin = boto3.client("s3", endpoint_url=s3_faulty.clean_storage_options["endpoint_url"], region_name="us-east-1")
+    admin.put_object(Bucket=s3_faulty.url.removeprefix("s3://"), Key="public", Body=b"p" * 100, ACL="public-read")
     authorization: list[str | None] = []
 
     def record(environ: dict[str, Any]) -> bool:
