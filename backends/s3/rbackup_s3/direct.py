@@ -138,12 +138,15 @@ class DirectGets:
             reason = f"the endpoint scheme of {endpoint}"
         context = None
         if reason is None and urlsplit(endpoint).scheme == "https":
-            context = ssl.create_default_context()
+            # As botocore: its CA bundle (certifi's, AWS_CA_BUNDLE, `verify=<path>`), else the system's.
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             verify = http_session._verify
             if verify:
                 ca = get_cert_path(verify)
                 if ca:
                     context.load_verify_locations(ca)
+                else:
+                    context.load_default_certs()
             else:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
