@@ -338,8 +338,10 @@ class _Fetching:
     reserved: tuple[int, int]
 
 
-FETCH_CHUNK = 1 << 20
-"""A segment fetched ahead is received in pieces of this size, so a closing reader stops it soon."""
+RECV_PIECE = 256 * 1024
+"""Bodies are received in pieces of at most this size: a connection reset discards the piece being
+received, so a cut body keeps the progress of the pieces before it, and a closing reader stops its
+fetches soon."""
 
 
 class BlockingS3Reader(io.RawIOBase):
@@ -491,7 +493,8 @@ class BlockingS3Reader(io.RawIOBase):
                 if self._body is None:
                     self._stream_from_here(resume=stalled > 0)
                 assert self._body is not None
-                n = self._body.readinto(view[done : done + min(len(view) - done, self._body_end - self._pos)])
+                n = self._body.readinto(view[done : done + min(len(view) - done, self._body_end - self._pos,
+                                                               RECV_PIECE)])
                 if not n:
                     raise ConnectionError(f"response body ended at byte {self._pos} of {self.size}")
             except Exception as exc:
@@ -548,7 +551,7 @@ class BlockingS3Reader(io.RawIOBase):
             try:
                 body = self._get_range(start + done, start + len(into))
                 while done < len(into) and not self._closing.is_set():
-                    n = body.readinto(into[done : done + min(FETCH_CHUNK, len(into) - done)])
+                    n = body.readinto(into[done : done + min(RECV_PIECE, len(into) - done)])
                     if not n:
                         raise ConnectionError(f"response body ended at byte {start + done} of {self.size}")
                     done += n

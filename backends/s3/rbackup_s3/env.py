@@ -218,8 +218,9 @@ class S3Env(FsspecEnv):
         self.part_budget = PartBudget(settings.parts_in_flight * settings.part_size)
         self.open_readers = OpenReaders(settings.concurrency)
         self._direct = DirectGets(fs, bucket, max_attempts=settings.max_attempts, max_idle=settings.concurrency)
-        self._fetchers = concurrent.futures.ThreadPoolExecutor(settings.concurrency, "rbackup-s3-fetch")
-        """Threads fetching a big object's later segments ahead (started on first use)."""
+        self._fetchers = concurrent.futures.ThreadPoolExecutor(settings.parts_in_flight, "rbackup-s3-fetch")
+        """Threads fetching big objects' later segments ahead (started on first use): one per part
+        buffer, since each fetch fills one."""
         self._endpoint = redact_url(options.get("endpoint_url") or "from the AWS configuration")
         self._probe_lock = threading.Lock()
         self._probed: bool | None = None
