@@ -10,6 +10,7 @@ import os
 
 from .engine import BackupEngine
 from .options import BackupableDBOptions, BackupInfo, ProgressCallback, RestoreOptions
+from .restore import VerifyResult
 
 
 class _EngineAdmin:
@@ -33,8 +34,8 @@ class _EngineAdmin:
     def delete_backup(self, backup_id: int) -> None:
         self._engine.delete_backup(backup_id)
 
-    def verify_backup(self, backup_id: int, verify_with_checksum: bool = False) -> None:
-        self._engine.verify_backup(backup_id, verify_with_checksum)
+    def verify_backup(self, backup_id: int, verify_with_checksum: bool = False) -> VerifyResult:
+        return self._engine.verify_backup(backup_id, verify_with_checksum)
 
 
 class BackupableDB(_EngineAdmin):

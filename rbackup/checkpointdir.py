@@ -1,7 +1,8 @@
 """Where the checkpoint of an open Rdict goes, and which leftover checkpoints may be removed.
 
-(A backup that pins the Rdict's files in place instead stages the MANIFEST prefix, CURRENT, OPTIONS
-and WALs it copies in the same kind of locked directory, so its leftover is cleaned up the same way.)
+(A backup that pins a live DB's files in place, an open Rdict's or a `LiveDbPath`'s, stages the
+MANIFEST prefix, CURRENT, OPTIONS and WALs it copies in the same kind of locked directory beside the
+DB, so its leftover is cleaned up the same way.)
 
 A checkpoint hard-links the DB's SSTs, so it must sit on the DB's filesystem:
 beside the DB's real directory (symlinks resolved), else in the temp directory,
@@ -46,10 +47,12 @@ LOCK_SUFFIX = ".lock"
 
 
 @contextlib.contextmanager
-def checkpoint_dir(db_path: str) -> Iterator[str]:
+def checkpoint_dir(db_path: str, *, same_filesystem: bool = True) -> Iterator[str]:
     """Yield a not-yet-existing directory path for the checkpoint of the DB at
-    `db_path`, its lock held; the checkpoint and its lock file are removed after."""
-    parent = _place_for(db_path)
+    `db_path`, its lock held; the checkpoint and its lock file are removed after.
+    `same_filesystem=False`: for copies only (a live DB's staged MANIFEST prefix, CURRENT,
+    OPTIONS and WALs), so beside the DB or in the temp directory, never inside the DB's own."""
+    parent = _place_for(db_path) if same_filesystem else _staging_place_for(db_path)
     remove_dead_checkpoints(parent)
     path, fd = _locked_name(parent)
     try:
@@ -75,6 +78,15 @@ def _place_for(db_path: str) -> str:
         except OSError:
             continue
     raise NotSupported(f"no writable directory on the filesystem of {db_path} to hold a checkpoint "
+                       f"(tried {', '.join(candidates)})")
+
+
+def _staging_place_for(db_path: str) -> str:
+    candidates = (os.path.dirname(os.path.realpath(db_path)), tempfile.gettempdir())
+    for candidate in candidates:
+        if os.access(candidate, os.W_OK):
+            return candidate
+    raise NotSupported(f"no writable directory to stage the live files of {db_path} in "
                        f"(tried {', '.join(candidates)})")
 
 

@@ -18,6 +18,7 @@ from .options import BackupInfo
 if TYPE_CHECKING:
     from .env.base import Capabilities
     from .env.registry import BackendInfo
+    from .restore import VerifyResult
 
 # -- arguments -------------------------------------------------------------------------
 
@@ -163,6 +164,31 @@ def list_json(backup_dir: str, backups: Sequence[BackupInfo], corrupt: dict[int,
         "backups": [backup_json(b) for b in backups],
         "corrupt": [{"id": i, "reason": corrupt[i]} for i in sorted(corrupt)],
     }
+
+
+def verify_line(result: VerifyResult) -> str:
+    """`rbackup verify`'s line for a backup that passed, saying how its files were checked."""
+    if not result.with_checksum:
+        return f"backup {result.backup_id}: ok (files and sizes verified)"
+    unchecked = result.files - result.from_store_checksum - result.downloaded
+    how = [f"{result.from_store_checksum} from the store's CRC-32C",
+           f"{result.downloaded} read back ({human_size(result.bytes_downloaded)})"]
+    if unchecked:
+        how.append(f"{unchecked} without a recorded CRC-32C, size only")
+    return f"backup {result.backup_id}: ok (checksums verified: {', '.join(how)})"
+
+
+def verify_json(backup_dir: str, outcomes: Sequence[VerifyResult | tuple[int, str]]) -> dict[str, Any]:
+    """The document `rbackup verify --json` prints: per backup, how it was checked or why it failed."""
+    backups: list[dict[str, Any]] = []
+    for o in outcomes:
+        if isinstance(o, tuple):
+            backups.append({"id": o[0], "ok": False, "error": o[1]})
+        else:
+            backups.append({"id": o.backup_id, "ok": True, "files": o.files, "with_checksum": o.with_checksum,
+                            "from_store_checksum": o.from_store_checksum, "downloaded": o.downloaded,
+                            "bytes_downloaded": o.bytes_downloaded})
+    return {"backup_dir": backup_dir, "backups": backups}
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:

@@ -28,7 +28,7 @@ _WAL_NAME = re.compile(r"(\d+)\.log")
 _BATCH_HEADER = 12  # WriteBatch: fixed64 sequence, fixed32 count
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LiveFile:
     name: str
     path: str
@@ -95,8 +95,11 @@ def _table(db_path: str, table: TableFile) -> LiveFile:
                      f"(or the DB keeps it in a db_paths directory, which a backup by path cannot take)")
 
 
-def newest_options(db_path: str) -> LiveFile | None:
-    numbered = [(int(m.group(1)), name) for name in os.listdir(db_path) if (m := _OPTIONS_NAME.fullmatch(name))]
+def newest_options(db_path: str, names: list[str] | None = None) -> LiveFile | None:
+    """The newest OPTIONS file; `names`: the DB directory's listing, when the caller has one."""
+    names = os.listdir(db_path) if names is None else names
+    numbered = [(int(m.group(1)), name) for name in names
+                if name.startswith("OPTIONS-") and (m := _OPTIONS_NAME.fullmatch(name))]
     if not numbered:
         return None  # RocksDB < 4.x wrote none; nothing else to read then
     return _live(db_path, max(numbered)[1], "the OPTIONS file")
@@ -137,12 +140,13 @@ def wal_dir_of(db_path: str, options: LiveFile | None, settings: optionsfile.Opt
     return configured
 
 
-def live_wals(wal_dir: str, version: DbVersion) -> list[LiveFile]:
+def live_wals(wal_dir: str, version: DbVersion, names: list[str] | None = None) -> list[LiveFile]:
     """WALs recovery would replay (number >= the MANIFEST's minimum), plus any it tracks; empty ones
-    hold nothing and RocksDB does not list them unless its MANIFEST tracks them."""
+    hold nothing and RocksDB does not list them unless its MANIFEST tracks them.  `names`: the WAL
+    directory's listing, when the caller has one (a DB directory of 10,000 SSTs is listed once)."""
     oldest = version.min_wal_number()
     wals = []
-    for name in sorted(os.listdir(wal_dir)):
+    for name in sorted(n for n in (os.listdir(wal_dir) if names is None else names) if n.endswith(".log")):
         m = _WAL_NAME.fullmatch(name)
         path = os.path.join(wal_dir, name)
         if not m or not os.path.isfile(path):

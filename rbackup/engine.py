@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -16,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from .alternates import Located, locate_files, verify_alternate_file
 from .backup_cache import DEFAULT_CACHE_LIMIT, FileCache, default_cache_dir
 from .backup_db import BackupDB, open_view
-from .create import BackupRequest, create_backup
+from .create import BackupRequest, collector_paused, create_backup
 from .env.base import BackupEnv
 from .env.registry import open_env
 from .env.wrappers import ReadOnlyEnv
@@ -42,7 +43,7 @@ from .options import (
     ProgressCallback,
     RestoreOptions,
 )
-from .restore import RestoreRequest, Run, VerifyRequest, restore_backup, verify_backup
+from .restore import RestoreRequest, Run, VerifyRequest, VerifyResult, restore_backup, verify_backup
 from .retention import RetentionPlan, RetentionPolicy, plan_retention
 from .state import BackupState, LoadedBackup, MetaCache, load_state
 
@@ -209,10 +210,11 @@ class BackupEngine:
         metadata = app_metadata.encode("utf-8") if isinstance(app_metadata, str) else bytes(app_metadata or b"")
         if len(metadata) > MAX_APP_METADATA:
             raise InvalidArgument(f"app_metadata is {len(metadata)} bytes, over the limit of {MAX_APP_METADATA}")
-        with self._writing("create_new_backup"):
+        with collector_paused(), self._writing("create_new_backup"):
             assert self._held is not None
             backup_id = self._new_backup_id(self._held)
-            if any(p.startswith(f"{PRIVATE_DIR}/{backup_id}/") for p in self._state.listing):
+            own = f"{PRIVATE_DIR}/{backup_id}/"
+            if any(map(str.startswith, self._state.listing, itertools.repeat(own))):
                 self._garbage_collect()  # leftovers of a crashed attempt at this id
             try:
                 self._held.claim(backup_id)
@@ -371,20 +373,29 @@ class BackupEngine:
 
     def verify_backup(self, backup_id: int, verify_with_checksum: bool = False, *,
                       progress_callback: ProgressCallback | None = None,
-                      alternate_dirs: Sequence[BackupEngine] = ()) -> None:
+                      alternate_dirs: Sequence[BackupEngine] = (), read_back: bool = False) -> VerifyResult:
         """Raise unless every file of the backup is there with its recorded size
         (and, with checksums, its recorded CRC-32C).  Files the backup excluded are
         skipped, as RocksDB does, unless `alternate_dirs` are given: then each must be
-        held by one of them, and with checksums is verified there."""
+        held by one of them, and with checksums is verified there (read back).
+
+        With checksums, a file is read back unless the store keeps a CRC-32C of it that
+        it has shown it checks (`BackupEnv.stored_checksum`: S3 stores that refuse a wrong
+        one); `read_back` reads every file regardless.  The result says how many were
+        checked each way."""
         self._check_open()
         backup = self._backup(backup_id)
-        verify_backup(self.env, VerifyRequest(backup, verify_with_checksum),
-                      Run(self.options, threading.Event(), self._workers, progress_callback))
+        result = verify_backup(self.env, VerifyRequest(backup, verify_with_checksum, read_back),
+                               Run(self.options, threading.Event(), self._workers, progress_callback))
         if alternate_dirs:
             excluded = {e.path for e in backup.meta.files if e.excluded} if backup.meta else set()
             for f in locate_files(self.env, backup, alternate_dirs):
                 if f.path in excluded and f.env is not None:
                     verify_alternate_file(backup_id, f, verify_with_checksum)
+                    read = 1 if verify_with_checksum and f.crc32c is not None else 0
+                    result = dataclasses.replace(result, files=result.files + 1, downloaded=result.downloaded + read,
+                                                 bytes_downloaded=result.bytes_downloaded + f.size * read)
+        return result
 
     def restore_db_from_backup(self, backup_id: int, db_dir: str | os.PathLike,
                                wal_dir: str | os.PathLike | None = None,

@@ -42,14 +42,18 @@ _IDENTITY = struct.Struct("<QQQq")
 
 def identity_of(f: SourceFile) -> Identity | None:
     """The cache key of `f`, from the stat its snapshot took (or a new one); None: not cacheable."""
-    st = f.stat if f.stat is not None else _stat(f.path)
-    if st is None or not st.st_ino or not st.st_mtime_ns or st.st_size != f.size:
+    return identity(f.name, f.size, f.stat if f.stat is not None else _stat(f.path))
+
+
+def identity(name: str, size: int, st: os.stat_result | None) -> Identity | None:
+    """The cache key of the DB file `name` of `size` bytes that `st` is the stat of; None: not cacheable."""
+    if st is None or not st.st_ino or not st.st_mtime_ns or st.st_size != size:
         return None
     try:
         packed = _IDENTITY.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     except struct.error:  # out of 64 bits (a FUSE fs's odd numbers): not worth a special key
         return None
-    return packed + f.name.encode("utf-8", "surrogateescape")
+    return packed + name.encode("utf-8", "surrogateescape")
 
 
 def _stat(path: str) -> os.stat_result | None:
@@ -80,6 +84,11 @@ class NamingCache:
     def clear(self) -> None:
         with self._lock:
             self._facts.clear()
+
+    def known(self, keys: list[Identity | None]) -> list[NamingFacts | None]:
+        """The facts remembered under each key, None where there are none (nothing read, nothing counted)."""
+        with self._lock:
+            return list(map(self._facts.get, keys))  # type: ignore[arg-type]  # a None key finds None
 
     def facts(self, files: list[SourceFile],
               read_all: Callable[[list[SourceFile]], list[NamingFacts]]) -> dict[str, NamingFacts]:

@@ -24,7 +24,7 @@ from .format.naming import (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceFile:
     name: str
     """The DB file name, e.g. 000012.sst, MANIFEST-000005."""
@@ -36,7 +36,7 @@ class SourceFile:
     """The stat the snapshot took of it, when it took one (the naming cache's key comes from it)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NamingFacts:
     """What naming a shared_checksum file needs, read from the DB file."""
 
@@ -45,7 +45,7 @@ class NamingFacts:
     """Only computed when the name needs it (no session id, blob files)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedFile:
     source: SourceFile
     dest: str
@@ -72,29 +72,38 @@ def destination(f: SourceFile, backup_id: int, *, share_table_files: bool,
     if not share_files_with_checksum:
         return shared_file_path(f.name)
     facts = facts or NamingFacts()
-    return _shared_checksum_dest(f.name, f.size, facts.session_id if f.kind is FileKind.TABLE else None,
+    return shared_checksum_dest(f.name, f.size, facts.session_id if f.kind is FileKind.TABLE else None,
                                  facts.crc32c)
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _shared_checksum_dest(name: str, size: int, session_id: str | None, crc32c: int | None) -> str:
-    """Memoised: every incremental backup names the same 10,000 files again (8 us each otherwise);
-    the bound holds the files of a DB of 65,536 SSTs (~10 MB), and a miss only costs the naming."""
+def shared_checksum_dest(name: str, size: int, session_id: str | None, crc32c: int | None) -> str:
+    """An SST's destination under shared_checksum/ (a blob file's: session_id None).  Memoised: every
+    incremental backup names the same 10,000 files again (8 us each otherwise); the bound holds the
+    files of a DB of 65,536 SSTs (~10 MB), and a miss only costs the naming."""
     return shared_checksum_file_path(shared_checksum_name(name, size=size, session_id=session_id, crc32c=crc32c))
 
 
 def plan_backup(files: list[SourceFile], backup_id: int, *, share_table_files: bool,
                 share_files_with_checksum: bool, facts: dict[str, NamingFacts],
                 referenced: dict[str, tuple[int, int | None]]) -> list[PlannedFile]:
-    """`referenced`: path -> (size, crc32c) of every file valid backups hold."""
+    """`referenced`: path -> (size, crc32c) of every file valid backups hold.  Written for 10,000
+    files a backup: an SST's shared_checksum name is looked up directly (memoised), not through
+    `destination`'s general case."""
     plan: list[PlannedFile] = []
+    own = f"{private_dir(backup_id)}/"
+    by_checksum = share_table_files and share_files_with_checksum
+    table = FileKind.TABLE
     for f in files:
-        dest = destination(f, backup_id, share_table_files=share_table_files,
-                           share_files_with_checksum=share_files_with_checksum, facts=facts.get(f.name))
         known = facts.get(f.name)
+        if by_checksum and known is not None and f.kind is table:
+            dest = shared_checksum_dest(f.name, f.size, known.session_id, known.crc32c)
+        else:
+            dest = destination(f, backup_id, share_table_files=share_table_files,
+                               share_files_with_checksum=share_files_with_checksum, facts=known)
         expected = known.crc32c if known else None
         held = referenced.get(dest)
-        if held is not None and not dest.startswith(f"{private_dir(backup_id)}/"):
+        if held is not None and not dest.startswith(own):
             size, crc = held
             if size != f.size:
                 raise Corruption(
@@ -104,7 +113,7 @@ def plan_backup(files: list[SourceFile], backup_id: int, *, share_table_files: b
             if expected is not None and crc is not None and crc != expected:
                 raise Corruption(f"backup {backup_id}: {dest} in the backup directory has crc32c {crc}, "
                                  f"the DB's {f.name} has {expected}")
-            plan.append(PlannedFile(f, dest, copy=False, expected_crc32c=crc))
+            plan.append(PlannedFile(f, dest, False, crc))
         else:
-            plan.append(PlannedFile(f, dest, copy=True, expected_crc32c=expected))
+            plan.append(PlannedFile(f, dest, True, expected))
     return plan

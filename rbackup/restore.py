@@ -23,6 +23,7 @@ from .dblock import hold_db_lock
 from .env.base import BackupEnv
 from .errors import Corruption, InvalidArgument, LockError, NotFound, StorageError
 from .format import optionsfile
+from .format.meta import MetaFileEntry
 from .format.naming import FileKind, classify
 from .format.tempnames import RESTORE_MARKER_TEMP, rewrite_temp_path
 from .options import BackupableDBOptions, ProgressCallback, RestoreOptions
@@ -130,10 +131,31 @@ class RestoreRequest:
 
 @dataclass(frozen=True)
 class VerifyRequest:
-    """What to verify: a loaded backup, and whether to recompute each file's CRC-32C."""
+    """What to verify: a loaded backup, whether to check each file's CRC-32C, and whether to
+    read every file back even where the store keeps a checksum it has shown it checks."""
 
     backup: LoadedBackup
     with_checksum: bool = False
+    read_back: bool = False
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """How `verify_backup` checked a backup whose files all passed (a failure raises instead).
+
+    Every file counted in `files` was found with its recorded size; with checksums, each
+    whose CRC-32C the meta file records was checked one of two ways: against the store's own
+    CRC-32C of the object (`from_store_checksum`, no data read: see
+    `BackupEnv.stored_checksum`), or by reading it back (`downloaded`).  The rest
+    (`files - from_store_checksum - downloaded`) have no recorded CRC-32C, or checksums were
+    not asked for."""
+
+    backup_id: int
+    with_checksum: bool
+    files: int
+    from_store_checksum: int = 0
+    downloaded: int = 0
+    bytes_downloaded: int = 0
 
 
 def restore_backup(env: BackupEnv, request: RestoreRequest, run: Run) -> None:
@@ -320,10 +342,11 @@ def _unlink_quiet(path: str) -> None:
         pass
 
 
-def verify_backup(env: BackupEnv, request: VerifyRequest, run: Run) -> None:
+def verify_backup(env: BackupEnv, request: VerifyRequest, run: Run) -> VerifyResult:
     """As RocksDB: every file present with its recorded size; with checksums, every
-    known crc recomputed.  The store is listed afresh: verify is about now."""
-    backup, options, stop = request.backup, run.options, run.stop
+    known crc checked, from the store's own checksum where it has one it has shown it
+    checks, else recomputed from the bytes.  The store is listed afresh: verify is about now."""
+    backup, options, stop, log = request.backup, run.options, run.stop, run.options.logger
     assert backup.meta is not None
     backup_id = backup.backup_id
     prefixes = {e.path.rsplit("/", 1)[0] for e in backup.meta.files if not e.excluded}
@@ -338,16 +361,32 @@ def verify_backup(env: BackupEnv, request: VerifyRequest, run: Run) -> None:
             raise Corruption(f"backup {backup_id}: {e.path} is {now[e.path]} bytes, "
                              f"expected {backup.sizes[e.path]}")
     if not request.with_checksum:
-        return
+        return VerifyResult(backup_id, False, len(entries))
     buffers = Buffers.for_store(options.io_buffer_size, env.capabilities)
     checked = [e for e in entries if e.crc32c is not None]
     tracker = ProgressTracker("verify", backup_id, sum(now[e.path] for e in checked), len(checked),
                               run.progress_callback, options.callback_trigger_interval_size, stop)
 
-    def check(entry) -> None:
+    def check(entry: MetaFileEntry) -> int | None:
+        """None if checked from the store's checksum, else the bytes read back."""
+        assert entry.crc32c is not None
+        stored = None if request.read_back else env.stored_checksum(entry.path)
+        if stored is not None and stored.size == now[entry.path]:  # else it changed since the listing: read it
+            if stored.crc32c != entry.crc32c:
+                raise Corruption(f"backup {backup_id}: checksum mismatch in {entry.path} (the store's crc32c "
+                                 f"{stored.crc32c}, the meta file says {entry.crc32c})")
+            tracker.add(stored.size)
+            tracker.file_done()
+            return None
         with env.open_read(entry.path) as src:
             result = stream_copy(src, None, buf=buffers.get(), stop=stop, tracker=tracker)
         result.check(backup_id, entry.path, None, entry.crc32c)
         tracker.file_done()
+        return result.size
 
-    run_parallel(checked, check, run.workers, stop)
+    read = [n for n in run_parallel(checked, check, run.workers, stop) if n is not None]
+    outcome = VerifyResult(backup_id, True, len(entries), len(checked) - len(read), len(read), sum(read))
+    log.info("verified backup %d in %s: %d files, %d checked from the store's CRC-32C, %d read back (%d bytes)",
+             backup_id, env.describe(), outcome.files, outcome.from_store_checksum, outcome.downloaded,
+             outcome.bytes_downloaded)
+    return outcome

@@ -35,7 +35,7 @@ from .dblock import hold_db_lock
 from .errors import Corruption, Incomplete, InvalidArgument, NotFound, NotSupported, StorageError
 from .format.naming import SIDE_FILES, FileKind, classify, file_number
 from .plan import SourceFile
-from .sidecar import LiveDbPath, column_families, live_db_files
+from .sidecar import LiveDbPath, Reusable, column_families, live_db_files
 
 PINNING_ATTEMPTS = 5
 """Tries at a stable file set of an open Rdict before its checkpoint is taken instead: each try after
@@ -98,13 +98,15 @@ def _scan(directory: str, *, backup_log_files: bool) -> tuple[
 
 
 @contextlib.contextmanager
-def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = False) -> Iterator[Snapshot]:
+def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = False,
+             reusable: Reusable | None = None) -> Iterator[Snapshot]:
     """Yield a consistent Snapshot of `db` (an open Rdict, a closed DB's path, or a
-    `LiveDbPath` of a DB open elsewhere); what was staged is removed afterwards whatever happens."""
+    `LiveDbPath` of a DB open elsewhere); what was staged is removed afterwards whatever happens.
+    `reusable`: SSTs of a live DB that need not be pinned (`sidecar.live_db_files`)."""
     if isinstance(db, LiveDbPath):
         if not os.path.exists(os.path.join(db.path, "CURRENT")):
             raise InvalidArgument(f"{db.path} is not a RocksDB directory (no CURRENT file)")
-        with live_db_files(db.path, with_wals=backup_log_files) as found:
+        with live_db_files(db.path, with_wals=backup_log_files, reusable=reusable) as found:
             yield _snapshot_of(db.path, found)
         return
     if isinstance(db, (str, os.PathLike)):
@@ -129,7 +131,7 @@ def snapshot(db, *, backup_log_files: bool = True, flush_before_backup: bool = F
             db.flush()
         except Exception as exc:
             raise InvalidArgument(f"the DB is not open: {exc}") from exc
-    with _pinned_or_checkpoint(db, db_path, backup_log_files) as snap:
+    with _pinned_or_checkpoint(db, db_path, backup_log_files, reusable) as snap:
         yield snap
 
 
@@ -178,7 +180,8 @@ def _flush_everything(handle, db_path: str, names: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def _pinned_or_checkpoint(handle, db_path: str, backup_log_files: bool) -> Iterator[Snapshot]:
+def _pinned_or_checkpoint(handle, db_path: str, backup_log_files: bool,
+                          reusable: Reusable | None) -> Iterator[Snapshot]:
     """The open Rdict's files pinned in place (see the module doc), else its checkpoint."""
     try:
         seq = handle.latest_sequence_number()
@@ -193,7 +196,7 @@ def _pinned_or_checkpoint(handle, db_path: str, backup_log_files: bool) -> Itera
                 # Without WALs the SSTs alone must hold each batch whole: only RocksDB's own flush of all
                 # column families together (atomic_flush, which its Checkpoint honours) guarantees that.
                 raise NotSupported(f"{len(names)} column families and backup_log_files=False")
-            found = stack.enter_context(_pinned(db_path, backup_log_files, seq))
+            found = stack.enter_context(_pinned(db_path, backup_log_files, seq, reusable))
         except (NotSupported, Incomplete, Corruption) as exc:
             reason = str(exc)
         if found is not None:
@@ -206,13 +209,12 @@ def _pinned_or_checkpoint(handle, db_path: str, backup_log_files: bool) -> Itera
 
 
 @contextlib.contextmanager
-def _pinned(db_path: str, backup_log_files: bool, sequence: int) -> Iterator[ClosedDb]:
+def _pinned(db_path: str, backup_log_files: bool, sequence: int, reusable: Reusable | None) -> Iterator[ClosedDb]:
     """The DB's live files held open (tests replace this to take the checkpoint path).  The MANIFEST
-    prefix, CURRENT, OPTIONS and WALs are staged where a checkpoint would go, under its lock: a killed
-    backup's staging is then removed by the next backup, as a killed checkpoint is, dead ones first."""
-    with checkpoint_dir(db_path) as stage, live_db_files(db_path, with_wals=backup_log_files,
-                                                         attempts=PINNING_ATTEMPTS, sequence=sequence,
-                                                         stage_at=stage) as found:
+    prefix, CURRENT, OPTIONS and WALs are staged beside the DB under a checkpoint-style lock, as for a
+    `LiveDbPath`: a killed backup's staging is removed by the next backup, as a killed checkpoint is."""
+    with live_db_files(db_path, with_wals=backup_log_files, attempts=PINNING_ATTEMPTS, sequence=sequence,
+                       reusable=reusable) as found:
         yield found
 
 

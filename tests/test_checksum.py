@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rbackup.format.checksum import crc32c, crc32c_hex
+from rbackup.format.checksum import crc32c, crc32c_combine, crc32c_hex
 
 
 def test_check_value() -> None:
@@ -65,3 +65,20 @@ def test_views_match_google_crc32c(data: bytes, a: int, b: int, seed: int) -> No
     assert crc32c(data[a:b], seed) == expected
     assert crc32c(memoryview(data)[a:b], seed) == expected
     assert crc32c(bytearray(data)[a:b], seed) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000), st.binary(max_size=3000))
+def test_combine_is_the_crc_of_the_concatenation(a: bytes, b: bytes) -> None:
+    assert crc32c_combine(crc32c(a), crc32c(b), len(b)) == google_crc32c.value(a + b)
+
+
+def test_combine_past_512_mib() -> None:
+    """A second part longer than 2^32 bits needs x^(2^n) for n >= 32, which for CRC-32C's polynomial
+    (unlike CRC-32's) is not x^(2^(n mod 32)): the table must not wrap."""
+    zeros = bytes(16 << 20)
+    head, tail = b"rbackup", 0
+    whole = crc32c(head)
+    for _ in range(64):  # 1 GiB of zeros
+        whole, tail = crc32c(zeros, whole), crc32c(zeros, tail)
+    assert crc32c_combine(crc32c(head), tail, 64 * len(zeros)) == whole

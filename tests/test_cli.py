@@ -110,8 +110,11 @@ def test_create_list_verify_restore(closed_db, tmp_path):
 
     assert ok("verify", "--backup-dir", bdir).stdout.splitlines() == [
         f"backup {i}: ok (files and sizes verified)" for i in (1, 2, 3)]
-    assert ok("verify", "--backup-dir", bdir, "--backup-id", "2", "--checksum").stdout == (
-        "backup 2: ok (checksums verified)\n")
+    checked = ok("verify", "--backup-dir", bdir, "--backup-id", "2", "--checksum").stdout
+    assert checked.startswith("backup 2: ok (checksums verified: 0 from the store's CRC-32C, ")  # a disk keeps none
+    [two] = json.loads(ok("verify", "--backup-dir", bdir, "--backup-id", "2", "--checksum", "--json").stdout)["backups"]
+    assert two["ok"] and two["from_store_checksum"] == 0 and two["downloaded"] == two["files"] >= 4
+    assert f"{two['downloaded']} read back" in checked
 
     restored = tmp_path / "restored"
     out = ok("restore", "--backup-dir", bdir, "--db", str(restored), "--backup-id", "1")

@@ -19,10 +19,13 @@ from rbackup.cli_format import (
     parse_size,
     parse_storage_options,
     render_table,
+    verify_json,
+    verify_line,
 )
 from rbackup.env.base import Capabilities
 from rbackup.env.registry import BackendInfo
 from rbackup.options import BackupFileInfo, BackupInfo
+from rbackup.restore import VerifyResult
 
 TS = 1714564800  # 2024-05-01T12:00:00Z
 
@@ -185,3 +188,19 @@ def test_backends_table():
     assert lines[1].split() == ["file", "rbackup", "yes", "yes", "yes", "yes", "4", "rbackup.env.local:LocalEnv"]
     assert lines[2].split()[:7] == ["xyz", "?", "?", "?", "?", "?", "?"]
     assert lines[2].endswith("xyz_plugin:Env: failed to load: ImportError: no module named xyz_plugin")
+
+
+def test_verify_line_says_how_each_file_was_checked() -> None:
+    assert verify_line(VerifyResult(3, False, 7)) == "backup 3: ok (files and sizes verified)"
+    assert verify_line(VerifyResult(3, True, 7, 5, 2, 3 * 2**20)) == (
+        "backup 3: ok (checksums verified: 5 from the store's CRC-32C, 2 read back (3.0 MiB))")
+    assert verify_line(VerifyResult(4, True, 7, 0, 6, 10)).endswith(
+        "0 from the store's CRC-32C, 6 read back (10 B), 1 without a recorded CRC-32C, size only)")
+
+
+def test_verify_json_has_every_backup_passed_or_not() -> None:
+    doc = verify_json("s3://b/app", [VerifyResult(1, True, 7, 5, 2, 100), (2, "backup 2: checksum mismatch in x")])
+    assert json.loads(json.dumps(doc)) == {"backup_dir": "s3://b/app", "backups": [
+        {"id": 1, "ok": True, "files": 7, "with_checksum": True, "from_store_checksum": 5, "downloaded": 2,
+         "bytes_downloaded": 100},
+        {"id": 2, "ok": False, "error": "backup 2: checksum mismatch in x"}]}

@@ -259,7 +259,12 @@ def test_verify_catches_changes_made_after_open(live_db, backup_dir, tmp_path):
     same-size flip, checksum verify and restore catch it."""
     eng = engine(backup_dir)
     eng.create_new_backup(live_db.db)
-    eng.verify_backup(1, verify_with_checksum=True)
+    files = len(eng.get_backup_info(include_file_details=True)[0].files)
+    sizes_only = eng.verify_backup(1)
+    assert (sizes_only.files, sizes_only.from_store_checksum, sizes_only.downloaded) == (files, 0, 0)
+    checked = eng.verify_backup(1, verify_with_checksum=True)  # a local disk keeps no checksums: all read back
+    assert (checked.files, checked.from_store_checksum, checked.downloaded) == (files, 0, files)
+    assert checked.bytes_downloaded == sum(f.size for f in eng.get_backup_info(include_file_details=True)[0].files)
     sst = next(f for f in files_under(backup_dir) if f.startswith("shared_checksum/"))
     path = os.path.join(backup_dir, sst)
     with open(path, "r+b") as fh:

@@ -14,7 +14,8 @@ import uuid
 import pytest
 import rocksdict
 
-from rbackup import BackupableDBOptions, BackupEngine, StorageError, sidecar, source
+from rbackup import BackupableDBOptions, BackupEngine, BackupError, StorageError, create, sidecar, source
+from rbackup import engine as engine_module
 from rbackup.checkpointdir import LOCK_SUFFIX, PREFIX
 from rbackup.format.logformat import LogReader, encode_records
 from rbackup.format.manifest import read_manifest
@@ -366,3 +367,140 @@ def test_the_staging_of_a_killed_pinned_backup_is_removed_by_the_next_backup(tmp
         db.close()
     assert not [n for n in os.listdir(tmp_path) if n.startswith(PREFIX)]
     assert checkpoints == []
+
+
+# --- SSTs the backup directory already holds are not pinned again ---------------------------
+
+@pytest.fixture
+def opened(monkeypatch) -> list[list[str]]:
+    """The SSTs each snapshot opens (pins), one list per attempt (the real opening runs)."""
+    seen: list[list[str]] = []
+    real = sidecar._open_all
+
+    def spy(db_path, fds, names):
+        seen.append([n for n, _ in names if n.endswith(".sst")])
+        return real(db_path, fds, names)
+
+    monkeypatch.setattr(sidecar, "_open_all", spy)
+    return seen
+
+
+def _no_auto_compaction() -> rocksdict.Options:
+    opts = rocksdict.Options()
+    opts.create_if_missing(True)
+    opts.set_disable_auto_compactions(True)
+    return opts
+
+
+def _flushed_db(path: str, ssts: int) -> tuple[rocksdict.Rdict, dict]:
+    """`ssts` SSTs over the same keys (a compaction rewrites them into one), none compacted yet."""
+    db = rocksdict.Rdict(path, _no_auto_compaction())
+    written: dict = {}
+    for i in range(ssts):
+        written.update(fill(db, 30, seed=i))
+        db.flush()
+    return db, written
+
+
+def test_a_no_change_backup_of_a_kept_open_rdict_opens_none_of_the_ssts_it_holds(tmp_path, opened, checkpoints):
+    db, written = _flushed_db(str(tmp_path / "db"), 4)
+    try:
+        with BackupEngine(BackupableDBOptions(str(tmp_path / "bk"))) as eng:
+            eng.create_new_backup(db)
+            assert len(opened[-1]) == 4
+            eng.create_new_backup(db)
+            assert opened[-1] == []  # known through the first snapshot's pins, held by backup 1
+            written.update(fill(db, 30, prefix="new"))
+            db.flush()
+            eng.create_new_backup(db)
+            assert len(opened[-1]) == 1  # only the new SST is pinned
+            for backup_id in (1, 2, 3):
+                eng.verify_backup(backup_id, verify_with_checksum=True)
+            assert restored(eng, tmp_path) == written
+    finally:
+        db.close()
+    assert checkpoints == []
+
+
+def test_ssts_another_backup_directory_holds_are_pinned_and_survive_a_compaction(tmp_path, opened, checkpoints,
+                                                                                   monkeypatch):
+    """The first backup (to one directory) leaves the SSTs' stats behind; a backup of the same open
+    Rdict to a second, empty directory must still pin every SST, since it copies them all: a
+    compaction that deletes them all after the snapshot and before the copy must not matter."""
+    db, written = _flushed_db(str(tmp_path / "db"), 4)
+    real = create._gather_naming_facts
+    compacted: list[int] = []
+
+    def compact_first(*args, **kwargs):
+        if not compacted:
+            db.compact_range(None, None)
+            compacted.append(len([n for n in os.listdir(tmp_path / "db") if n.endswith(".sst")]))
+        return real(*args, **kwargs)
+
+    try:
+        with BackupEngine(BackupableDBOptions(str(tmp_path / "one"))) as eng:
+            eng.create_new_backup(db)
+        ssts = sorted(n for n in os.listdir(tmp_path / "db") if n.endswith(".sst"))
+        monkeypatch.setattr(create, "_gather_naming_facts", compact_first)
+        with BackupEngine(BackupableDBOptions(str(tmp_path / "two"))) as eng:
+            eng.create_new_backup(db)
+            assert sorted(opened[-1]) == ssts
+            assert compacted == [1] and not set(ssts) & set(os.listdir(tmp_path / "db"))
+            eng.verify_backup(1, verify_with_checksum=True)
+            assert restored(eng, tmp_path) == written
+    finally:
+        db.close()
+    assert checkpoints == []
+
+
+def test_a_reopened_db_pins_every_sst_again(tmp_path, opened):
+    """The stats are kept per MANIFEST: a DB closed and opened again writes a new one, so nothing
+    learnt through the old one is trusted."""
+    db, written = _flushed_db(str(tmp_path / "db"), 3)
+    try:
+        with BackupEngine(BackupableDBOptions(str(tmp_path / "bk"))) as eng:
+            eng.create_new_backup(db)
+    finally:
+        db.close()
+    db = rocksdict.Rdict(str(tmp_path / "db"), _no_auto_compaction())
+    try:
+        with BackupEngine(BackupableDBOptions(str(tmp_path / "bk"))) as eng:
+            eng.create_new_backup(db)
+            assert len(opened[-1]) == 3
+            eng.create_new_backup(db)
+            assert opened[-1] == []
+            assert restored(eng, tmp_path) == written
+    finally:
+        db.close()
+
+
+def test_the_cycle_collector_is_switched_back_on_after_a_backup_and_left_off_if_it_was(tmp_path, monkeypatch):
+    """`create_new_backup` pauses Python's cycle collector while it works (issue 15): it is on again
+    after a backup, also one that fails, and a collector the caller had switched off stays off."""
+    import gc
+
+    db = rocksdict.Rdict(str(tmp_path / "db"))
+    fill(db, 50)
+    paused: list[bool] = []
+    real = create.create_backup
+
+    def spy(*args, **kwargs):
+        paused.append(not gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "create_backup", spy)
+    with BackupEngine(BackupableDBOptions(str(tmp_path / "bk"))) as eng:
+        assert gc.isenabled()
+        eng.create_new_backup(db)
+        assert gc.isenabled() and paused == [True]
+        db.close()
+        with pytest.raises(BackupError):
+            eng.create_new_backup(db)  # closed: the create fails
+        assert gc.isenabled() and paused == [True, True]
+        gc.disable()
+        try:
+            with pytest.raises(BackupError):
+                eng.create_new_backup(db)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()

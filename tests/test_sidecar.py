@@ -17,6 +17,7 @@ import pytest
 import rocksdict
 
 from rbackup import BackupableDBOptions, BackupEngine
+from rbackup.checkpointdir import LOCK_SUFFIX, PREFIX
 from rbackup.sidecar import LiveDbPath
 
 _COUNTER_WRITER = """
@@ -111,6 +112,7 @@ def test_cli_live_backs_up_a_db_this_test_holds_open(tmp_path):
 _UNDER_A_LOW_LIMIT = """
 import json, resource, sys
 from rbackup import BackupableDBOptions, BackupEngine, BackupError
+from rbackup.checkpointdir import LOCK_SUFFIX, PREFIX
 from rbackup.sidecar import LiveDbPath
 soft, hard = int(sys.argv[3]), int(sys.argv[4])
 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
@@ -152,3 +154,44 @@ def test_a_live_db_of_more_files_than_the_soft_open_file_limit(tmp_path):
     assert "ulimit" in refused["message"]
     with BackupEngine(BackupableDBOptions(str(tmp_path / "refused"))) as eng:
         assert eng.get_backup_info() == []
+
+
+_KILLED_LIVE_COPY = """
+import sys
+from rbackup import BackupableDBOptions, BackupEngine
+from rbackup.checkpointdir import LOCK_SUFFIX, PREFIX
+from rbackup.sidecar import LiveDbPath
+def wait(progress):
+    print("copying", flush=True)
+    sys.stdin.readline()
+with BackupEngine.open(BackupableDBOptions(sys.argv[2], callback_trigger_interval_size=4096)) as eng:
+    eng.create_new_backup(LiveDbPath(sys.argv[1]), progress_callback=wait)
+"""
+
+
+@pytest.mark.slow
+def test_the_staging_of_a_killed_live_backup_is_beside_the_db_and_removed_by_the_next(tmp_path):
+    """A `LiveDbPath` backup stages the MANIFEST prefix, CURRENT, OPTIONS and WALs as an open Rdict's
+    does: in a locked directory beside the DB (not in $TMPDIR, where a SIGKILL left it for good), which
+    the next backup removes; nothing is created in the DB's directory."""
+    db_dir, backup_dir = str(tmp_path / "db"), str(tmp_path / "bk")
+    db = rocksdict.Rdict(db_dir, rocksdict.Options(raw_mode=True))
+    for i in range(300):
+        db[b"k%04d" % i] = os.urandom(1000)
+    db.close()
+    before = sorted(os.listdir(db_dir))
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_LIVE_COPY, db_dir, backup_dir],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "copying"
+        left = [n for n in os.listdir(tmp_path) if n.startswith(PREFIX) and not n.endswith(LOCK_SUFFIX)]
+        assert len(left) == 1 and any(n.startswith("MANIFEST-") for n in os.listdir(tmp_path / left[0]))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert os.path.isdir(tmp_path / left[0])
+    with BackupEngine.open(BackupableDBOptions(backup_dir)) as eng:
+        backup_id = eng.create_new_backup(LiveDbPath(db_dir))
+        eng.verify_backup(backup_id, verify_with_checksum=True)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(PREFIX)]
+    assert sorted(os.listdir(db_dir)) == before

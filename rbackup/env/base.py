@@ -116,6 +116,16 @@ class FileInfo:
     size: int
 
 
+@dataclass(frozen=True)
+class StoredChecksum:
+    """A file's CRC-32C as the store itself computed it over the bytes it received, and the
+    size of the object it holds now (both read from one answer of the store)."""
+
+    size: int
+    crc32c: int
+    """Unmasked CRC-32C of the whole file, as RocksDB's meta files record it."""
+
+
 def translate_os_error(exc: BaseException, what: str) -> BackupError:
     """Map an OSError (or a store exception that subclasses it) to our hierarchy."""
     if isinstance(exc, BackupError):
@@ -268,6 +278,19 @@ class BackupEnv(abc.ABC):
         - the CLI reports a missing `local_path("")` as NotFound instead of an empty list.
 
         How wide meta files are read is not among them: that is `capabilities.concurrency`."""
+        return None
+
+    def stored_checksum(self, path: str) -> StoredChecksum | None:
+        """The whole-file CRC-32C the store keeps for `path`, read without reading the data; None
+        (the default) to have the file read back instead.
+
+        `verify_backup(..., verify_with_checksum=True)` compares it with the meta file's CRC-32C
+        instead of downloading the file.  A store may return one only for a file whose bytes it
+        checked against that CRC-32C when they were written (refusing the write otherwise), and
+        only once it has shown that it checks (S3: a probe PUT with a wrong checksum must be
+        refused): a value a store merely echoes back proves nothing.  What it cannot show is
+        damage inside the store after the write; that is the store's own durability promise."""
+        check_path(path)
         return None
 
     def sync_dir(self, path: str = "") -> None:  # noqa: B027 (a no-op unless the store has directories)

@@ -42,7 +42,7 @@ from typing import Any
 
 from ..errors import AlreadyExists, Corruption, InvalidArgument, NotFound, NotSupported, PermissionDenied
 from ..format.naming import ENCRYPTION_MARKER, META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, SHARED_DIR
-from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream, check_path
+from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream, StoredChecksum, check_path
 from .wrappers import WrapperEnv
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "ENCRYPTION_MARKER", "EncryptedEnv", "load_key_file", "plaintext_size"]
@@ -253,6 +253,11 @@ class EncryptedEnv(WrapperEnv):
         """The directory stays the inner one's (its flock, the restore-target check), but no
         file on disk holds the bytes `open_read` returns: `open_backup` must decrypt them."""
         return self.inner.local_path("") if path == "" else None
+
+    def stored_checksum(self, path: str) -> StoredChecksum | None:
+        """None: the store checksums the ciphertext, the meta file the plaintext."""
+        check_path(path)
+        return None
 
     def open_read(self, path: str) -> ReadStream:
         check_path(path)

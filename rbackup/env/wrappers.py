@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..errors import NotSupported
-from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream
+from .base import AtomicWriter, BackupEnv, Capabilities, FileInfo, ReadStream, StoredChecksum
 
 
 class WrapperEnv(BackupEnv):
@@ -69,6 +69,10 @@ class WrapperEnv(BackupEnv):
 
     def local_path(self, path: str = "") -> str | None:
         return self.inner.local_path(path)
+
+    def stored_checksum(self, path: str) -> StoredChecksum | None:
+        """The inner store's: a wrapper that changes the bytes (encryption) must return None."""
+        return self.inner.stored_checksum(path)
 
     def close(self) -> None:
         self.inner.close()

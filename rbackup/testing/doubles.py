@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from ..env.base import AtomicWriter, BackupEnv, FileInfo, ReadStream
+from ..env.base import AtomicWriter, BackupEnv, FileInfo, ReadStream, StoredChecksum
 from ..env.wrappers import WrapperEnv
 from ..errors import StorageError
 
@@ -108,6 +108,10 @@ class CountingEnv(WrapperEnv):
                 raise
         self.inner.delete(targets)
 
+    def stored_checksum(self, path: str) -> StoredChecksum | None:
+        self._op("stored_checksum", path)
+        return self.inner.stored_checksum(path)
+
     def makedirs(self, path: str = "") -> None:
         self._op("makedirs", path)
         self.inner.makedirs(path)
@@ -178,8 +182,8 @@ class FaultInjectionEnv(CountingEnv):
 
     `ops` lists each operation as (name, path) in the order it reached the env:
     open_read, read (per chunk), open_write, write (per chunk), commit, abort,
-    create_exclusive, list, stat, delete (per path), makedirs, remove_dir,
-    sync_dir.  An operation fails, raising `InjectedFault` before it reaches the
+    create_exclusive, list, stat, stored_checksum, delete (per path), makedirs,
+    remove_dir, sync_dir.  An operation fails, raising `InjectedFault` before it reaches the
     inner env, when
 
     * its index in `ops` equals `fail_at` (a crash-point sweep runs the job once

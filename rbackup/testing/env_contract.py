@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from ..env.base import BackupEnv, Capabilities, FileInfo
+from ..env.base import BackupEnv, Capabilities, FileInfo, StoredChecksum
 from ..errors import AlreadyExists, FileTooLarge, InvalidArgument, NotFound
+from ..format.checksum import crc32c
 
 MiB = 1 << 20
 
@@ -46,6 +47,7 @@ PATH_METHODS: dict[str, Callable[[BackupEnv, str], object]] = {
     "read_bytes": lambda env, p: env.read_bytes(p, 10),
     "write_bytes": lambda env, p: env.write_bytes(p, b"x"),
     "exists": lambda env, p: env.exists(p),
+    "stored_checksum": lambda env, p: env.stored_checksum(p),
 }
 
 
@@ -177,6 +179,8 @@ class BackupEnvContract:
                 total += n
         assert total == len(data)
         assert crc == zlib.crc32(data)
+        stored = env.stored_checksum("big/stream.sst")  # S3: a multipart upload's whole-object CRC-32C
+        assert stored is None or stored == StoredChecksum(len(data), crc32c(data))
 
     def test_read_in_pieces(self, env: BackupEnv) -> None:
         env.write_bytes("pieces", b"0123456789")
@@ -382,6 +386,17 @@ class BackupEnvContract:
         env.write_bytes("shared_checksum/.9_s1_2.sst.tmp", b"leftover")
         env.write_bytes("meta/.3.tmp", b"leftover")
         assert self.paths(env) == ["meta/.3.tmp", "shared_checksum/.9_s1_2.sst.tmp"]
+
+    def test_stored_checksum_is_the_files_or_none(self, env: BackupEnv) -> None:
+        """A store's own CRC-32C of a file, where it returns one, is that of the bytes written, with
+        their size: verify takes it instead of reading the file.  Most stores return None."""
+        data = _pattern(3000, seed=4)
+        env.write_bytes("shared/f.sst", data)
+        stored = env.stored_checksum("shared/f.sst")
+        assert stored is None or stored == StoredChecksum(len(data), crc32c(data))
+        env.write_bytes("shared/f.sst", data[:-1])
+        stored = env.stored_checksum("shared/f.sst")
+        assert stored is None or stored == StoredChecksum(len(data) - 1, crc32c(data[:-1]))
 
     def test_stat_and_exists(self, env: BackupEnv) -> None:
         env.write_bytes("d/f", b"12345")

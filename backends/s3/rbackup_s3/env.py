@@ -41,12 +41,14 @@ from rbackup.env.base import (
     AtomicWriter,
     Capabilities,
     FileInfo,
+    StoredChecksum,
     check_path,
     refuse_unknown_options,
 )
 from rbackup.env.fsspec_env import FsspecEnv, error_code, redact_url
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, NotSupported, PermissionDenied, StorageError
 
+from .checksums import StoreChecksums
 from .direct import DirectGets
 from .download import BlockingS3Reader, OpenReaders, S3Reader
 from .upload import MAX_PART_SIZE, MIN_PART_SIZE, PartBudget, S3Writer
@@ -225,6 +227,8 @@ class S3Env(FsspecEnv):
         self._probe_lock = threading.Lock()
         self._probed: bool | None = None
         """Whether the store honours If-None-Match on PUT; None until probed."""
+        self.checksums = StoreChecksums(self)
+        self._full_object: bool | None = None
         log.debug(
             "S3Env %s: endpoint %s, conditional writes %s, part size %d",
             self.url,
@@ -281,6 +285,21 @@ class S3Env(FsspecEnv):
                 f"accept best-effort protection (see the rbackup-s3 README), or use a store that honours it"
             )
         return True
+
+    def full_object_checksums(self) -> bool:
+        """Whether multipart uploads can be FULL_OBJECT ones: the client library knows the
+        parameter (botocore 1.36 and later).  Older ones make composite checksums, which
+        `verify --checksum` cannot use (it reads those files back)."""
+        if self._full_object is None:
+            model = self.fs.s3.meta.service_model.operation_model("CreateMultipartUpload")
+            self._full_object = "ChecksumType" in model.input_shape.members
+        return self._full_object
+
+    def stored_checksum(self, path: str) -> StoredChecksum | None:
+        """The object's whole CRC-32C from HeadObject, once the store has shown it checks the
+        checksums it is sent (`checksums.StoreChecksums`); else None: the file is read back."""
+        path = check_path(path)
+        return self.checksums.stored_checksum(path, self._key(path))
 
     def _probe_conditional_put(self) -> bool:
         """PUT a fresh probe object twice with If-None-Match: * (the second must get 412), then delete it."""

@@ -13,6 +13,15 @@ private buffer; a larger file first takes a part's worth of the env's
 `PartBudget`, so at most `parts_in_flight` part buffers exist at once
 whatever the number of files in flight.
 
+Checksums: every PUT and part carries its CRC-32C, and a multipart upload is a
+FULL_OBJECT one where the client library knows the type: its completion carries
+the whole file's CRC-32C, combined from the parts' (`crc32c_combine`, no second
+pass over the data), so the store keeps the same whole-object CRC-32C as for a
+single PUT, the one RocksDB's meta file records.  A store that checks it refuses
+a completion that does not match its parts; `verify --checksum` can later compare
+that stored value with the meta file's instead of downloading the file
+(`stored_checksum`).
+
 Parallel parts: a full part is sent in the background (on s3fs's event loop)
 while the writer fills the next one, in another buffer it takes from the
 budget only if one is free and no other writer waits for one; otherwise it
@@ -35,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from rbackup.env.base import AtomicWriter
 from rbackup.env.fsspec_env import error_code
 from rbackup.errors import AlreadyExists, StorageError
-from rbackup.format.checksum import crc32c
+from rbackup.format.checksum import crc32c, crc32c_combine
 from rbackup.transfer import page_buffer
 
 if TYPE_CHECKING:
@@ -62,18 +71,25 @@ PartBuffer = bytearray | mmap.mmap
 _CHECKSUM_FIELDS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1", "ChecksumSHA256")
 
 
+def encode_crc32c(crc: int) -> str:
+    """A CRC-32C as S3 writes it in `x-amz-checksum-crc32c`: base64 of its 4 big-endian bytes."""
+    return base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")
+
+
 def checksum_crc32c(data: memoryview | bytes) -> str:
     """The `x-amz-checksum-crc32c` of `data`: the store checks the body against it and refuses
     one damaged in transit.  Computed here, on the writer's thread (the crc32c extension: the
     CPU's CRC instruction, GIL released), it spares botocore its own default checksum, which
     copies the body 1 MiB at a time and hashes it on the event loop thread."""
-    return base64.b64encode(crc32c(data).to_bytes(4, "big")).decode("ascii")
+    return encode_crc32c(crc32c(data))
 
 
-def with_checksum(data: memoryview | bytes) -> dict[str, str]:
-    """The arguments of a PUT or part upload of `data` that carry its CRC-32C: the value, and the
-    algorithm's name (`x-amz-sdk-checksum-algorithm`, which Object Lock uploads must carry)."""
-    return {"ChecksumAlgorithm": "CRC32C", "ChecksumCRC32C": checksum_crc32c(data)}
+def with_checksum(data: memoryview | bytes, crc: int | None = None) -> dict[str, str]:
+    """The arguments of a PUT or part upload of `data` that carry its CRC-32C (`crc` if already
+    computed): the value, and the algorithm's name (`x-amz-sdk-checksum-algorithm`, which
+    Object Lock uploads must carry)."""
+    value = checksum_crc32c(data) if crc is None else encode_crc32c(crc)
+    return {"ChecksumAlgorithm": "CRC32C", "ChecksumCRC32C": value}
 
 
 def part_size(part_number: int, base: int) -> int:
@@ -330,6 +346,10 @@ class S3Writer(AtomicWriter):
         self.most_in_flight = 0
         """The most parts this writer had in flight at once (for tests and tuning)."""
         self._upload_id: str | None = None
+        self._crc = 0
+        """The CRC-32C of the parts sent so far, in order: the whole object's at completion."""
+        self._checksum_type: dict[str, str] = {}
+        """The multipart upload's checksum type, as created (`_full_object`)."""
         self._state = "open"
 
     def write(self, data: bytes | memoryview) -> int:
@@ -489,17 +509,30 @@ class S3Writer(AtomicWriter):
         """Send the part filled so far in the background; the next part gets another buffer."""
         try:
             if self._upload_id is None:
-                self._upload_id = self._env._call("create_multipart_upload", Key=self._key,
-                                                  ChecksumAlgorithm="CRC32C")["UploadId"]
+                self._checksum_type = self._full_object()
+                self._upload_id = self._env._call("create_multipart_upload", Key=self._key, ChecksumAlgorithm="CRC32C",
+                                                  **self._checksum_type)["UploadId"]
             body = self._body()
+            crc = crc32c(body.whole())
+            self._crc = crc32c_combine(self._crc, crc, len(body))
             future = self._env._call_async("upload_part", Key=self._key, UploadId=self._upload_id,
-                                           PartNumber=self._number, Body=body, **with_checksum(body.whole()))
+                                           PartNumber=self._number, Body=body, **with_checksum(body.whole(), crc))
         except Exception as exc:
             raise self._env._error(exc, self._path, "write") from exc
         self._inflight.append(_PartInFlight(self._number, future, self._buffer, self._reserved))
         self.most_in_flight = max(self.most_in_flight, len(self._inflight))
         self._buffer, self._reserved, self._fill = bytearray(), None, 0
         self._number += 1
+
+    def _full_object(self) -> dict[str, str]:
+        """The multipart upload's checksum type, where the client library can send it: FULL_OBJECT,
+        a CRC-32C of the whole object (else S3's default, a checksum of the part checksums)."""
+        return {"ChecksumType": "FULL_OBJECT"} if self._env.full_object_checksums() else {}
+
+    def _whole_checksum(self) -> dict[str, str]:
+        """What a FULL_OBJECT completion carries: the type again and the whole object's CRC-32C,
+        which the store checks against the parts it received."""
+        return {"ChecksumCRC32C": encode_crc32c(self._crc), **self._checksum_type} if self._checksum_type else {}
 
     def _condition(self) -> dict[str, str]:
         """The request's If-None-Match, where the store arbitrates; else a look just before."""
@@ -541,6 +574,7 @@ class S3Writer(AtomicWriter):
                 Key=self._key,
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": sorted(self._parts, key=lambda p: p["PartNumber"])},
+                **self._whole_checksum(),
                 **condition,
             )
         except Exception as exc:

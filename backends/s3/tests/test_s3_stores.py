@@ -160,10 +160,11 @@ def test_uploads_carry_their_crc32c_and_a_damaged_body_is_refused(seaweedfs_stor
 
     assert stored_checksum("small") == rbackup_s3.upload.checksum_crc32c(small)
     assert crc32c(small) == int.from_bytes(base64.b64decode(stored_checksum("small")), "big")
-    assert stored_checksum("big").endswith("-3"), "the checksum of the 5 + 5 + 1 MiB parts' checksums"
+    # FULL_OBJECT: the whole file's CRC-32C, combined from the 5 + 5 + 1 MiB parts' (not a checksum of theirs, "-3")
+    assert crc32c(big) == int.from_bytes(base64.b64decode(stored_checksum("big")), "big")
     assert env.read_bytes("big", len(big) + 1) == big
-    real = rbackup_s3.upload.checksum_crc32c
-    monkeypatch.setattr(rbackup_s3.upload, "checksum_crc32c", lambda data: real(bytes(data) + b"damaged"))
+    real = rbackup_s3.upload.crc32c
+    monkeypatch.setattr(rbackup_s3.upload, "crc32c", lambda data, crc=0: real(bytes(data) + b"damaged", crc))
     for name, data in (("bad-small", small), ("bad-big", big)):
         with pytest.raises(StorageError, match=name):
             env.write_bytes(name, data)
