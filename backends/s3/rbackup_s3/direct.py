@@ -67,26 +67,42 @@ class _Setup:
 
 class Body:
     """A response body read straight into the caller's buffer; its connection goes back to the
-    pool once the body has been read to its end, and is dropped otherwise."""
+    pool once the body has been read to its end, and is dropped otherwise.
+
+    Each read is one `recv_into` of what has arrived (BufferedReader.readinto1 on the socket),
+    not a loop until the buffer is full: a connection reset then loses nothing already
+    received, and the reader resumes from the last byte it got."""
 
     def __init__(self, gets: DirectGets, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
         self._gets = gets
         self._conn: http.client.HTTPConnection | None = conn
         self.response = response
+        self._left: int | None = None if response.chunked else response.length
+        """Bytes of the body not yet read (None: chunked, read through http.client)."""
 
     def readinto(self, view: memoryview) -> int:
-        """Up to len(view) bytes of the body (fewer only at its end); a body cut short raises
+        """Up to len(view) bytes of the body, 0 at its end; a body cut short raises
         (http.client.IncompleteRead, a timeout, a reset)."""
-        return self.response.readinto(view)
+        if self._left is None:
+            return self.response.readinto(view)
+        if not self._left or not len(view):
+            return 0
+        assert self.response.fp is not None
+        n = self.response.fp.readinto1(view[: self._left])
+        if not n:
+            raise http.client.IncompleteRead(b"", self._left)
+        self._left -= n
+        return n
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self.response.isclosed():  # read to its end: the connection can serve another request
+        whole = self.response.isclosed() if self._left is None else self._left == 0
+        self.response.close()
+        if whole:  # read to its end: the connection can serve another request
             self._gets.give_back(conn)
         else:
-            self.response.close()
             conn.close()
 
 

@@ -339,9 +339,7 @@ class _Fetching:
 
 
 RECV_PIECE = 256 * 1024
-"""Bodies are received in pieces of at most this size: a connection reset discards the piece being
-received, so a cut body keeps the progress of the pieces before it, and a closing reader stops its
-fetches soon."""
+"""Bodies are received in pieces of at most this size, so a closing reader stops its fetches soon."""
 
 
 class BlockingS3Reader(io.RawIOBase):
