@@ -6,6 +6,12 @@ GET for the whole object and streams its body, chunk by chunk as it arrives,
 straight into the caller's buffer: memory stays at the HTTP client's own
 small buffer whatever the file size.
 
+`BlockingS3Reader` does the same on blocking connections (`direct.DirectGets`):
+each body is received by the thread that reads it, `recv_into` its buffer with
+the GIL released, instead of by s3fs's one event-loop thread in Python, which
+capped restores and doubled their CPU per GiB.  `S3Reader`, on s3fs's client,
+serves the configurations `DirectGets.unsupported` names.
+
 A big object (over `PARALLEL_MIN_SEGMENTS` segments) is also fetched ahead in
 segments by ranged GETs running beside the stream, each into a buffer taken
 from the env's part budget only if one is free (`PartBudget.try_acquire`):
@@ -31,10 +37,12 @@ error is raised.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import logging
 import mmap
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +52,7 @@ from rbackup.env.fsspec_env import error_code
 from rbackup.errors import StorageError
 
 if TYPE_CHECKING:
+    from .direct import Body, DirectGets
     from .upload import PartBudget
 
 log = logging.getLogger(__name__)
@@ -274,20 +283,12 @@ class S3Reader(io.RawIOBase):
                     f"(ETag no longer {self._etag}); read it again"
                 ) from exc
             raise
-        if self._etag and response.get("ETag") != self._etag:
-            # A store that ignores If-Match (s3rver, older appliances) serves the new version.
+        try:
+            _check_range(self._what, self._etag, response.get("ETag"), response.get("ContentRange"),
+                         start, end, self.size)
+        except _Replaced:
             await _close_body(response["Body"])
-            raise _Replaced(
-                f"{self._what}: the object was replaced while it was read (ETag {response.get('ETag')} "
-                f"instead of {self._etag}); read it again"
-            )
-        expected = f"bytes {start}-{end - 1}/{self.size}"
-        if response.get("ContentRange") != expected:
-            await _close_body(response["Body"])
-            raise _Replaced(
-                f"{self._what}: ranged GET answered {response.get('ContentRange')!r} "
-                f"instead of {expected!r}; read it again"
-            )
+            raise
         return response["Body"]
 
     async def _stream_from_here(self, *, resume: bool) -> None:
@@ -326,6 +327,256 @@ class S3Reader(io.RawIOBase):
                 delay *= 2
             finally:
                 await _close_body(body)
+
+
+@dataclass
+class _Fetching:
+    """A segment being fetched ahead, on the env's fetch threads, into a budget buffer."""
+
+    future: concurrent.futures.Future[None]
+    buffer: mmap.mmap
+    reserved: tuple[int, int]
+
+
+RECV_PIECE = 256 * 1024
+"""Bodies are received in pieces of at most this size, so a closing reader stops its fetches soon."""
+
+
+class BlockingS3Reader(io.RawIOBase):
+    """`S3Reader`'s reads on blocking connections (`DirectGets`): the body of each GET is received
+    by the thread that reads it, straight into its buffer, and a big object's later segments by
+    the env's fetch threads.  Same guarantees: one GET per file streamed, segments fetched ahead
+    only into free budget buffers and over connections other readers leave idle, If-Match + ETag
+    + Content-Range checked on every ranged or resumed GET, bounded resumes.
+
+    The first GET is sent by the constructor, so a missing object fails there.  Not
+    thread-safe (like any file object)."""
+
+    def __init__(self, gets: DirectGets, key: str, what: str, *, budget: PartBudget | None = None,
+                 segment: int = 0, readers: OpenReaders | None = None,
+                 fetchers: concurrent.futures.Executor | None = None) -> None:
+        super().__init__()
+        self._gets = gets
+        self._key = key
+        self._what = what
+        self._pos = 0
+        self._closing = threading.Event()
+        self.resumes = 0
+        """GETs sent after the first one to resume a cut body (for tests and logs)."""
+        self.most_ahead = 0
+        """The most segments fetched ahead at once (for tests and tuning)."""
+        self._readers: OpenReaders | None = None
+        self._ahead: dict[int, _Fetching] = {}
+        self._body: Body | None = None
+        self._body = gets.get(key)
+        response = self._body.response
+        self._etag: str | None = response.getheader("ETag")
+        length = response.getheader("Content-Length")
+        if length is None:
+            self._body.close()
+            raise StorageError(f"{what}: the store answered without a Content-Length")
+        self.size = int(length)
+        if readers is not None:
+            readers.enter()
+            self._readers = readers  # counted from here until close
+        parallel = (budget is not None and fetchers is not None and segment > 0
+                    and self.size > PARALLEL_MIN_SEGMENTS * segment and self._spare() > 0)
+        self._budget = budget if parallel else None
+        self._fetchers = fetchers
+        self._segment = segment if parallel else self.size or 1
+        self._body_end = min(self._segment, self.size) if parallel else self.size
+        """Where the current streaming body stops serving (the end of its segment)."""
+
+    # -- io.RawIOBase ---------------------------------------------------------------
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), self.size - self._pos)
+        if want <= 0:
+            return 0
+        return self._fill(view[:want])
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        out = bytearray(min(size, max(self.size - self._pos, 0)))
+        n = self.readinto(out) if out else 0
+        del out[n:]
+        return bytes(out)
+
+    def readall(self) -> bytes:
+        out = bytearray(max(self.size - self._pos, 0))
+        view, done = memoryview(out), 0
+        while done < len(out):
+            n = self.readinto(view[done:])
+            if not n:
+                break
+            done += n
+        view.release()
+        del out[done:]
+        return bytes(out)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._closing.set()
+            if self._body is not None:
+                self._body.close()
+                self._body = None
+            ahead, self._ahead = list(self._ahead.values()), {}
+            concurrent.futures.wait([item.future for item in ahead])
+            for item in ahead:  # the buffers are no longer written to: hand them back
+                self._give_back(item)
+        finally:
+            if self._readers is not None:
+                self._readers.leave()
+            super().close()
+
+    # -- internals ------------------------------------------------------------------
+    def _give_back(self, item: _Fetching) -> None:
+        assert self._budget is not None
+        self._budget.give_back(item.buffer)
+        self._budget.release(item.reserved)
+
+    def _spare(self) -> int:
+        return MAX_AHEAD if self._readers is None else min(MAX_AHEAD, self._readers.spare_per_reader())
+
+    def _segment_span(self, index: int) -> tuple[int, int]:
+        start = index * self._segment
+        return start, min(start + self._segment, self.size)
+
+    def _fetch_ahead(self) -> None:
+        """Start ranged GETs of the next segments not yet being read, while buffers are free."""
+        if self._budget is None or self._fetchers is None:
+            return
+        current = self._pos // self._segment
+        last = (self.size - 1) // self._segment
+        for index in range(current + 1, min(last, current + self._spare()) + 1):
+            if index in self._ahead:
+                continue
+            start, end = self._segment_span(index)
+            reserved = self._budget.try_acquire(end - start)
+            if reserved is None:
+                return
+            buffer = self._budget.buffer(reserved[0])
+            future = self._fetchers.submit(self._fetch, start, memoryview(buffer)[: end - start])
+            self._ahead[index] = _Fetching(future, buffer, reserved)
+        self.most_ahead = max(self.most_ahead, len(self._ahead))
+
+    def _fill(self, view: memoryview) -> int:
+        """Fill `view` (never past the end of the object), from segments fetched ahead or the
+        stream, resuming a cut body."""
+        done, stalled, delay = 0, 0, RESUME_DELAY
+        while done < len(view):
+            self._fetch_ahead()
+            index = self._pos // self._segment
+            ahead = self._ahead.get(index)
+            if ahead is not None:
+                ahead.future.result()  # its errors are final: _fetch resumed what it could
+                start, end = self._segment_span(index)
+                n = min(len(view) - done, end - self._pos)
+                view[done : done + n] = ahead.buffer[self._pos - start : self._pos - start + n]
+                done += n
+                self._pos += n
+                if self._pos == end:
+                    del self._ahead[index]
+                    self._give_back(ahead)
+                continue
+            try:
+                if self._body is None:
+                    self._stream_from_here(resume=stalled > 0)
+                assert self._body is not None
+                n = self._body.readinto(view[done : done + min(len(view) - done, self._body_end - self._pos,
+                                                               RECV_PIECE)])
+                if not n:
+                    raise ConnectionError(f"response body ended at byte {self._pos} of {self.size}")
+            except Exception as exc:
+                if _is_final(exc) or stalled >= MAX_RESUMES or self.resumes >= MAX_TOTAL_RESUMES:
+                    raise
+                stalled += 1
+                log.debug("%s: body cut at byte %d (%s), resuming", self._what, self._pos, exc)
+                if self._body is not None:
+                    self._body.close()
+                    self._body = None
+                time.sleep(delay)
+                delay *= 2
+                continue
+            done += n
+            self._pos += n
+            stalled, delay = 0, RESUME_DELAY
+            if self._pos == self._body_end and self._pos < self.size:
+                body, self._body = self._body, None  # the next segment comes from elsewhere
+                body.close()
+        return done
+
+    def _get_range(self, start: int, end: int) -> Body:
+        """The body of a GET of bytes [start, end) of the version we started on."""
+        try:
+            body = self._gets.get(self._key, start=start, end=end, if_match=self._etag)
+        except Exception as exc:
+            if error_code(exc) == "PreconditionFailed":
+                raise _Replaced(f"{self._what}: the object was replaced while it was read "
+                                f"(ETag no longer {self._etag}); read it again") from exc
+            raise
+        try:
+            _check_range(self._what, self._etag, body.response.getheader("ETag"),
+                         body.response.getheader("Content-Range"), start, end, self.size)
+        except _Replaced:
+            body.close()
+            raise
+        return body
+
+    def _stream_from_here(self, *, resume: bool) -> None:
+        """Stream the rest of the current segment (or object), if it is still the version we
+        started on: after a cut body (`resume`), or for a segment nothing fetched ahead."""
+        self.resumes += resume
+        if self._budget is not None and not self._ahead and self._spare() == 0:
+            self._budget = None  # no idle connection to fetch with: the rest in one GET
+        self._body_end = self._segment_span(self._pos // self._segment)[1] if self._budget else self.size
+        self._body = self._get_range(self._pos, self._body_end)
+
+    def _fetch(self, start: int, into: memoryview) -> None:
+        """Fill `into` with the bytes from `start` by ranged GETs (on a fetch thread), resuming a
+        cut body (bounded like the stream's resumes); stops early when the reader closes."""
+        done, stalled, delay = 0, 0, RESUME_DELAY
+        while done < len(into) and not self._closing.is_set():
+            body = None
+            try:
+                body = self._get_range(start + done, start + len(into))
+                while done < len(into) and not self._closing.is_set():
+                    n = body.readinto(into[done : done + min(RECV_PIECE, len(into) - done)])
+                    if not n:
+                        raise ConnectionError(f"response body ended at byte {start + done} of {self.size}")
+                    done += n
+                    stalled, delay = 0, RESUME_DELAY
+            except Exception as exc:
+                if _is_final(exc) or stalled >= MAX_RESUMES or self.resumes >= MAX_TOTAL_RESUMES:
+                    raise
+                stalled += 1
+                self.resumes += 1
+                log.debug("%s: segment at byte %d cut (%s), resuming", self._what, start + done, exc)
+                time.sleep(delay)
+                delay *= 2
+            finally:
+                if body is not None:
+                    body.close()
+
+
+def _check_range(what: str, etag: str | None, got_etag: str | None, got_range: str | None, start: int, end: int,
+                 size: int) -> None:
+    """Raise `_Replaced` unless a ranged GET's response is bytes [start, end) of the version
+    whose ETag is `etag` (checked here too: s3rver and older appliances ignore If-Match)."""
+    if etag and got_etag != etag:
+        raise _Replaced(f"{what}: the object was replaced while it was read (ETag {got_etag} instead of {etag}); "
+                        "read it again")
+    expected = f"bytes {start}-{end - 1}/{size}"
+    if got_range != expected:
+        raise _Replaced(f"{what}: ranged GET answered {got_range!r} instead of {expected!r}; read it again")
 
 
 class _Replaced(StorageError):

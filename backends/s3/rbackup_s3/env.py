@@ -4,8 +4,9 @@ What S3 needs beyond the generic fsspec env, and why:
 - publish without rename: `S3Writer` (one PUT, or a multipart upload
   completed only when every part is in, aborted otherwise), its part
   buffers capped across writers by a `PartBudget`;
-- streaming reads: `S3Reader`, one GET per file, resumed with Range and
-  If-Match when a body is cut off;
+- streaming reads: `BlockingS3Reader` (or `S3Reader` where `DirectGets` cannot
+  serve the configuration), one GET per file received in the reading thread,
+  resumed with Range and If-Match when a body is cut off;
 - commit without rename: a conditional PUT (`If-None-Match: *`), the only
   atomic create-if-absent S3 has; a lost response makes the retry see 412
   for our own object, so the object is read back before giving up;
@@ -49,7 +50,8 @@ from rbackup.env.fsspec_env import FsspecEnv, error_code, redact_url
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, NotSupported, PermissionDenied, StorageError
 
 from .checksums import StoreChecksums
-from .download import OpenReaders, S3Reader
+from .direct import DirectGets
+from .download import BlockingS3Reader, OpenReaders, S3Reader
 from .upload import MAX_PART_SIZE, MIN_PART_SIZE, PartBudget, S3Writer
 
 log = logging.getLogger(__name__)
@@ -218,6 +220,10 @@ class S3Env(FsspecEnv):
         self.settings = settings
         self.part_budget = PartBudget(settings.parts_in_flight * settings.part_size)
         self.open_readers = OpenReaders(settings.concurrency)
+        self._direct = DirectGets(fs, bucket, max_attempts=settings.max_attempts, max_idle=settings.concurrency)
+        self._fetchers = concurrent.futures.ThreadPoolExecutor(settings.parts_in_flight, "rbackup-s3-fetch")
+        """Threads fetching big objects' later segments ahead (started on first use): one per part
+        buffer, since each fetch fills one."""
         self._endpoint = redact_url(options.get("endpoint_url") or "from the AWS configuration")
         self._probe_lock = threading.Lock()
         self._probed: bool | None = None
@@ -252,8 +258,15 @@ class S3Env(FsspecEnv):
         # One streaming GET; its ETag pins the version any resume may read
         # (If-Match), so a replaced object fails instead of splicing two versions.
         # A bare prefix has no object: NoSuchKey, i.e. not found.
+        # On blocking connections in the reading thread (`DirectGets`) unless the client's
+        # configuration needs s3fs's own (a proxy, a client certificate, SSE-C, ...).
         key = full.partition("/")[2]
-        return S3Reader(self.fs, self.bucket, key, f"read {self.describe(full[len(self._prefix):])}",
+        what = f"read {self.describe(full[len(self._prefix):])}"
+        if self._direct.unsupported() is None:
+            return BlockingS3Reader(self._direct, key, what, budget=self.part_budget,
+                                    segment=self.settings.part_size, readers=self.open_readers,
+                                    fetchers=self._fetchers)
+        return S3Reader(self.fs, self.bucket, key, what,
                         budget=self.part_budget, segment=self.settings.part_size, readers=self.open_readers)
 
     def conditional_writes_honoured(self) -> bool:
