@@ -5,8 +5,7 @@ and the `rbackup` command load only the modules their command needs: a `create` 
 use for retention, replication or restore."""
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import (
     Aborted,
@@ -22,6 +21,7 @@ from .errors import (
     PermissionDenied,
     StorageError,
 )
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -56,17 +56,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

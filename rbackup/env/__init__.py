@@ -5,9 +5,9 @@ every module of the engine does, must not import fsspec (about 0.1 s) for a back
 to local disk, nor the encrypted env for a store that is not encrypted."""
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ..lazy import lazy_exports
 from .base import AtomicWriter, BackendFactory, BackupEnv, Capabilities, FileInfo, ReadStream, check_path
 
 if TYPE_CHECKING:
@@ -21,17 +21,7 @@ _LAZY = {"EncryptedEnv": "encrypted", "FsspecEnv": "fsspec_env", "LocalEnv": "lo
          "ReadOnlyEnv": "wrappers", "WrapperEnv": "wrappers"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
