@@ -319,18 +319,21 @@ def test_ctrl_c_and_a_second_writer(tmp_path):
     written.update(make_db(db, 8000, prefix="big", value_size=4096, seed=3))  # ~32 MiB, incompressible
     before = files_under(bdir)
 
-    # 32 MiB at 2 MiB/s: sixteen seconds of copying to interrupt, so a loaded machine still starts the
-    # second writer and sends SIGINT mid-copy; the interrupt ends the wait, so the margin costs nothing.
-    proc = subprocess.Popen([RBACKUP, "create", "--db", str(db), "--backup-dir", bdir, "--rate-limit", "2M"],
+    # 32 MiB at 1 MiB/s: half a minute of copying to interrupt, so a loaded machine still starts the
+    # second writer and sends SIGINT mid-copy (at 2 MiB/s one run under a parallel CI finished first);
+    # the interrupt ends the wait, so the margin costs nothing.
+    proc = subprocess.Popen([RBACKUP, "create", "--db", str(db), "--backup-dir", bdir, "--rate-limit", "1M"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     wait_for(lambda: any(n.endswith(".tmp") for n in os.listdir(Path(bdir, "shared_checksum"))), proc,
              "the copy")
+    copying = time.monotonic()
     line = failed(1, "gc", "--backup-dir", bdir)  # meanwhile, another writer is refused
     assert "locked by another writer" in line and bdir in line
+    refused = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    out, err = proc.communicate(timeout=60)
 
-    assert (proc.returncode, out) == (130, "")
+    assert (proc.returncode, out) == (130, ""), (f"SIGINT sent {refused - copying:.1f} s after the copy began", err)
     assert err == "rbackup: interrupted: no backup was created; the backup directory is unchanged\n"
     assert files_under(bdir) == before
     assert [b["id"] for b in listing(bdir)["backups"]] == [1]
