@@ -21,10 +21,11 @@ from operator import attrgetter
 from .env.base import BackupEnv
 from .errors import BackupError, Corruption, FileTooLarge, NotFound, NotSupported, PermissionDenied
 from .format.meta import MAX_META_FILE_SIZE, BackupMeta, EntryList, EntryTable, parse_meta
-from .format.naming import ENCRYPTION_MARKER, META_DIR, meta_path, parse_backup_id
+from .format.naming import ENCRYPTION_MARKER, META_DIR, SHARED_CHECKSUM_DIR, meta_path, parse_backup_id
 from .lock import is_lock_file
 
 _PATH, _CRC = attrgetter("path"), attrgetter("crc32c")
+_SHARED_CHECKSUM = SHARED_CHECKSUM_DIR + "/"
 
 
 @dataclass
@@ -101,6 +102,13 @@ class BackupState:
     """Valid and corrupt backups by id."""
     latest_backup_id: int
     """Highest meta id seen, corrupt ones included: the next backup gets this + 1."""
+    stable_sizes: dict[str, int] = field(default_factory=dict)
+    """Sizes this load found, as their meta lines say, for the `shared_checksum/` files meta files
+    name: what the next load of the same engine may take as known (`BackupEnv.list_sizes`).  Why
+    these: such a name fixes the file's bytes (the SST's DB session id and number, or its CRC-32C
+    and size), files are published whole and never written in place, so while the name is listed
+    its size stands; a file found at another size than its line says is left out, so a copy that
+    replaces it is measured again."""
 
     @property
     def valid(self) -> list[LoadedBackup]:
@@ -193,9 +201,11 @@ class _FileCheck:
         self.sizes = array("q")
         """Store size by entry index; 0 for excluded and missing entries."""
         self.bad: dict[int, str] = {}
+        self.stable: dict[str, int] = {}
+        """`BackupState.stable_sizes`: path -> size of the shared_checksum entries found as their lines say."""
 
     def _catch_up(self) -> None:
-        entries, listing, sizes, bad = self.table.entries, self.listing, self.sizes, self.bad
+        entries, listing, sizes, bad, stable = self.table.entries, self.listing, self.sizes, self.bad, self.stable
         for i in range(len(sizes), len(entries)):
             entry = entries[i]
             size = 0 if entry.excluded else listing.get(entry.path)
@@ -204,7 +214,17 @@ class _FileCheck:
                 size = 0
             elif entry.size is not None and entry.size != size and not entry.excluded:
                 bad[i] = f"{entry.path} is {size} bytes, the meta file says {entry.size}"
+            elif not entry.excluded and entry.path.startswith(_SHARED_CHECKSUM):
+                stable[entry.path] = size
             sizes.append(size)
+
+    def finish(self) -> None:
+        """Every entry looked at, the ones no loaded backup asked about too, and `stable` without
+        a file that any line found at another size (another, sizeless, line may have let it in)."""
+        self._catch_up()
+        entries = self.table.entries
+        for i in self.bad:
+            self.stable.pop(entries[i].path, None)
 
     def check(self, backup_id: int, meta: BackupMeta) -> tuple[BackupError | None, Mapping[str, int]]:
         """(why the backup is corrupt or None, its sizes)."""
@@ -224,7 +244,7 @@ _Fetched = BackupMeta | BackupError | bytes | None
 
 def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8,
                logger: logging.Logger | None = None, cache: MetaCache | None = None,
-               unchanged: BackupState | None = None) -> BackupState:
+               unchanged: BackupState | None = None, known_sizes: Mapping[str, int] | None = None) -> BackupState:
     """Load the directory: newest backup first, each meta file parsed as soon as it
     is read (up to `workers` reads in flight), stopping after `max_valid` valid
     backups, so opening the newest N costs N meta files, not all of them.
@@ -232,20 +252,23 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
     `unchanged`: a state this engine loaded (with `max_valid` None) and has not changed since;
     its backups are kept if the directory still lists exactly the same files and sizes (meta files
     are immutable once committed, so the same listing loads to the same state), which saves
-    checking every file of every backup again when a writer reloads under its lock."""
+    checking every file of every backup again when a writer reloads under its lock.
+
+    `known_sizes`: the `stable_sizes` of this engine's previous load, which the listing takes as
+    known instead of asking the store for each (`BackupEnv.list_sizes`; on local disk a `stat` each)."""
     log = logger or logging.getLogger("rbackup")
     cache = cache if cache is not None else MetaCache()
     # meta/ on its own, first: a backup whose meta file shows here was committed, files and
     # all, before the full listing starts, so a commit racing that (non-atomic) listing is
     # missed whole rather than seen without its files, i.e. as a corrupt backup.
     committed = {fi.path for fi in env.list(META_DIR)}
-    listing = {fi.path: fi.size for fi in env.list("")}
+    listing = env.list_sizes("", known=known_sizes)
     if ENCRYPTION_MARKER in listing:  # an EncryptedEnv hides its marker: this env cannot decrypt
         raise PermissionDenied(f"{env.describe()} is encrypted ({ENCRYPTION_MARKER} found): open it with its key, "
                                "the storage option encryption_key_file=PATH")
     if unchanged is not None and max_valid is None and _same_files(unchanged.listing, listing):
         # new dicts: the writer may drop entries from its state while a reader still walks the old one
-        return BackupState(listing, dict(unchanged.backups), unchanged.latest_backup_id)
+        return BackupState(listing, dict(unchanged.backups), unchanged.latest_backup_id, unchanged.stable_sizes)
     ids: dict[int, int] = {}
     for path in committed:
         size = listing.get(path)
@@ -302,8 +325,9 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
         kept = _load_newest_first(newest_first, cached, read, load, max_valid, workers)
         for backup_id in newest_first[kept:]:
             backups.pop(backup_id, None)  # read ahead of the cut: read-only engines see the newest N valid only
+        check.finish()
         cache.compact_if_due()
-    return BackupState(listing, backups, max(ids, default=0))
+    return BackupState(listing, backups, max(ids, default=0), check.stable)
 
 
 def _same_files(a: dict[str, int], b: dict[str, int]) -> bool:
