@@ -21,7 +21,7 @@ from operator import attrgetter
 from .env.base import BackupEnv
 from .errors import BackupError, Corruption, FileTooLarge, NotFound, NotSupported, PermissionDenied
 from .format.meta import MAX_META_FILE_SIZE, BackupMeta, EntryList, EntryTable, parse_meta
-from .format.naming import ENCRYPTION_MARKER, META_DIR, SHARED_CHECKSUM_DIR, meta_path, parse_backup_id
+from .format.naming import ENCRYPTION_MARKER, META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, meta_path, parse_backup_id
 from .lock import is_lock_file
 
 _PATH, _CRC = attrgetter("path"), attrgetter("crc32c")
@@ -193,7 +193,11 @@ class MetaCache:
 
 class _FileCheck:
     """Each distinct entry checked against the listing once per load, however many
-    backups name it; a backup is then checked with one C pass over its indices."""
+    backups name it; a backup is then checked with one C pass over its indices, and only
+    if a bad entry can be one of its own: a bad shared entry, or a bad private entry of its id
+    (a private line is only ever in its own backup's meta file, `parse_meta`).  The private files
+    of a backup deleted since the table learnt them are bad (gone) until the table is compacted,
+    and must not cost every other backup a pass."""
 
     def __init__(self, table: EntryTable, listing: dict[str, int]) -> None:
         self.table = table
@@ -201,6 +205,8 @@ class _FileCheck:
         self.sizes = array("q")
         """Store size by entry index; 0 for excluded and missing entries."""
         self.bad: dict[int, str] = {}
+        self._bad_owners: set[int | None] = set()
+        """Whose the bad entries are: a private entry's backup id, None for a shared one."""
         self.stable: dict[str, int] = {}
         """`BackupState.stable_sizes`: path -> size of the shared_checksum entries found as their lines say."""
 
@@ -211,9 +217,11 @@ class _FileCheck:
             size = 0 if entry.excluded else listing.get(entry.path)
             if size is None:
                 bad[i] = f"{entry.path} is named in the meta file but not found"
+                self._bad_owners.add(_private_owner(entry.path))
                 size = 0
             elif entry.size is not None and entry.size != size and not entry.excluded:
                 bad[i] = f"{entry.path} is {size} bytes, the meta file says {entry.size}"
+                self._bad_owners.add(_private_owner(entry.path))
             elif not entry.excluded and entry.path.startswith(_SHARED_CHECKSUM):
                 stable[entry.path] = size
             sizes.append(size)
@@ -231,11 +239,17 @@ class _FileCheck:
         files = meta.files
         assert isinstance(files, EntryList) and files.table is self.table
         self._catch_up()
-        bad = self.bad
-        if bad and any(map(bad.__contains__, files.indices)):
+        bad, owners = self.bad, self._bad_owners
+        if (None in owners or backup_id in owners) and any(map(bad.__contains__, files.indices)):
             first = next(i for i in files.indices if i in bad)
             return Corruption(f"backup {backup_id}: {bad[first]}"), {}
         return None, StoreSizes(files, self.sizes)
+
+
+def _private_owner(path: str) -> int | None:
+    """The backup id of a `private/<id>/...` path, None for any other (a shared file)."""
+    top, _, rest = path.partition("/")
+    return parse_backup_id(rest.partition("/")[0]) if top == PRIVATE_DIR else None
 
 
 _Fetched = BackupMeta | BackupError | bytes | None
