@@ -127,7 +127,8 @@ class BackupEngine:
         # to fetch at once (`Capabilities.concurrency`; 1 on local disk, where parsing holds
         # the GIL and one thread is 30% faster).
         state = load_state(self.env, max_valid=max_valid, workers=self.env.capabilities.concurrency,
-                           logger=self._log, cache=self._meta_cache, unchanged=unchanged, known_sizes=self._known_sizes)
+                           logger=self._log, cache=self._meta_cache, unchanged=unchanged, known_sizes=self._known_sizes,
+                           keep_sizes=not self.read_only)
         self._known_sizes = state.stable_sizes
         return state
 

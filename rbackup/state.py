@@ -199,7 +199,7 @@ class _FileCheck:
     of a backup deleted since the table learnt them are bad (gone) until the table is compacted,
     and must not cost every other backup a pass."""
 
-    def __init__(self, table: EntryTable, listing: dict[str, int]) -> None:
+    def __init__(self, table: EntryTable, listing: dict[str, int], *, stable: bool = False) -> None:
         self.table = table
         self.listing = listing
         self.sizes = array("q")
@@ -207,8 +207,9 @@ class _FileCheck:
         self.bad: dict[int, str] = {}
         self._bad_owners: set[int | None] = set()
         """Whose the bad entries are: a private entry's backup id, None for a shared one."""
-        self.stable: dict[str, int] = {}
-        """`BackupState.stable_sizes`: path -> size of the shared_checksum entries found as their lines say."""
+        self.stable: dict[str, int] | None = {} if stable else None
+        """`BackupState.stable_sizes`: path -> size of the shared_checksum entries found as their lines say
+        (kept for writers only: a read-only engine never loads again)."""
 
     def _catch_up(self) -> None:
         entries, listing, sizes, bad, stable = self.table.entries, self.listing, self.sizes, self.bad, self.stable
@@ -222,7 +223,7 @@ class _FileCheck:
             elif entry.size is not None and entry.size != size and not entry.excluded:
                 bad[i] = f"{entry.path} is {size} bytes, the meta file says {entry.size}"
                 self._bad_owners.add(_private_owner(entry.path))
-            elif not entry.excluded and entry.path.startswith(_SHARED_CHECKSUM):
+            elif stable is not None and not entry.excluded and entry.path.startswith(_SHARED_CHECKSUM):
                 stable[entry.path] = size
             sizes.append(size)
 
@@ -230,9 +231,10 @@ class _FileCheck:
         """Every entry looked at, the ones no loaded backup asked about too, and `stable` without
         a file that any line found at another size (another, sizeless, line may have let it in)."""
         self._catch_up()
-        entries = self.table.entries
-        for i in self.bad:
-            self.stable.pop(entries[i].path, None)
+        entries, stable = self.table.entries, self.stable
+        if stable is not None:
+            for i in self.bad:
+                stable.pop(entries[i].path, None)
 
     def check(self, backup_id: int, meta: BackupMeta) -> tuple[BackupError | None, Mapping[str, int]]:
         """(why the backup is corrupt or None, its sizes)."""
@@ -258,7 +260,8 @@ _Fetched = BackupMeta | BackupError | bytes | None
 
 def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8,
                logger: logging.Logger | None = None, cache: MetaCache | None = None,
-               unchanged: BackupState | None = None, known_sizes: Mapping[str, int] | None = None) -> BackupState:
+               unchanged: BackupState | None = None, known_sizes: Mapping[str, int] | None = None,
+               keep_sizes: bool = False) -> BackupState:
     """Load the directory: newest backup first, each meta file parsed as soon as it
     is read (up to `workers` reads in flight), stopping after `max_valid` valid
     backups, so opening the newest N costs N meta files, not all of them.
@@ -269,7 +272,8 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
     checking every file of every backup again when a writer reloads under its lock.
 
     `known_sizes`: the `stable_sizes` of this engine's previous load, which the listing takes as
-    known instead of asking the store for each (`BackupEnv.list_sizes`; on local disk a `stat` each)."""
+    known instead of asking the store for each (`BackupEnv.list_sizes`; on local disk a `stat` each);
+    `keep_sizes`: fill this load's `stable_sizes` (a writer, which loads again under its lock)."""
     log = logger or logging.getLogger("rbackup")
     cache = cache if cache is not None else MetaCache()
     # meta/ on its own, first: a backup whose meta file shows here was committed, files and
@@ -307,7 +311,7 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
     with cache.lock:
         for gone in [i for i in cache.metas if i not in ids]:
             del cache.metas[gone]
-        check = _FileCheck(cache.table, listing)
+        check = _FileCheck(cache.table, listing, stable=keep_sizes)
         backups: dict[int, LoadedBackup] = {}
 
         def load(backup_id: int, fetched: _Fetched) -> bool:
@@ -341,7 +345,7 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
             backups.pop(backup_id, None)  # read ahead of the cut: read-only engines see the newest N valid only
         check.finish()
         cache.compact_if_due()
-    return BackupState(listing, backups, max(ids, default=0), check.stable)
+    return BackupState(listing, backups, max(ids, default=0), check.stable if check.stable is not None else {})
 
 
 def _same_files(a: dict[str, int], b: dict[str, int]) -> bool:

@@ -105,13 +105,14 @@ def test_stable_sizes_are_the_shared_checksum_files_found_as_their_lines_say(liv
     files = [dataclasses.replace(e, size=true_size + 1) if e.path == misfit.path else e for e in metas[2].files]
     with open(os.path.join(backup_dir, "meta", "2"), "wb") as fh:
         fh.write(serialize_meta(dataclasses.replace(metas[2], files=files), 2))
-    state = load_state(LocalEnv(backup_dir), workers=1)
+    assert load_state(LocalEnv(backup_dir), workers=1).stable_sizes == {}  # kept for writers only
+    state = load_state(LocalEnv(backup_dir), workers=1, keep_sizes=True)
     assert state.corrupt_ids == [1, 2, 3]
     named = {e.path for m in metas.values() for e in m.files if e.path.startswith("shared_checksum/")}
     assert state.stable_sizes == {p: os.path.getsize(os.path.join(backup_dir, p))
                                   for p in named - {gone.path, misfit.path}}
     # a load given them lists what a load measuring every file lists
-    again = load_state(LocalEnv(backup_dir), workers=1, known_sizes=state.stable_sizes)
+    again = load_state(LocalEnv(backup_dir), workers=1, known_sizes=state.stable_sizes, keep_sizes=True)
     assert again.listing == state.listing and again.stable_sizes == state.stable_sizes
 
 
