@@ -248,8 +248,8 @@ class BackupEnv(abc.ABC):
         """`list` as path -> size, in no particular order.
 
         `known`: sizes the caller already holds for files that cannot have changed size while they
-        kept their name (the engine passes the `shared_checksum/` files its valid backups held at its
-        last load: such a name fixes the file's bytes, and no file is ever written in place).  A store
+        kept their name (a writer engine passes the `shared_checksum/` files its last load found as the
+        meta files say: such a name fixes the file's bytes, and no file is ever written in place).  A store
         that pays a request per file for sizes (a local directory: a `stat` each) may return these for
         the names it still lists instead of asking again; names it no longer lists are left out, and
         new names are asked as usual.  The default ignores `known`: a listing that carries sizes

@@ -208,7 +208,7 @@ def _plain_lines(files: Sequence[MetaFileEntry]) -> list[str] | None:
     """The lines of `files` if every entry is a plain one `_check_entry_for_write` passes (a checked
     path, no path nor DB file name twice, one backup's private files, a uint32 CRC-32C, no size,
     temperature or exclusion: every entry a backup writes), checked with C loops over all of them
-    at once: 10,000 entries in ~4 ms instead of ~15.  None otherwise: `_checked_lines` decides,
+    at once: 10,000 entries in ~7 ms instead of ~11.  None otherwise: `_checked_lines` decides,
     entry by entry, and names the one at fault."""
     if not files:
         return []
