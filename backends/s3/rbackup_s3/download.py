@@ -6,11 +6,11 @@ GET for the whole object and streams its body, chunk by chunk as it arrives,
 straight into the caller's buffer: memory stays at the HTTP client's own
 small buffer whatever the file size.
 
-`BlockingS3Reader` does the same on blocking connections (`direct.DirectGets`):
+`BlockingS3Reader` does the same on blocking connections (`direct.DirectClient`):
 each body is received by the thread that reads it, `recv_into` its buffer with
 the GIL released, instead of by s3fs's one event-loop thread in Python, which
 capped restores and doubled their CPU per GiB.  `S3Reader`, on s3fs's client,
-serves the configurations `DirectGets.unsupported` names.
+serves the configurations `DirectClient.unsupported` names.
 
 A big object (over `PARALLEL_MIN_SEGMENTS` segments) is also fetched ahead in
 segments by ranged GETs running beside the stream, each into a buffer taken
@@ -52,7 +52,7 @@ from rbackup.env.fsspec_env import error_code
 from rbackup.errors import StorageError
 
 if TYPE_CHECKING:
-    from .direct import Body, DirectGets
+    from .direct import Body, DirectClient
     from .upload import PartBudget
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,7 @@ RECV_PIECE = 256 * 1024
 
 
 class BlockingS3Reader(io.RawIOBase):
-    """`S3Reader`'s reads on blocking connections (`DirectGets`): the body of each GET is received
+    """`S3Reader`'s reads on blocking connections (`DirectClient`): the body of each GET is received
     by the thread that reads it, straight into its buffer, and a big object's later segments by
     the env's fetch threads.  Same guarantees: one GET per file streamed, segments fetched ahead
     only into free budget buffers and over connections other readers leave idle, If-Match + ETag
@@ -352,7 +352,7 @@ class BlockingS3Reader(io.RawIOBase):
     The first GET is sent by the constructor, so a missing object fails there.  Not
     thread-safe (like any file object)."""
 
-    def __init__(self, gets: DirectGets, key: str, what: str, *, budget: PartBudget | None = None,
+    def __init__(self, gets: DirectClient, key: str, what: str, *, budget: PartBudget | None = None,
                  segment: int = 0, readers: OpenReaders | None = None,
                  fetchers: concurrent.futures.Executor | None = None) -> None:
         super().__init__()
