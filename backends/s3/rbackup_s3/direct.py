@@ -48,7 +48,12 @@ log = logging.getLogger(__name__)
 PRESIGN_SECONDS = 900
 """Lifetime of a presigned URL, where one is sent as it is; the request goes out right after it is made."""
 RETRY_DELAY = 0.1
-"""The first retry waits up to this long (jittered), each next one up to twice as long."""
+"""The first retry after a 5xx or a failed connection waits up to this long (jittered), each next
+one up to twice as long."""
+THROTTLED_DELAY = 1.0
+"""The same for a store asking to slow down (botocore's base): its load needs time to pass."""
+THROTTLING_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+                              "BandwidthLimitExceeded", "TooManyRequestsException"})
 MAX_RETRY_DELAY = 20.0
 """The longest wait before a retry (botocore's cap)."""
 TRANSIENT_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
@@ -243,7 +248,9 @@ class DirectClient:
                 if number >= self._max_attempts or not _transient(exc):
                     raise
                 log.debug("%s in %s failed (%s), attempt %d", what, self._bucket, exc, number)
-            time.sleep(random.uniform(0, min(MAX_RETRY_DELAY, RETRY_DELAY * 2 ** (number - 1))))
+                code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
+                base = THROTTLED_DELAY if code in THROTTLING_CODES else RETRY_DELAY
+            time.sleep(random.uniform(0, min(MAX_RETRY_DELAY, base * 2 ** (number - 1))))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _open(self, operation: str, method: str, key: str, query: dict[str, str], headers: dict[str, str],

@@ -13,7 +13,7 @@ What S3 needs beyond the generic fsspec env, and why:
 - publish without rename: `S3Writer` (one PUT, or a multipart upload
   completed only when every part is in, aborted otherwise), its part
   buffers capped across writers by a `PartBudget`;
-- streaming reads: `BlockingS3Reader` (or `S3Reader` where `DirectGets` cannot
+- streaming reads: `BlockingS3Reader` (or `S3Reader` where `DirectClient` cannot
   serve the configuration), one GET per file received in the reading thread,
   resumed with Range and If-Match when a body is cut off;
 - commit without rename: a conditional PUT (`If-None-Match: *`), the only
@@ -206,6 +206,7 @@ class S3Env(FsspecEnv):
             config["s3"] = {"payload_signing_enabled": False, **(config.get("s3") or {})}
         for fixed in ("use_listings_cache", "skip_instance_cache"):
             options.pop(fixed, None)
+        idle = settings.concurrency + settings.parts_in_flight  # files copied at once, plus parts sent or fetched ahead
         native = (native_config({**options, "config_kwargs": config}) if settings.client == "native"
                   and self.native_capable else "client='s3fs'" if settings.client == "s3fs" else "Object Lock")
         self._native: NativeS3 | None = None
@@ -215,10 +216,10 @@ class S3Env(FsspecEnv):
                      redact_url(url), native)
             fs = self._s3fs(options, config)
             self._direct = DirectClient(s3fs_setup(fs, bucket), bucket, max_attempts=settings.max_attempts,
-                                        max_idle=settings.concurrency)
+                                        max_idle=idle)
         else:
             self._direct = DirectClient(native_setup(native, bucket), bucket, max_attempts=settings.max_attempts,
-                                        max_idle=settings.concurrency)
+                                        max_idle=idle)
             self._native = NativeS3(self._direct, bucket, sign_payload=native.sign_payload)
         root = f"{bucket}/{prefix}" if prefix else bucket
         super().__init__(
@@ -303,7 +304,7 @@ class S3Env(FsspecEnv):
         # One streaming GET; its ETag pins the version any resume may read
         # (If-Match), so a replaced object fails instead of splicing two versions.
         # A bare prefix has no object: NoSuchKey, i.e. not found.
-        # On blocking connections in the reading thread (`DirectGets`) unless the client's
+        # On blocking connections in the reading thread (`DirectClient`) unless the client's
         # configuration needs s3fs's own (a proxy, a client certificate, SSE-C, ...).
         key = full.partition("/")[2]
         what = f"read {self.describe(full[len(self._prefix):])}"
