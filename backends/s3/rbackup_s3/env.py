@@ -200,6 +200,7 @@ class S3Env(FsspecEnv):
         refuse_unknown_options(redact_url(url), options,
                                S3FS_OPTIONS | {f.name for f in dataclasses.fields(S3Settings)})
         config = dict(options.pop("config_kwargs", None) or {})
+        own_retries = "retries" in config  # botocore's retry configuration: only s3fs's client reads it
         config.setdefault("retries", {"mode": "standard", "total_max_attempts": settings.max_attempts})
         config.setdefault("max_pool_connections", settings.concurrency)
         if _over_tls(options):
@@ -208,7 +209,8 @@ class S3Env(FsspecEnv):
             options.pop(fixed, None)
         idle = settings.concurrency + settings.parts_in_flight  # files copied at once, plus parts sent or fetched ahead
         native = (native_config({**options, "config_kwargs": config}) if settings.client == "native"
-                  and self.native_capable else "client='s3fs'" if settings.client == "s3fs" else "Object Lock")
+                  and self.native_capable and not own_retries else "client='s3fs'" if settings.client == "s3fs"
+                  else "config_kwargs retries" if own_retries else "Object Lock")
         self._native: NativeS3 | None = None
         fs: Any = None
         if isinstance(native, str):

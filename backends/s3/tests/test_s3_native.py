@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import inspect
 import json
+import logging
 import stat
 import sys
 from pathlib import Path
@@ -86,18 +87,24 @@ def test_urls_and_signatures_are_botocores(endpoint: str, style: str | None, mon
     ({"config_kwargs": {"signature_version": "v4a"}}, "signature version v4a"),
     ({"endpoint_url": "ftp://127.0.0.1:21"}, "the endpoint ftp://127.0.0.1:21"),
     ({"endpoint_url": None}, "AWS's own endpoints"),
+    ({"config_kwargs": {"retries": {"mode": "legacy"}}}, "config_kwargs retries"),
     ({"key": "only-a-key", "secret": None}, "partial credentials"),
 ])
-def test_configurations_left_to_s3fs(options: dict[str, Any], reason: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the native client does not serve keeps s3fs's client, for every request, and says why."""
+def test_configurations_left_to_s3fs(options: dict[str, Any], reason: str, monkeypatch: pytest.MonkeyPatch,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    """What the native client does not serve keeps s3fs's client, for every request, and says why (once)."""
+    caplog.set_level(logging.INFO, logger="rbackup_s3.env")
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
     given = {"endpoint_url": "http://127.0.0.1:9000", "key": "k", "secret": "s", **options}
     given = {k: v for k, v in given.items() if v is not None}
-    found = native_config(given)
-    assert isinstance(found, str) and reason in found
+    if "retries" not in reason:  # the env's own decision (native_config sees the env's retries too)
+        found = native_config(given)
+        assert isinstance(found, str) and reason in found
     env = S3Env("s3://bucket/p", storage_options=given)
     assert env._native is None and env.fs is not None
+    told = [r.getMessage() for r in caplog.records if "s3fs's client" in r.getMessage()]
+    assert len(told) == 1 and reason in told[0]
 
 
 def test_a_proxy_in_the_environment_is_left_to_s3fs(monkeypatch: pytest.MonkeyPatch) -> None:
