@@ -28,7 +28,6 @@ What S3 needs beyond the generic fsspec env, and why:
 """
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -296,6 +295,8 @@ class S3Env(FsspecEnv):
         of the native client, or on s3fs's event loop."""
         if self._native is not None:
             return self._senders.submit(self._native.call, method, **kwargs)
+        import asyncio  # s3fs's client only: the native one never imports it
+
         return asyncio.run_coroutine_threadsafe(self.fs._call_s3(method, Bucket=self.bucket, **kwargs), self.fs.loop)
 
     def _is_dir(self, full: str) -> bool:
