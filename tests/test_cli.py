@@ -311,6 +311,13 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 20) 
         time.sleep(0.02)
 
 
+def as_in_a_terminal() -> None:
+    """Give the child Ctrl-C's default meaning.  A test run started in the background of a
+    non-interactive shell (`.ci/run &`) inherits SIGINT ignored, Python then installs no
+    KeyboardInterrupt handler, and a `create` sent SIGINT rightly finishes its backup."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_and_a_second_writer(tmp_path):
     db = tmp_path / "db"
     written = make_db(db)
@@ -319,11 +326,10 @@ def test_ctrl_c_and_a_second_writer(tmp_path):
     written.update(make_db(db, 8000, prefix="big", value_size=4096, seed=3))  # ~32 MiB, incompressible
     before = files_under(bdir)
 
-    # 32 MiB at 1 MiB/s: half a minute of copying to interrupt, so a loaded machine still starts the
-    # second writer and sends SIGINT mid-copy (at 2 MiB/s one run under a parallel CI finished first);
-    # the interrupt ends the wait, so the margin costs nothing.
+    # 32 MiB at 1 MiB/s: half a minute of copying to interrupt; the interrupt ends the wait.
     proc = subprocess.Popen([RBACKUP, "create", "--db", str(db), "--backup-dir", bdir, "--rate-limit", "1M"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+                            preexec_fn=as_in_a_terminal)
     wait_for(lambda: any(n.endswith(".tmp") for n in os.listdir(Path(bdir, "shared_checksum"))), proc,
              "the copy")
     copying = time.monotonic()
@@ -342,7 +348,8 @@ def test_ctrl_c_and_a_second_writer(tmp_path):
     assert ok("create", "--db", str(db), "--backup-dir", bdir).stdout == "2\n"
     target = tmp_path / "restored"
     proc = subprocess.Popen([RBACKUP, "restore", "--backup-dir", bdir, "--db", str(target), "--rate-limit", "2M"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+                            preexec_fn=as_in_a_terminal)
     wait_for(lambda: any(p.suffix == ".sst" for p in target.glob("*")), proc, "the restore")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
