@@ -209,3 +209,29 @@ def test_credentials_from_env_profile_and_credential_process(s3_store: S3Store, 
     assert env._native is not None
     assert env.read_bytes("from-env", 10) == b"1"
     env.delete(["from-env"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned-payload", "sha256"])
+def test_unsigned_payloads_are_accepted(s3_store: S3Store, signed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over plain HTTP the native client signs data bodies UNSIGNED-PAYLOAD (their signed CRC-32C
+    header covers them) unless asked for SHA-256; every server takes both, for a PUT and for parts."""
+    import rbackup_s3.operations
+
+    hashes: list[str] = []
+    real = rbackup_s3.operations.NativeS3._payload_hash
+
+    def spy(self: Any, data: Any) -> str:
+        hashes.append(real(self, data))
+        return hashes[-1]
+
+    monkeypatch.setattr(rbackup_s3.operations.NativeS3, "_payload_hash", spy)
+    config = {"config_kwargs": {"s3": {"payload_signing_enabled": True}}} if signed else {}
+    env = S3Env(s3_store.url, storage_options={**s3_store.storage_options, **config, "part_size": 5 * 2**20})
+    small, big = b"small body", bytes(range(256)) * (11 * 2**12)  # 11 MiB: three parts
+    env.write_bytes("small", small)
+    env.write_bytes("big", big)
+    assert env.read_bytes("small", 100) == small and env.read_bytes("big", len(big)) == big
+    assert len(hashes) == 4
+    assert all((h != "UNSIGNED-PAYLOAD") is signed for h in hashes)
+    env.delete(["small", "big"])
