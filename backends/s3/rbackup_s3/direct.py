@@ -31,6 +31,7 @@ from __future__ import annotations
 import http.client
 import logging
 import random
+import re
 import socket
 import ssl
 import threading
@@ -227,14 +228,22 @@ class DirectClient:
                 headers: dict[str, str] | None = None, body: bytes | memoryview | None = None,
                 payload_hash: str = EMPTY_SHA256) -> Response:
         """One S3 API request, its (small) response read whole; 2xx is success, any other answer
-        raises `S3Error` (HEAD's carry no body: their code is the status, as botocore's)."""
+        raises `S3Error` (HEAD's carry no body: their code is the status, as botocore's), and so
+        does a 2xx whose body is an <Error> document (CompleteMultipartUpload can fail after its
+        200): an InternalError or SlowDown there is retried like a 5xx, as botocore does."""
         def attempt() -> Response:
             answer = self._open(operation, method, key, query or {}, headers or {}, body, payload_hash, None)
             try:
                 data = answer.read_all()
             finally:
                 answer.close()
-            return Response(answer.response.status, {k.lower(): v for k, v in answer.response.getheaders()}, data)
+            status, found = answer.response.status, {k.lower(): v for k, v in answer.response.getheaders()}
+            if _ERROR_DOCUMENT.match(data):
+                error = client_error(status, answer.response.reason, found, data, self._bucket, key, operation)
+                if error.response["Error"]["Code"] in TRANSIENT_CODES:
+                    error.response["ResponseMetadata"]["HTTPStatusCode"] = 500
+                raise error
+            return Response(status, found, data)
 
         return self._retrying(f"{operation} {key}", attempt)
 
@@ -386,6 +395,8 @@ def _netloc(conn: http.client.HTTPConnection) -> str:
     return conn.host if conn.port == default else f"{conn.host}:{conn.port}"
 
 
+_ERROR_DOCUMENT = re.compile(rb"\s*(<\?xml[^>]*\?>\s*)?<Error[\s>]")
+"""An XML document whose root is <Error> (not DeleteObjects' per-key <Error> elements)."""
 _DEFAULT_CODES = {403: "AccessDenied", 404: "NoSuchKey", 412: "PreconditionFailed", 416: "InvalidRange"}
 _NOT_FOUND = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchUpload", "NotFound", "404"})
 

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 from xml.sax.saxutils import escape
 
-from .direct import DirectClient, Response, S3Error, client_error
+from .direct import DirectClient, Response, S3Error
 from .signing import UNSIGNED_PAYLOAD
 
 S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -114,8 +114,6 @@ class NativeS3:
             headers["x-amz-checksum-type"] = ChecksumType
         if IfNoneMatch:
             headers["If-None-Match"] = IfNoneMatch
-        # A completion can fail after its 200 (an <Error> body): `_xml` raises it, and an
-        # InternalError there is retried like a 500, as botocore does.
         response = self._client.request("CompleteMultipartUpload", "POST", Key, query={"uploadId": UploadId},
                                         headers=headers, body=body, payload_hash=hashlib.sha256(body).hexdigest())
         out = self._from_headers(response)
@@ -183,15 +181,11 @@ class NativeS3:
                 if header in response.headers}
 
     def _xml(self, response: Response, operation: str, key: str) -> ET.Element:
-        """The response's XML document; an <Error> document (some arrive with 200) raises it."""
+        """The response's XML document (an <Error> one was raised by `DirectClient.request`)."""
         try:
-            root = ET.fromstring(response.data)
+            return ET.fromstring(response.data)
         except ET.ParseError as exc:
             raise _malformed(operation, key, self._bucket, f"unparsable XML ({exc})") from exc
-        if _local(root.tag) == "Error":
-            status = 500 if _children(root).get("Code") in ("InternalError", "SlowDown") else response.status
-            raise client_error(status, "", response.headers, response.data, self._bucket, key, operation)
-        return root
 
 
 def _bytes_of(body: Any) -> bytes | memoryview:

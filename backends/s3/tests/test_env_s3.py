@@ -604,3 +604,15 @@ def test_bodies_are_sha256_signed_only_without_tls(endpoint: str | None, signed:
     explicit = S3Env("s3://bucket/db", storage_options={**options, "config_kwargs": {
         "s3": {"payload_signing_enabled": True}}}).fs.config_kwargs
     assert explicit["s3"]["payload_signing_enabled"] is True
+
+
+def test_a_completion_failing_after_its_200_is_retried(s3_faulty: FaultyS3) -> None:
+    """CompleteMultipartUpload can answer 200 and then an <Error> document: an InternalError there is
+    retried (as botocore does), and the object is whole."""
+    fault = s3_faulty.injector.add(Fault("error", method="POST", query="uploadId", status=200, code="InternalError",
+                                         message="We encountered an internal error.", times=1))
+    env = S3Env(s3_faulty.url, storage_options={**s3_faulty.storage_options, **SMALL_PARTS})
+    data = _pattern(11 * MiB, seed=7)
+    env.write_bytes("big", data)
+    assert fault.fired == 1
+    assert env.read_bytes("big", len(data)) == data
