@@ -211,6 +211,8 @@ class S3Env(FsspecEnv):
                   and self.native_capable and not own_retries else "client='s3fs'" if settings.client == "s3fs"
                   else "config_kwargs retries" if own_retries else "Object Lock")
         self._native: NativeS3 | None = None
+        self._fs: Any = None
+        self._s3fs_options = (options, config)
         fs: Any = None
         if isinstance(native, str):
             log.info("%s: requests go through s3fs's client (rbackup's own does not serve %s)",
@@ -268,6 +270,18 @@ class S3Env(FsspecEnv):
     def from_url(cls, url: str, storage_options: dict[str, Any] | None = None) -> S3Env:
         return cls(url, storage_options=storage_options)
 
+    @property
+    def fs(self) -> Any:
+        """s3fs's filesystem for this env's options.  On the native client nothing of rbackup's
+        uses it; it is made (and s3fs imported) only if someone asks, e.g. to look at the bucket."""
+        if self._fs is None:
+            self._fs = self._s3fs(*self._s3fs_options)
+        return self._fs
+
+    @fs.setter
+    def fs(self, value: Any) -> None:
+        self._fs = value
+
     @staticmethod
     def _s3fs(options: dict[str, Any], config: dict[str, Any]) -> Any:
         """An s3fs client for these options (s3fs, aiobotocore and aiohttp imported only here)."""
@@ -301,7 +315,7 @@ class S3Env(FsspecEnv):
 
     def _is_dir(self, full: str) -> bool:
         """S3 has no directories (a missing key is NoSuchKey); s3fs's client may still say so."""
-        return self.fs is not None and super()._is_dir(full)
+        return self._native is None and super()._is_dir(full)
 
     def _open_for_read(self, full: str) -> Any:
         # One streaming GET; its ETag pins the version any resume may read

@@ -102,7 +102,7 @@ def test_configurations_left_to_s3fs(options: dict[str, Any], reason: str, monke
         found = native_config(given)
         assert isinstance(found, str) and reason in found
     env = S3Env("s3://bucket/p", storage_options=given)
-    assert env._native is None and env.fs is not None
+    assert env._native is None and env._fs is not None
     told = [r.getMessage() for r in caplog.records if "s3fs's client" in r.getMessage()]
     assert len(told) == 1 and reason in told[0]
 
@@ -116,7 +116,11 @@ def test_a_proxy_in_the_environment_is_left_to_s3fs(monkeypatch: pytest.MonkeyPa
 
 def test_object_lock_and_the_client_option_take_s3fs(moto_server: str) -> None:
     options = {"endpoint_url": moto_server, "key": "k", "secret": "s"}
-    assert S3Env("s3://b/p", storage_options=options)._native is not None
+    native = S3Env("s3://b/p", storage_options=options)
+    assert native._native is not None and native._fs is None
+    import s3fs  # asked for, s3fs's filesystem is still there, with the env's options
+
+    assert isinstance(native.fs, s3fs.S3FileSystem) and native.fs.endpoint_url == moto_server
     assert S3Env("s3://b/p", storage_options={**options, "client": "s3fs"})._native is None
     locked = S3Env("s3://b/p", storage_options={**options, "object_lock_mode": "governance",
                                                 "object_lock_days": 1})
