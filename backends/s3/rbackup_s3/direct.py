@@ -80,6 +80,10 @@ class S3Error(Exception):
         self.operation_name = operation_name
 
 
+class EndpointConnectionError(ConnectionError):
+    """No connection to the store's endpoint (named in the message, as botocore's error of that name)."""
+
+
 class S3NotFoundError(S3Error, FileNotFoundError):
     """NoSuchKey, NoSuchBucket, NoSuchUpload, 404: also a FileNotFoundError, as s3fs raises them."""
 
@@ -189,7 +193,14 @@ class DirectClient:
             conn = http.client.HTTPSConnection(netloc, timeout=setup.connect_timeout, context=setup.ssl_context)
         else:
             conn = http.client.HTTPConnection(netloc, timeout=setup.connect_timeout)
-        conn.connect()
+        try:
+            conn.connect()
+        except ssl.SSLCertVerificationError:
+            conn.close()
+            raise  # not worth another attempt (`_transient`)
+        except OSError as exc:
+            conn.close()
+            raise EndpointConnectionError(f"could not connect to the endpoint {scheme}://{netloc}: {exc}") from exc
         if conn.sock is not None:
             conn.sock.settimeout(setup.read_timeout)
             # Headers and body go in separate sends: without this, Nagle's algorithm holds a
@@ -426,4 +437,6 @@ def _transient(exc: BaseException) -> bool:
         response = getattr(exc, "response", None) or {}
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return status >= 500 or response.get("Error", {}).get("Code") in TRANSIENT_CODES
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return False
     return isinstance(exc, (OSError, http.client.HTTPException))

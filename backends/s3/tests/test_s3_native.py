@@ -19,7 +19,7 @@ import rbackup_s3.env
 from rbackup_s3 import S3Env
 from rbackup_s3.signing import Credentials, NativeConfig, canonical_query, native_config, sign
 
-from rbackup.errors import NotFound, PermissionDenied
+from rbackup.errors import NotFound, PermissionDenied, StorageError
 from tests.s3_servers import S3Store
 
 ODD_NAMES = ["a b.sst", "plus+sign", "percent%41", "ünïcödé/ß.log", "tilde~and=eq&amp", "q?mark#hash", "semi;colon",
@@ -239,3 +239,27 @@ def test_unsigned_payloads_are_accepted(s3_store: S3Store, signed: bool, monkeyp
     assert len(hashes) == 4
     assert all((h != "UNSIGNED-PAYLOAD") is signed for h in hashes)
     env.delete(["small", "big"])
+
+
+def test_a_store_that_is_down_is_named_after_bounded_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No connection: retried (max_attempts in all), then a StorageError naming the backup URL and the endpoint."""
+    import socket
+
+    import rbackup_s3.direct
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    connects: list[str] = []
+    real = rbackup_s3.direct.http.client.HTTPConnection.connect
+
+    def counting(self: Any) -> None:
+        connects.append(self.host)
+        real(self)
+
+    monkeypatch.setattr(rbackup_s3.direct.http.client.HTTPConnection, "connect", counting)
+    env = S3Env("s3://bucket/db", storage_options={"endpoint_url": f"http://127.0.0.1:{port}", "key": "k",
+                                                   "secret": "s", "max_attempts": 3})
+    with pytest.raises(StorageError, match=rf"s3://bucket/db.*endpoint http://127.0.0.1:{port}"):
+        env.list()
+    assert len(connects) == 3
