@@ -21,6 +21,7 @@ from xml.sax.saxutils import escape
 
 from .direct import DirectClient, Response, S3Error
 from .signing import UNSIGNED_PAYLOAD
+from .upload import checksum_crc32c
 
 S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 _HEADER_FIELDS = {
@@ -68,10 +69,10 @@ class NativeS3:
 
     def _put_object(self, Key: str, Body: Any, ChecksumAlgorithm: str | None = None,
                     ChecksumCRC32C: str | None = None, IfNoneMatch: str | None = None) -> dict[str, Any]:
-        headers = self._checksum_headers(ChecksumAlgorithm, ChecksumCRC32C)
+        data = _bytes_of(Body)
+        headers = self._checksum_headers(data, ChecksumAlgorithm, ChecksumCRC32C)
         if IfNoneMatch:
             headers["If-None-Match"] = IfNoneMatch
-        data = _bytes_of(Body)
         return self._from_headers(self._client.request("PutObject", "PUT", Key, headers=headers, body=data,
                                                        payload_hash=self._payload_hash(data)))
 
@@ -94,7 +95,7 @@ class NativeS3:
         data = _bytes_of(Body)
         response = self._client.request(
             "UploadPart", "PUT", Key, query={"partNumber": str(PartNumber), "uploadId": UploadId},
-            headers=self._checksum_headers(ChecksumAlgorithm, ChecksumCRC32C), body=data,
+            headers=self._checksum_headers(data, ChecksumAlgorithm, ChecksumCRC32C), body=data,
             payload_hash=self._payload_hash(data))
         return self._from_headers(response)
 
@@ -167,13 +168,12 @@ class NativeS3:
         return hashlib.sha256(data).hexdigest() if self._sign_payload else UNSIGNED_PAYLOAD
 
     @staticmethod
-    def _checksum_headers(algorithm: str | None, crc32c: str | None) -> dict[str, str]:
-        headers = {}
-        if algorithm:
-            headers["x-amz-sdk-checksum-algorithm"] = algorithm
-        if crc32c:
-            headers["x-amz-checksum-crc32c"] = crc32c
-        return headers
+    def _checksum_headers(data: bytes | memoryview, algorithm: str | None, value: str | None) -> dict[str, str]:
+        """A body's CRC-32C headers: the caller's, else computed here (botocore adds a checksum to
+        every upload too), so that no body goes unsigned and unchecked (UNSIGNED-PAYLOAD)."""
+        if not value:
+            algorithm, value = "CRC32C", checksum_crc32c(data)
+        return {"x-amz-sdk-checksum-algorithm": algorithm or "CRC32C", "x-amz-checksum-crc32c": value}
 
     @staticmethod
     def _from_headers(response: Response) -> dict[str, Any]:

@@ -263,3 +263,31 @@ def test_a_store_that_is_down_is_named_after_bounded_retries(monkeypatch: pytest
     with pytest.raises(StorageError, match=rf"s3://bucket/db.*endpoint http://127.0.0.1:{port}"):
         env.list()
     assert len(connects) == 3
+
+
+@pytest.mark.slow
+def test_every_put_and_part_carries_a_crc32c(s3_bucket_url: tuple[str, dict[str, Any]],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data bodies go UNSIGNED-PAYLOAD, so each carries its CRC-32C: files, parts, and the small
+    conditional creates (meta commits, leases, the probe) that pass none themselves."""
+    import rbackup_s3.direct
+    from rbackup_s3.upload import encode_crc32c
+
+    from rbackup.format.checksum import crc32c
+
+    sent: list[tuple[str, dict[str, str], bytes]] = []
+    real = rbackup_s3.direct.DirectClient.request
+
+    def spy(self: Any, operation: str, method: str, key: str = "", **kwargs: Any) -> Any:
+        if method == "PUT":
+            sent.append((operation, dict(kwargs.get("headers") or {}), bytes(kwargs.get("body") or b"")))
+        return real(self, operation, method, key, **kwargs)
+
+    monkeypatch.setattr(rbackup_s3.direct.DirectClient, "request", spy)
+    url, options = s3_bucket_url
+    env = S3Env(url, storage_options={**options, "part_size": 5 * 2**20})
+    env.create_exclusive("meta/1", b"committed")
+    env.write_bytes("big", bytes(11 * 2**20))
+    assert {op for op, _, _ in sent} == {"PutObject", "UploadPart"} and len(sent) >= 5  # probe x2, meta, 3 parts
+    for _, headers, body in sent:
+        assert headers["x-amz-checksum-crc32c"] == encode_crc32c(crc32c(body))
