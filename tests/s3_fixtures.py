@@ -300,11 +300,27 @@ def _drop_bucket(endpoint: str, name: str) -> None:
 
 
 @pytest.fixture
-def s3_bucket_url(moto_server: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def s3_client() -> str:
+    """The S3 client the S3 fixtures' storage options ask for (`client`): "native" (the
+    default, no option added); a test module overrides this fixture with
+    `params=S3_CLIENTS` to run its tests on s3fs's client too."""
+    return "native"
+
+
+S3_CLIENTS = ["native", "s3fs"]
+
+
+def with_client(options: dict[str, Any], client: str) -> dict[str, Any]:
+    """`options` asking for `client` (unchanged for the default, "native")."""
+    return options if client == "native" else {**options, "client": client}
+
+
+@pytest.fixture
+def s3_bucket_url(moto_server: str, s3_client: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """A fresh, empty bucket: yields ("s3://<bucket>", storage_options for s3fs/S3Env)."""
     name = _make_bucket(moto_server)
     try:
-        yield f"s3://{name}", _storage_options(moto_server)
+        yield f"s3://{name}", with_client(_storage_options(moto_server), s3_client)
     finally:
         _drop_bucket(moto_server, name)
 
@@ -341,13 +357,14 @@ class FaultyS3:
 
 
 @pytest.fixture
-def s3_faulty(moto_server: str, s3_faulty_server: tuple[str, FaultInjector]) -> Iterator[FaultyS3]:
+def s3_faulty(moto_server: str, s3_faulty_server: tuple[str, FaultInjector], s3_client: str) -> Iterator[FaultyS3]:
     """A fresh bucket behind the fault injector, which starts with no rules (seed 0)."""
     endpoint, injector = s3_faulty_server
     injector.reset()
     name = _make_bucket(moto_server)
     try:
-        yield FaultyS3(f"s3://{name}", _storage_options(endpoint), injector, _storage_options(moto_server))
+        yield FaultyS3(f"s3://{name}", with_client(_storage_options(endpoint), s3_client), injector,
+                       with_client(_storage_options(moto_server), s3_client))
     finally:
         injector.reset()
         _drop_bucket(moto_server, name)

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from .s3_fixtures import DUMMY_AWS_ENV, _drop_bucket, _make_bucket, _storage_options
+from .s3_fixtures import DUMMY_AWS_ENV, _drop_bucket, _make_bucket, _storage_options, with_client
 
 STARTUP_TIMEOUT = 60.0
 """Seconds a server may take to answer its first request (SeaweedFS needs ~5-15 s on a loaded machine)."""
@@ -262,18 +262,19 @@ STORES = ("moto", "seaweedfs", "s3rver")
 
 def make_store(request: pytest.FixtureRequest, name: str) -> Iterator[S3Store]:
     """A fresh location on server `name`: its own bucket on moto, a fresh prefix elsewhere."""
+    client = request.getfixturevalue("s3_client")
     if name == "moto":
         endpoint = request.getfixturevalue("moto_server")
         bucket = _make_bucket(endpoint)
         try:
-            yield S3Store(name, f"s3://{bucket}", _storage_options(endpoint))
+            yield S3Store(name, f"s3://{bucket}", with_client(_storage_options(endpoint), client))
         finally:
             _drop_bucket(endpoint, bucket)
         return
     endpoint = request.getfixturevalue(f"{name}_server")
     bucket = _session_bucket(endpoint, name)
     prefix = f"t-{uuid.uuid4().hex[:12]}"
-    store = S3Store(name, f"s3://{bucket}/{prefix}", credentials(endpoint, name),
+    store = S3Store(name, f"s3://{bucket}/{prefix}", with_client(credentials(endpoint, name), client),
                     conditional_put=name != "s3rver", if_match_get=name != "s3rver",
                     auto_creates_buckets=name == "seaweedfs")
     try:

@@ -404,6 +404,11 @@ def test_a_local_create_imports_neither_fsspec_nor_what_other_commands_use(close
     assert sorted(loaded & (NEVER_FOR_A_PLAIN_CREATE | not_for_local_disk)) == []
 
 
+S3FS_STACK = ("s3fs", "aiobotocore", "aiohttp", "botocore", "fsspec", "asyncio")
+"""s3fs's stack and what it brings (most of a second of start-up): only for S3 options the native client
+does not serve."""
+
+
 def test_an_s3_create_imports_only_the_s3_backend(closed_db, s3_bucket_url, tmp_path):
     db, _ = closed_db
     url, storage_options = s3_bucket_url
@@ -411,6 +416,21 @@ def test_an_s3_create_imports_only_the_s3_backend(closed_db, s3_bucket_url, tmp_
                              "-o", f"endpoint_url={storage_options['endpoint_url']}")
     assert {"rbackup.create", "rbackup_s3.env"} <= loaded
     assert sorted(loaded & NEVER_FOR_A_PLAIN_CREATE) == []
+    # rbackup's own S3 client: none of s3fs's stack.
+    assert sorted(m for m in loaded if m.split(".")[0] in S3FS_STACK) == []
+    assert "rbackup_s3.operations" in loaded
+
+
+def test_an_s3_restore_and_list_import_neither_s3fs_nor_aiobotocore_nor_aiohttp(closed_db, s3_bucket_url, tmp_path):
+    db, _ = closed_db
+    url, storage_options = s3_bucket_url
+    with_o = ["-o", f"endpoint_url={storage_options['endpoint_url']}"]
+    ok("create", "--db", db, "--backup-dir", f"{url}/app", *with_o, "--quiet")
+    for args in (("restore", "--backup-dir", f"{url}/app", "--db", str(tmp_path / "r"), "--quiet"),
+                 ("list", "--backup-dir", f"{url}/app"), ("verify", "--backup-dir", f"{url}/app")):
+        loaded = modules_at_exit(tmp_path, *args, *with_o)
+        assert "rbackup_s3.env" in loaded
+        assert sorted(m for m in loaded if m.split(".")[0] in S3FS_STACK) == []
 
 
 # -- S3 (moto server) -------------------------------------------------------------------

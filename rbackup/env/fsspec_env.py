@@ -33,11 +33,8 @@ import io
 import logging
 import posixpath
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
-
-import fsspec
-from fsspec.spec import AbstractBufferedFile
 
 from ..errors import (
     AlreadyExists,
@@ -49,6 +46,10 @@ from ..errors import (
     StorageError,
 )
 from ..format.tempnames import temp_path
+
+if TYPE_CHECKING:
+    import fsspec
+
 from .base import (
     OBJECT_STORE_BUFFER_SIZE,
     AtomicWriter,
@@ -307,6 +308,8 @@ class _DeferredWriter(_FileWriter):
 
 def _discard(file: Any) -> None:
     """Throw away a deferred (autocommit=False) file without publishing anything."""
+    from fsspec.spec import AbstractBufferedFile  # fsspec is imported by whoever made `file`
+
     if isinstance(file, AbstractBufferedFile):
         file.discard()
         # close() would first flush the buffered tail to the store.
@@ -344,6 +347,8 @@ class FsspecEnv(BackupEnv):
     @classmethod
     def from_url(cls, url: str, storage_options: dict[str, Any] | None = None) -> FsspecEnv:
         """An env for any fsspec URL (`gcs://b/p`, `sftp://h/p`, `memory://x`, ...)."""
+        import fsspec.core  # here, not at the top: S3's native client never needs fsspec
+
         try:
             fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         except ImportError as exc:

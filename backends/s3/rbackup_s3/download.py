@@ -6,11 +6,11 @@ GET for the whole object and streams its body, chunk by chunk as it arrives,
 straight into the caller's buffer: memory stays at the HTTP client's own
 small buffer whatever the file size.
 
-`BlockingS3Reader` does the same on blocking connections (`direct.DirectGets`):
+`BlockingS3Reader` does the same on blocking connections (`direct.DirectClient`):
 each body is received by the thread that reads it, `recv_into` its buffer with
 the GIL released, instead of by s3fs's one event-loop thread in Python, which
 capped restores and doubled their CPU per GiB.  `S3Reader`, on s3fs's client,
-serves the configurations `DirectGets.unsupported` names.
+serves the configurations `DirectClient.unsupported` names.
 
 A big object (over `PARALLEL_MIN_SEGMENTS` segments) is also fetched ahead in
 segments by ranged GETs running beside the stream, each into a buffer taken
@@ -36,23 +36,23 @@ error is raised.
 """
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import io
 import logging
 import mmap
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fsspec.asyn import sync
-
 from rbackup.env.fsspec_env import error_code
 from rbackup.errors import StorageError
 
 if TYPE_CHECKING:
-    from .direct import Body, DirectGets
+    import asyncio
+
+    from .direct import Body, DirectClient
     from .upload import PartBudget
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,8 @@ class S3Reader(io.RawIOBase):
         want = min(len(view), self.size - self._pos)
         if want <= 0:
             return 0
+        from fsspec.asyn import sync  # S3Reader serves s3fs's client, which imported it: not at the top
+
         return sync(self._fs.loop, self._fill, view[:want])
 
     def read(self, size: int | None = -1) -> bytes:
@@ -175,6 +177,8 @@ class S3Reader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             try:
+                from fsspec.asyn import sync
+
                 sync(self._fs.loop, self._shut)
             finally:
                 if self._readers is not None:
@@ -188,6 +192,8 @@ class S3Reader(io.RawIOBase):
         ahead, self._ahead = list(self._ahead.values()), {}
         for item in ahead:
             item.task.cancel()
+        import asyncio
+
         await asyncio.gather(*(item.task for item in ahead), return_exceptions=True)
         for item in ahead:  # the buffers are no longer written to: hand them back
             self._give_back(item)
@@ -220,6 +226,8 @@ class S3Reader(io.RawIOBase):
             if reserved is None:
                 return
             buffer = self._budget.buffer(reserved[0])
+            import asyncio
+
             task = asyncio.ensure_future(self._fetch(start, memoryview(buffer)[: end - start]))
             self._ahead[index] = _Ahead(task, buffer, reserved)
         self.most_ahead = max(self.most_ahead, len(self._ahead))
@@ -256,7 +264,7 @@ class S3Reader(io.RawIOBase):
                 log.debug("%s: body cut at byte %d (%s), resuming", self._what, self._pos, exc)
                 await _close_body(self._body)
                 self._body = None
-                await asyncio.sleep(delay)
+                await _sleep(delay)
                 delay *= 2
                 continue
             n = len(chunk)
@@ -323,7 +331,7 @@ class S3Reader(io.RawIOBase):
                 stalled += 1
                 self.resumes += 1
                 log.debug("%s: segment at byte %d cut (%s), resuming", self._what, start + done, exc)
-                await asyncio.sleep(delay)
+                await _sleep(delay)
                 delay *= 2
             finally:
                 await _close_body(body)
@@ -343,7 +351,7 @@ RECV_PIECE = 256 * 1024
 
 
 class BlockingS3Reader(io.RawIOBase):
-    """`S3Reader`'s reads on blocking connections (`DirectGets`): the body of each GET is received
+    """`S3Reader`'s reads on blocking connections (`DirectClient`): the body of each GET is received
     by the thread that reads it, straight into its buffer, and a big object's later segments by
     the env's fetch threads.  Same guarantees: one GET per file streamed, segments fetched ahead
     only into free budget buffers and over connections other readers leave idle, If-Match + ETag
@@ -352,7 +360,7 @@ class BlockingS3Reader(io.RawIOBase):
     The first GET is sent by the constructor, so a missing object fails there.  Not
     thread-safe (like any file object)."""
 
-    def __init__(self, gets: DirectGets, key: str, what: str, *, budget: PartBudget | None = None,
+    def __init__(self, gets: DirectClient, key: str, what: str, *, budget: PartBudget | None = None,
                  segment: int = 0, readers: OpenReaders | None = None,
                  fetchers: concurrent.futures.Executor | None = None) -> None:
         super().__init__()
@@ -583,9 +591,16 @@ class _Replaced(StorageError):
     """Not worth a resume: the object is not the one the read started on."""
 
 
+async def _sleep(delay: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(delay)
+
+
 def _is_final(exc: BaseException) -> bool:
-    """Errors that another resume cannot cure."""
-    if isinstance(exc, (_Replaced, asyncio.CancelledError)):
+    """Errors that another resume cannot cure (a cancelled task: only S3Reader's, on asyncio)."""
+    asyncio = sys.modules.get("asyncio")
+    if isinstance(exc, _Replaced) or (asyncio is not None and isinstance(exc, asyncio.CancelledError)):
         return True
     # Missing object, denied access, ...: the store answered, and not with data.
     return error_code(exc) is not None

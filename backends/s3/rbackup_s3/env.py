@@ -1,28 +1,36 @@
-"""S3Env: rbackup's BackupEnv on Amazon S3 and S3-compatible stores, over s3fs.
+"""S3Env: rbackup's BackupEnv on Amazon S3 and S3-compatible stores.
+
+Two clients, one rule: every request goes through rbackup's native client (`signing`,
+`direct`, `operations`: blocking http.client connections, SigV4 signed here, nothing of
+s3fs, aiobotocore or aiohttp imported) when `signing.native_config` can serve the storage
+options exactly as s3fs and botocore would; otherwise (AWS's own endpoints, a proxy, a
+client certificate, extra request parameters, Object Lock, ...: the reason is logged once
+per env) or with the storage option `client="s3fs"`, every request goes through s3fs's
+client, imported only then (its GETs still on blocking connections where `direct.s3fs_setup`
+can sign them).  Both take botocore's operation names and parameters (`_call`).
 
 What S3 needs beyond the generic fsspec env, and why:
 - publish without rename: `S3Writer` (one PUT, or a multipart upload
   completed only when every part is in, aborted otherwise), its part
   buffers capped across writers by a `PartBudget`;
-- streaming reads: `BlockingS3Reader` (or `S3Reader` where `DirectGets` cannot
+- streaming reads: `BlockingS3Reader` (or `S3Reader` where `DirectClient` cannot
   serve the configuration), one GET per file received in the reading thread,
   resumed with Range and If-Match when a body is cut off;
 - commit without rename: a conditional PUT (`If-None-Match: *`), the only
   atomic create-if-absent S3 has; a lost response makes the retry see 412
   for our own object, so the object is read back before giving up;
 - freshness: s3fs caches listings, which would hide another client's
-  meta file; the cache is off and every env has its own s3fs instance;
-- bounded retries: botocore in "standard" mode retries 5xx, SlowDown and
-  dropped connections with jittered backoff, `S3Reader` resumes cut bodies
+  meta file; the cache is off and every env has its own s3fs instance
+  (the native client caches nothing);
+- bounded retries: botocore in "standard" mode (and `DirectClient` alike) retries 5xx,
+  SlowDown and dropped connections with jittered backoff, `S3Reader` resumes cut bodies
   (a bounded number of times), and permanent errors (AccessDenied, NoSuchBucket) are not retried.
 """
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
-import inspect
 import logging
 import os
 import threading
@@ -32,10 +40,6 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-
-import s3fs
-from fsspec.asyn import sync
-from fsspec.dircache import DirCache
 
 from rbackup.env.base import (
     OBJECT_STORE_BUFFER_SIZE,
@@ -50,9 +54,11 @@ from rbackup.env.fsspec_env import FsspecEnv, error_code, redact_url
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, NotSupported, PermissionDenied, StorageError
 
 from .checksums import StoreChecksums
-from .direct import DirectGets
+from .direct import DirectClient, native_setup, s3fs_setup
 from .download import BlockingS3Reader, OpenReaders, S3Reader
-from .upload import MAX_PART_SIZE, MIN_PART_SIZE, PartBudget, S3Writer
+from .operations import NativeS3
+from .signing import native_config
+from .upload import MAX_PART_SIZE, MIN_PART_SIZE, PartBudget, S3Writer, register_part_payload
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +71,18 @@ CONFLICT_RETRIES = 4
 """Retries of a conditional PUT that S3 refused with 409 ConditionalRequestConflict."""
 
 
-def _s3fs_options() -> frozenset[str]:
-    """The keyword arguments an `s3fs.S3FileSystem` reads: its own, its fsspec base
-    classes' and the listing cache's.  s3fs drops any other without a word, so
-    S3Env refuses them instead (a misspelt `endpoint_ur1` would silently talk to AWS)."""
-    inits = [vars(c)["__init__"] for c in s3fs.S3FileSystem.__mro__ if "__init__" in vars(c)]
-    names = {p.name for f in [*inits, DirCache.__init__] for p in inspect.signature(f).parameters.values()
-             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return frozenset(names - {"self"} | {"skip_instance_cache"})
-
-
-S3FS_OPTIONS = _s3fs_options()
+S3FS_OPTIONS = frozenset({
+    "anon", "asynchronous", "batch_size", "cache_regions", "client_kwargs", "config_kwargs", "default_block_size",
+    "default_cache_type", "default_fill_cache", "endpoint_url", "fixed_upload_size", "key", "listings_expiry_time",
+    "local_expiry_check", "loop", "max_concurrency", "max_paths", "password", "requester_pays",
+    "s3_additional_kwargs", "secret", "session", "skip_instance_cache", "token", "use_listings_cache", "use_ssl",
+    "username", "version_aware",
+})
+"""The keyword arguments an `s3fs.S3FileSystem` reads: its own, its fsspec base classes' and the
+listing cache's.  s3fs drops any other without a word, so S3Env refuses them instead (a misspelt
+`endpoint_ur1` would silently talk to AWS).  A list, not read from s3fs's signatures, so that
+checking options does not import s3fs; `test_s3fs_options_match_its_signatures` keeps it true."""
+CLIENTS = ("native", "s3fs")
 
 
 def _over_tls(options: dict[str, Any]) -> bool:
@@ -117,8 +124,13 @@ class S3Settings:
     """Attempts per request in botocore's standard retry mode (1 means no retry)."""
     parts_in_flight: int = 4
     """Part buffers (of `part_size`) all writers of the env hold at once; files up to 1 MiB need none."""
+    client: str = "native"
+    """"native": rbackup's own client wherever it serves the options exactly (else s3fs's);
+    "s3fs": s3fs's client for every request."""
 
     def __post_init__(self) -> None:
+        if self.client not in CLIENTS:
+            raise InvalidArgument(f"client must be one of {', '.join(CLIENTS)}, got {self.client!r}")
         if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
             raise InvalidArgument(f"part_size must be between 5 MiB and 5 GiB, got {self.part_size}")
         for name in ("concurrency", "max_attempts", "parts_in_flight"):
@@ -187,19 +199,31 @@ class S3Env(FsspecEnv):
         refuse_unknown_options(redact_url(url), options,
                                S3FS_OPTIONS | {f.name for f in dataclasses.fields(S3Settings)})
         config = dict(options.pop("config_kwargs", None) or {})
+        own_retries = "retries" in config  # botocore's retry configuration: only s3fs's client reads it
         config.setdefault("retries", {"mode": "standard", "total_max_attempts": settings.max_attempts})
         config.setdefault("max_pool_connections", settings.concurrency)
         if _over_tls(options):
             config["s3"] = {"payload_signing_enabled": False, **(config.get("s3") or {})}
         for fixed in ("use_listings_cache", "skip_instance_cache"):
             options.pop(fixed, None)
-        fs = s3fs.S3FileSystem(
-            skip_instance_cache=True,
-            use_listings_cache=False,
-            config_kwargs=config,
-            **options,
-        )
-        fs.retries = S3FS_RETRIES
+        idle = settings.concurrency + settings.parts_in_flight  # files copied at once, plus parts sent or fetched ahead
+        native = (native_config({**options, "config_kwargs": config}) if settings.client == "native"
+                  and self.native_capable and not own_retries else "client='s3fs'" if settings.client == "s3fs"
+                  else "config_kwargs retries" if own_retries else "Object Lock")
+        self._native: NativeS3 | None = None
+        self._fs: Any = None
+        self._s3fs_options = (options, config)
+        fs: Any = None
+        if isinstance(native, str):
+            log.info("%s: requests go through s3fs's client (rbackup's own does not serve %s)",
+                     redact_url(url), native)
+            fs = self._s3fs(options, config)
+            self._direct = DirectClient(s3fs_setup(fs, bucket), bucket, max_attempts=settings.max_attempts,
+                                        max_idle=idle)
+        else:
+            self._direct = DirectClient(native_setup(native, bucket), bucket, max_attempts=settings.max_attempts,
+                                        max_idle=idle)
+            self._native = NativeS3(self._direct, bucket, sign_payload=native.sign_payload)
         root = f"{bucket}/{prefix}" if prefix else bucket
         super().__init__(
             fs,
@@ -220,7 +244,8 @@ class S3Env(FsspecEnv):
         self.settings = settings
         self.part_budget = PartBudget(settings.parts_in_flight * settings.part_size)
         self.open_readers = OpenReaders(settings.concurrency)
-        self._direct = DirectGets(fs, bucket, max_attempts=settings.max_attempts, max_idle=settings.concurrency)
+        self._senders = concurrent.futures.ThreadPoolExecutor(settings.concurrency, "rbackup-s3-send")
+        """Threads sending parts in the background on the native client (started on first use)."""
         self._fetchers = concurrent.futures.ThreadPoolExecutor(settings.parts_in_flight, "rbackup-s3-fetch")
         """Threads fetching big objects' later segments ahead (started on first use): one per part
         buffer, since each fetch fills one."""
@@ -238,27 +263,65 @@ class S3Env(FsspecEnv):
             settings.part_size,
         )
 
+    native_capable = True
+    """Whether this class's requests are all ones the native client makes."""
+
     @classmethod
     def from_url(cls, url: str, storage_options: dict[str, Any] | None = None) -> S3Env:
         return cls(url, storage_options=storage_options)
+
+    @property
+    def fs(self) -> Any:
+        """s3fs's filesystem for this env's options.  On the native client nothing of rbackup's
+        uses it; it is made (and s3fs imported) only if someone asks, e.g. to look at the bucket."""
+        if self._fs is None:
+            self._fs = self._s3fs(*self._s3fs_options)
+        return self._fs
+
+    @fs.setter
+    def fs(self, value: Any) -> None:
+        self._fs = value
+
+    @staticmethod
+    def _s3fs(options: dict[str, Any], config: dict[str, Any]) -> Any:
+        """An s3fs client for these options (s3fs, aiobotocore and aiohttp imported only here)."""
+        import s3fs
+
+        register_part_payload()
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False, config_kwargs=config, **options)
+        fs.retries = S3FS_RETRIES
+        return fs
 
     # -- plumbing ----------------------------------------------------------------
     def _key(self, path: str) -> str:
         return self._full(path).partition("/")[2]
 
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
-        """One S3 API call on our bucket, with s3fs's and botocore's retries."""
-        return self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
+        """One S3 API call on our bucket (botocore's operation and parameter names), retried as
+        botocore's standard mode retries (and s3fs's loop around it, on that client)."""
+        if self._native is not None:
+            return self._native.call(method, **kwargs)
+        result: dict[str, Any] = self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
+        return result
 
     def _call_async(self, method: str, **kwargs: Any) -> concurrent.futures.Future[dict[str, Any]]:
-        """`_call`, started on s3fs's event loop without waiting for it (parts sent in parallel)."""
+        """`_call`, started without waiting for it (parts sent in parallel): on a sending thread
+        of the native client, or on s3fs's event loop."""
+        if self._native is not None:
+            return self._senders.submit(self._native.call, method, **kwargs)
+        import asyncio  # s3fs's client only: the native one never imports it
+
         return asyncio.run_coroutine_threadsafe(self.fs._call_s3(method, Bucket=self.bucket, **kwargs), self.fs.loop)
+
+    def _is_dir(self, full: str) -> bool:
+        """S3 has no directories (a missing key is NoSuchKey); s3fs's client may still say so."""
+        return self._native is None and super()._is_dir(full)
 
     def _open_for_read(self, full: str) -> Any:
         # One streaming GET; its ETag pins the version any resume may read
         # (If-Match), so a replaced object fails instead of splicing two versions.
         # A bare prefix has no object: NoSuchKey, i.e. not found.
-        # On blocking connections in the reading thread (`DirectGets`) unless the client's
+        # On blocking connections in the reading thread (`DirectClient`) unless the client's
         # configuration needs s3fs's own (a proxy, a client certificate, SSE-C, ...).
         key = full.partition("/")[2]
         what = f"read {self.describe(full[len(self._prefix):])}"
@@ -291,6 +354,8 @@ class S3Env(FsspecEnv):
         """Whether multipart uploads can be FULL_OBJECT ones: the client library knows the
         parameter (botocore 1.36 and later).  Older ones make composite checksums, which
         `verify --checksum` cannot use (it reads those files back)."""
+        if self._native is not None:
+            return True
         if self._full_object is None:
             model = self.fs.s3.meta.service_model.operation_model("CreateMultipartUpload")
             self._full_object = "ChecksumType" in model.input_shape.members
@@ -361,7 +426,10 @@ class S3Env(FsspecEnv):
         try:
             if self.stat(path).size != len(data):
                 return False
-            return not data or self.fs.cat_file(self._full(path), start=0, end=len(data)) == data
+            if not data:
+                return True
+            with self.open_read(path) as f:
+                return f.read(len(data) + 1) == data
         except (NotFound, FileNotFoundError):
             return False
         except Exception as exc:
@@ -407,7 +475,15 @@ class S3Env(FsspecEnv):
         with a HEAD of `top` and a second listing, to report `top` itself as a file or an empty
         "directory", both of which `list` drops: two more round trips for each empty prefix (a
         new backup directory's meta/ and lease directory, read twice by every first create).
-        Errors are s3fs's, as from `find` (a missing bucket: FileNotFoundError, NoSuchBucket)."""
+        Errors are s3fs's, as from `find` (a missing bucket: FileNotFoundError, NoSuchBucket);
+        the native client's are alike."""
+        if self._native is not None:
+            key = top.partition("/")[2]
+            return {f"{self.bucket}/{item['Key']}": {"name": f"{self.bucket}/{item['Key']}",
+                                                      "size": int(item.get("Size") or 0), "type": "file"}
+                    for item in self._native.list_objects(f"{key}/" if key else "")}
+        from fsspec.asyn import sync
+
         found = sync(self.fs.loop, self.fs._lsdir, top, delimiter="")
         return {info["name"]: info for info in found}
 

@@ -81,7 +81,10 @@ class ObjectLockSettings:
 
 
 class ObjectLockS3Env(S3Env):
-    """An S3Env that puts each uploaded backup object under Object Lock retention."""
+    """An S3Env that puts each uploaded backup object under Object Lock retention (on s3fs's
+    client: the native one does not make the retention calls)."""
+
+    native_capable = False
 
     def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None) -> None:
         options = dict(storage_options or {})

@@ -258,7 +258,10 @@ SEND_CHUNK = 256 * 2**10
 """Bytes of a part handed to the HTTP transport at a time (each awaits the socket's drain)."""
 
 
-def _register_part_payload() -> None:
+_payload_registered = False
+
+
+def register_part_payload() -> None:
     """Teach aiohttp to send a `PartBody` straight from its buffer.
 
     Left to itself, aiohttp reads a file-like body 64 KiB at a time through
@@ -267,7 +270,12 @@ def _register_part_payload() -> None:
     read-only view instead, each awaiting the transport's drain, so no copy
     of the part is made and backpressure holds.  Without a compatible
     aiohttp the generic file-object path is used: slower, still correct.
+    Called when an env takes s3fs's client (the native client sends the view itself).
     """
+    global _payload_registered
+    if _payload_registered:
+        return
+    _payload_registered = True
     try:
         from aiohttp import payload as aiohttp_payload
 
@@ -298,8 +306,6 @@ def _register_part_payload() -> None:
     except Exception as exc:  # pragma: no cover - depends on the installed aiohttp
         log.debug("aiohttp payload for part bodies not registered (%s); using the generic path", exc)
 
-
-_register_part_payload()
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """S3Env against a moto server over HTTP: the conformance kit, then what only S3 has
-(multipart publish, conditional PUT, lost responses, retries, bucket errors)."""
+(multipart publish, conditional PUT, lost responses, retries, bucket errors), each on
+both clients (`s3_client`: rbackup's native one and s3fs's)."""
 from __future__ import annotations
 
 import hashlib
@@ -22,10 +23,16 @@ from rbackup.env.registry import open_env
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StorageError
 from rbackup.testing import BackendConformance
 from rbackup.testing.env_contract import _pattern, race_for_one_winner
-from tests.s3_fixtures import Fault, FaultyS3, Overlap
+from tests.s3_fixtures import S3_CLIENTS, Fault, FaultyS3, Overlap
 
 MiB = 2**20
 SMALL_PARTS = {"part_size": 5 * MiB}
+
+
+@pytest.fixture(params=S3_CLIENTS)
+def s3_client(request: pytest.FixtureRequest) -> str:
+    """Every test here on both clients."""
+    return str(request.param)
 
 
 def _client(options: dict[str, Any]) -> Any:
@@ -436,8 +443,11 @@ def test_part_bodies_are_not_copied(s3_bucket_url: tuple[str, dict[str, Any]], m
     env.write_bytes("p", data)
     assert len(bodies) == 3
     assert all(isinstance(b, rbackup_s3.upload.PartBody) for b in bodies)
-    from aiohttp.payload import PAYLOAD_REGISTRY  # sent from the buffer, not through a thread pool
-    assert type(PAYLOAD_REGISTRY.get(rbackup_s3.upload.PartBody(memoryview(b"x")))).__name__ == "PartPayload"
+    if env._native is not None:  # the view itself goes to the socket
+        assert rbackup_s3.operations._bytes_of(bodies[0]).obj is bodies[0].whole().obj
+    else:
+        from aiohttp.payload import PAYLOAD_REGISTRY  # sent from the buffer, not through a thread pool
+        assert type(PAYLOAD_REGISTRY.get(rbackup_s3.upload.PartBody(memoryview(b"x")))).__name__ == "PartPayload"
     assert env.read_bytes("p", len(data)) == data
 
 
@@ -574,13 +584,35 @@ def test_a_big_file_replaced_while_its_segments_are_fetched_is_an_error(s3_fault
                                                   (None, False)])
 def test_bodies_are_sha256_signed_only_without_tls(endpoint: str | None, signed: bool,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Over TLS the CRC-32C header of each upload stands in for a SHA-256 of its body, as botocore
-    decides for its own checksums; over plain HTTP botocore signs the body; the user's choice wins."""
+    """On s3fs's client: over TLS the CRC-32C header of each upload stands in for a SHA-256 of its
+    body, as botocore decides for its own checksums; over plain HTTP botocore signs the body; the
+    user's choice wins.  The native client never hashes a data body unless asked: the signed
+    CRC-32C header covers it, over TLS or not (`test_unsigned_payloads_are_accepted` shows the
+    three servers take it)."""
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
     options = {} if endpoint is None else {"endpoint_url": endpoint}
+    if endpoint is not None:
+        native = S3Env("s3://bucket/db", storage_options=options)._native
+        assert native is not None and native._sign_payload is False
+        asked = S3Env("s3://bucket/db", storage_options={**options, "config_kwargs": {
+            "s3": {"payload_signing_enabled": True}}})._native
+        assert asked is not None and asked._sign_payload is True
+    options["client"] = "s3fs"
     config = S3Env("s3://bucket/db", storage_options=options).fs.config_kwargs
     assert config.get("s3", {}).get("payload_signing_enabled", True) is signed
     explicit = S3Env("s3://bucket/db", storage_options={**options, "config_kwargs": {
         "s3": {"payload_signing_enabled": True}}}).fs.config_kwargs
     assert explicit["s3"]["payload_signing_enabled"] is True
+
+
+def test_a_completion_failing_after_its_200_is_retried(s3_faulty: FaultyS3) -> None:
+    """CompleteMultipartUpload can answer 200 and then an <Error> document: an InternalError there is
+    retried (as botocore does), and the object is whole."""
+    fault = s3_faulty.injector.add(Fault("error", method="POST", query="uploadId", status=200, code="InternalError",
+                                         message="We encountered an internal error.", times=1))
+    env = S3Env(s3_faulty.url, storage_options={**s3_faulty.storage_options, **SMALL_PARTS})
+    data = _pattern(11 * MiB, seed=7)
+    env.write_bytes("big", data)
+    assert fault.fired == 1
+    assert env.read_bytes("big", len(data)) == data

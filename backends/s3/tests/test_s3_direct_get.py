@@ -1,4 +1,4 @@
-"""S3 reads on blocking connections (`DirectGets`, `BlockingS3Reader`) against moto: the
+"""S3 reads on blocking connections (`DirectClient`, `BlockingS3Reader`) against moto: the
 configurations they serve and those left to s3fs's client, error mapping, retries, refreshed
 credentials and TLS settings."""
 from __future__ import annotations

@@ -30,6 +30,7 @@ from rbackup.lock import LEASE_DIR
 from rbackup.testing import BackendConformance
 from rbackup.testing.env_contract import _pattern
 from tests.crash_worker import ROOT
+from tests.s3_fixtures import S3_CLIENTS
 from tests.s3_servers import S3Store, make_store
 
 MiB = 2**20
@@ -38,10 +39,16 @@ BEST_EFFORT = {"conditional_writes": False}
 
 
 class TestSeaweedFSContract(BackendConformance):
+    """The kit on both clients (rbackup's native one and s3fs's)."""
+
     large_file_size = 12 * MiB  # with 5 MiB parts: a three-part upload
 
+    @pytest.fixture(params=S3_CLIENTS)
+    def s3_client(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
     @pytest.fixture(autouse=True)
-    def _store(self, request: pytest.FixtureRequest) -> Iterator[None]:
+    def _store(self, request: pytest.FixtureRequest, s3_client: str) -> Iterator[None]:
         for self.store in make_store(request, "seaweedfs"):
             yield
 
@@ -56,7 +63,7 @@ class TestS3rverBestEffortContract(TestSeaweedFSContract):
     large_file_size = 6 * MiB
 
     @pytest.fixture(autouse=True)
-    def _store(self, request: pytest.FixtureRequest) -> Iterator[None]:
+    def _store(self, request: pytest.FixtureRequest, s3_client: str) -> Iterator[None]:
         for self.store in make_store(request, "s3rver"):
             yield
 
