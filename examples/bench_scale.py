@@ -36,7 +36,8 @@ and the 20 backups are kept and reused.
 Peak RSS: rbackup children report VmHWM from /proc/self/status (the mm's own high-water mark); rbpeer runs
 under a small Python launcher that reports the child's `ru_maxrss` from wait4 (Linux folds the launcher's
 ~10 MB into it at exec, below rbpeer's own figure).  --profile also runs cProfile and tracemalloc over one
-read-only open + list of the first shape in this process and prints the top entries.
+read-only open + list of the first shape in this process, and cProfile over one more (untimed) service
+`create_new_backup`, and prints the top entries.
 """
 from __future__ import annotations
 
@@ -418,7 +419,8 @@ def db_options():
     return opts
 
 
-def measure_incremental(work: str, peer: Peer, ssts: int, keep: int, reps: int) -> list[Row]:
+def measure_incremental(work: str, peer: Peer, ssts: int, keep: int, reps: int,
+                        profiles: list[str] | None = None) -> list[Row]:
     import rocksdict
 
     from rbackup import BackupableDBOptions, BackupEngine
@@ -477,7 +479,7 @@ def measure_incremental(work: str, peer: Peer, ssts: int, keep: int, reps: int) 
             f"{ours[-1]['create']['seconds']:.3f} s, cpu {ours[-1]['create']['cpu']:.3f} s), "
             f"in a fresh process {cold[-1]['seconds']:.3f} s (cpu {cold[-1]['cpu']:.3f} s), "
             f"rbpeer {theirs[-1]['seconds']:.3f} s (+ open {theirs[-1]['open_seconds']:.3f} s)")
-    service = measure_service(db_path, root, reps)
+    service = measure_service(db_path, root, reps, profiles)
     # rbpeer reports CreateNewBackup's wall time only
     peer = med([{"seconds": r["seconds"]} for r in theirs])
     shape = f"real DB of {ssts:,} SSTs, {keep} backups kept"
@@ -492,11 +494,12 @@ def measure_incremental(work: str, peer: Peer, ssts: int, keep: int, reps: int) 
                 "`rbpeer backup DB DIR`, `CreateNewBackup` only", peer)]
 
 
-def measure_service(db_path: str, root: str, reps: int) -> list[dict]:
+def measure_service(db_path: str, root: str, reps: int, profiles: list[str] | None = None) -> list[dict]:
     """The case issue 15 names: a service that keeps its Rdict and its engine open and backs up every few
     minutes.  Its own block, not interleaved with the others: they open the DB themselves, and RocksDB lets
     one handle at a time have it.  Each new backup is deleted again by the same engine (untimed), so the
-    next create reloads a directory this engine changed, as after a retention purge."""
+    next create reloads a directory this engine changed, as after a retention purge.  With `profiles`, one
+    more create runs under cProfile (untimed) and its profile is added there."""
     import rocksdict
 
     from rbackup import BackupableDBOptions, BackupEngine
@@ -513,6 +516,16 @@ def measure_service(db_path: str, root: str, reps: int) -> list[dict]:
                 engine.delete_backup(new_id)
                 say(f"service (Rdict and engine kept open): create_new_backup {runs[-1]['seconds']:.3f} s "
                     f"(cpu {runs[-1]['cpu']:.3f} s)")
+            if profiles is not None:
+                prof = cProfile.Profile()
+                prof.enable()
+                new_id = engine.create_new_backup(db)
+                prof.disable()
+                engine.delete_backup(new_id)
+                out = io.StringIO()
+                pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(15)
+                profiles.append(f"### profile: service `create_new_backup`, {os.path.basename(db_path)}\n\n"
+                                f"```\n{out.getvalue()}```\n")
     finally:
         db.close()
     return runs
@@ -595,7 +608,8 @@ def main(argv: list[str] | None = None) -> None:
             generate(root, shape)
         rows += measure_s3(root, shape, args.reps)
     if args.incremental_ssts:
-        rows += measure_incremental(work, peer, args.incremental_ssts, args.keep, args.reps)
+        rows += measure_incremental(work, peer, args.incremental_ssts, args.keep, args.reps,
+                                    profiles if args.profile else None)
 
     print(f"\nbench_scale: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, "
           f"Python {sys.version.split()[0]}, medians of {args.reps}, churn {args.churn:.0%} per backup\n")

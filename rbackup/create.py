@@ -41,7 +41,7 @@ from .format.naming import (
     private_file_path,
 )
 from .lock import WriterLock
-from .namingcache import PROCESS_CACHE, identity
+from .namingcache import PROCESS_CACHE, pinned_identities
 from .options import BackupableDBOptions, ExcludeFilesCallback, MaybeExcludeBackupFile, ProgressCallback
 from .osutil import advise_sequential
 from .plan import (
@@ -148,6 +148,9 @@ class _Attempt:
     written: list[str] = field(default_factory=list)
     """Files this attempt published: the only ones its cleanup may delete."""
     written_lock: threading.Lock = field(default_factory=threading.Lock)
+    held_facts: dict[str, NamingFacts] = field(default_factory=dict)
+    """The naming facts of the SSTs the snapshot left unpinned (`_already_held`), found then through
+    the very stat their `SourceFile` carries: naming them again would look up the same key."""
 
     def __post_init__(self) -> None:
         self.buffers = Buffers.for_store(self.options.io_buffer_size, self.env.capabilities)
@@ -218,28 +221,32 @@ def _already_held(attempt: _Attempt, referenced: dict[str, tuple[int, int | None
     def held(candidates: list[tuple[str, int, os.stat_result]]) -> set[str]:
         if not (options.share_table_files and options.share_files_with_checksum):
             return set()
-        known = PROCESS_CACHE.known([identity(name, size, st) for name, size, st in candidates])
-        reused = set()
+        known = PROCESS_CACHE.known(pinned_identities(candidates))
+        reused = attempt.held_facts
+        reused.clear()  # a snapshot that looks again asks again
         for (name, size, _), facts in zip(candidates, known, strict=True):
             if facts is None:
                 continue
             found = referenced.get(shared_checksum_dest(name, size, facts.session_id, facts.crc32c))
             if (found is not None and found[0] == size and found[1] is not None
                     and (facts.crc32c is None or facts.crc32c == found[1])):
-                reused.add(name)
-        return reused
+                reused[name] = facts
+        return set(reused)
 
     return held
 
 
 def _gather_naming_facts(attempt: _Attempt, files: list[SourceFile]) -> dict[str, NamingFacts]:
     """Session ids (and CRCs where a legacy name needs one) of the files the naming rule asks
-    about, read in parallel unless this process read them before (`namingcache`): file name -> facts."""
+    about, read in parallel unless this process read them before (`namingcache`): file name -> facts.
+    The SSTs the snapshot left unpinned come with theirs (`_Attempt.held_facts`)."""
     options = attempt.options
-    to_name = [f for f in files if needs_naming_facts(f, share_table_files=options.share_table_files,
-                                                      share_files_with_checksum=options.share_files_with_checksum)]
-    return PROCESS_CACHE.facts(to_name, lambda unknown: run_parallel(
+    held = attempt.held_facts
+    to_name = [f for f in files if f.name not in held and needs_naming_facts(
+        f, share_table_files=options.share_table_files, share_files_with_checksum=options.share_files_with_checksum)]
+    found = PROCESS_CACHE.facts(to_name, lambda unknown: run_parallel(
         unknown, lambda f: _naming_facts(f, attempt.buffers, attempt.log), attempt.workers, attempt.stop))
+    return found | held if found else dict(held)
 
 
 def _plan(attempt: _Attempt, files: list[SourceFile], side_files: list[SourceFile], facts: dict[str, NamingFacts],

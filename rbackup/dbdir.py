@@ -28,7 +28,7 @@ _WAL_NAME = re.compile(r"(\d+)\.log")
 _BATCH_HEADER = 12  # WriteBatch: fixed64 sequence, fixed32 count
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LiveFile:
     name: str
     path: str

@@ -71,6 +71,8 @@ class BackupEngine:
         self._unchanged: BackupState | None = None
         """The last state loaded, while nothing this engine did can have changed it: the next load
         returns it if the directory lists the same files (`load_state`'s `unchanged`)."""
+        self._known_sizes: dict[str, int] | None = None
+        """The last load's `stable_sizes`: the next listing takes them as known, a `stat` each saved."""
         self._closed = False
         self._held: WriterLock | None = None
         """The writer lock while an operation holds it."""
@@ -124,8 +126,11 @@ class BackupEngine:
         # Meta files are a round trip each on a remote store: the store declares how many
         # to fetch at once (`Capabilities.concurrency`; 1 on local disk, where parsing holds
         # the GIL and one thread is 30% faster).
-        return load_state(self.env, max_valid=max_valid, workers=self.env.capabilities.concurrency, logger=self._log,
-                          cache=self._meta_cache, unchanged=unchanged)
+        state = load_state(self.env, max_valid=max_valid, workers=self.env.capabilities.concurrency,
+                           logger=self._log, cache=self._meta_cache, unchanged=unchanged, known_sizes=self._known_sizes,
+                           keep_sizes=not self.read_only)
+        self._known_sizes = state.stable_sizes
+        return state
 
     def _check_open(self) -> None:
         if self._closed:

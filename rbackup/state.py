@@ -21,10 +21,11 @@ from operator import attrgetter
 from .env.base import BackupEnv
 from .errors import BackupError, Corruption, FileTooLarge, NotFound, NotSupported, PermissionDenied
 from .format.meta import MAX_META_FILE_SIZE, BackupMeta, EntryList, EntryTable, parse_meta
-from .format.naming import ENCRYPTION_MARKER, META_DIR, meta_path, parse_backup_id
+from .format.naming import ENCRYPTION_MARKER, META_DIR, PRIVATE_DIR, SHARED_CHECKSUM_DIR, meta_path, parse_backup_id
 from .lock import is_lock_file
 
 _PATH, _CRC = attrgetter("path"), attrgetter("crc32c")
+_SHARED_CHECKSUM = SHARED_CHECKSUM_DIR + "/"
 
 
 @dataclass
@@ -101,6 +102,13 @@ class BackupState:
     """Valid and corrupt backups by id."""
     latest_backup_id: int
     """Highest meta id seen, corrupt ones included: the next backup gets this + 1."""
+    stable_sizes: dict[str, int] = field(default_factory=dict)
+    """Sizes this load found, as their meta lines say, for the `shared_checksum/` files meta files
+    name: what the next load of the same engine may take as known (`BackupEnv.list_sizes`).  Why
+    these: such a name fixes the file's bytes (the SST's DB session id and number, or its CRC-32C
+    and size), files are published whole and never written in place, so while the name is listed
+    its size stands; a file found at another size than its line says is left out, so a copy that
+    replaces it is measured again."""
 
     @property
     def valid(self) -> list[LoadedBackup]:
@@ -185,37 +193,65 @@ class MetaCache:
 
 class _FileCheck:
     """Each distinct entry checked against the listing once per load, however many
-    backups name it; a backup is then checked with one C pass over its indices."""
+    backups name it; a backup is then checked with one C pass over its indices, and only
+    if a bad entry can be one of its own: a bad shared entry, or a bad private entry of its id
+    (a private line is only ever in its own backup's meta file, `parse_meta`).  The private files
+    of a backup deleted since the table learnt them are bad (gone) until the table is compacted,
+    and must not cost every other backup a pass."""
 
-    def __init__(self, table: EntryTable, listing: dict[str, int]) -> None:
+    def __init__(self, table: EntryTable, listing: dict[str, int], *, stable: bool = False) -> None:
         self.table = table
         self.listing = listing
         self.sizes = array("q")
         """Store size by entry index; 0 for excluded and missing entries."""
         self.bad: dict[int, str] = {}
+        self._bad_owners: set[int | None] = set()
+        """Whose the bad entries are: a private entry's backup id, None for a shared one."""
+        self.stable: dict[str, int] | None = {} if stable else None
+        """`BackupState.stable_sizes`: path -> size of the shared_checksum entries found as their lines say
+        (kept for writers only: a read-only engine never loads again)."""
 
     def _catch_up(self) -> None:
-        entries, listing, sizes, bad = self.table.entries, self.listing, self.sizes, self.bad
+        entries, listing, sizes, bad, stable = self.table.entries, self.listing, self.sizes, self.bad, self.stable
         for i in range(len(sizes), len(entries)):
             entry = entries[i]
             size = 0 if entry.excluded else listing.get(entry.path)
             if size is None:
                 bad[i] = f"{entry.path} is named in the meta file but not found"
+                self._bad_owners.add(_private_owner(entry.path))
                 size = 0
             elif entry.size is not None and entry.size != size and not entry.excluded:
                 bad[i] = f"{entry.path} is {size} bytes, the meta file says {entry.size}"
+                self._bad_owners.add(_private_owner(entry.path))
+            elif stable is not None and not entry.excluded and entry.path.startswith(_SHARED_CHECKSUM):
+                stable[entry.path] = size
             sizes.append(size)
+
+    def finish(self) -> None:
+        """Every entry looked at, the ones no loaded backup asked about too, and `stable` without
+        a file that any line found at another size (another, sizeless, line may have let it in)."""
+        self._catch_up()
+        entries, stable = self.table.entries, self.stable
+        if stable is not None:
+            for i in self.bad:
+                stable.pop(entries[i].path, None)
 
     def check(self, backup_id: int, meta: BackupMeta) -> tuple[BackupError | None, Mapping[str, int]]:
         """(why the backup is corrupt or None, its sizes)."""
         files = meta.files
         assert isinstance(files, EntryList) and files.table is self.table
         self._catch_up()
-        bad = self.bad
-        if bad and any(map(bad.__contains__, files.indices)):
+        bad, owners = self.bad, self._bad_owners
+        if (None in owners or backup_id in owners) and any(map(bad.__contains__, files.indices)):
             first = next(i for i in files.indices if i in bad)
             return Corruption(f"backup {backup_id}: {bad[first]}"), {}
         return None, StoreSizes(files, self.sizes)
+
+
+def _private_owner(path: str) -> int | None:
+    """The backup id of a `private/<id>/...` path, None for any other (a shared file)."""
+    top, _, rest = path.partition("/")
+    return parse_backup_id(rest.partition("/")[0]) if top == PRIVATE_DIR else None
 
 
 _Fetched = BackupMeta | BackupError | bytes | None
@@ -224,7 +260,8 @@ _Fetched = BackupMeta | BackupError | bytes | None
 
 def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8,
                logger: logging.Logger | None = None, cache: MetaCache | None = None,
-               unchanged: BackupState | None = None) -> BackupState:
+               unchanged: BackupState | None = None, known_sizes: Mapping[str, int] | None = None,
+               keep_sizes: bool = False) -> BackupState:
     """Load the directory: newest backup first, each meta file parsed as soon as it
     is read (up to `workers` reads in flight), stopping after `max_valid` valid
     backups, so opening the newest N costs N meta files, not all of them.
@@ -232,20 +269,24 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
     `unchanged`: a state this engine loaded (with `max_valid` None) and has not changed since;
     its backups are kept if the directory still lists exactly the same files and sizes (meta files
     are immutable once committed, so the same listing loads to the same state), which saves
-    checking every file of every backup again when a writer reloads under its lock."""
+    checking every file of every backup again when a writer reloads under its lock.
+
+    `known_sizes`: the `stable_sizes` of this engine's previous load, which the listing takes as
+    known instead of asking the store for each (`BackupEnv.list_sizes`; on local disk a `stat` each);
+    `keep_sizes`: fill this load's `stable_sizes` (a writer, which loads again under its lock)."""
     log = logger or logging.getLogger("rbackup")
     cache = cache if cache is not None else MetaCache()
     # meta/ on its own, first: a backup whose meta file shows here was committed, files and
     # all, before the full listing starts, so a commit racing that (non-atomic) listing is
     # missed whole rather than seen without its files, i.e. as a corrupt backup.
     committed = {fi.path for fi in env.list(META_DIR)}
-    listing = {fi.path: fi.size for fi in env.list("")}
+    listing = env.list_sizes("", known=known_sizes)
     if ENCRYPTION_MARKER in listing:  # an EncryptedEnv hides its marker: this env cannot decrypt
         raise PermissionDenied(f"{env.describe()} is encrypted ({ENCRYPTION_MARKER} found): open it with its key, "
                                "the storage option encryption_key_file=PATH")
     if unchanged is not None and max_valid is None and _same_files(unchanged.listing, listing):
         # new dicts: the writer may drop entries from its state while a reader still walks the old one
-        return BackupState(listing, dict(unchanged.backups), unchanged.latest_backup_id)
+        return BackupState(listing, dict(unchanged.backups), unchanged.latest_backup_id, unchanged.stable_sizes)
     ids: dict[int, int] = {}
     for path in committed:
         size = listing.get(path)
@@ -270,7 +311,7 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
     with cache.lock:
         for gone in [i for i in cache.metas if i not in ids]:
             del cache.metas[gone]
-        check = _FileCheck(cache.table, listing)
+        check = _FileCheck(cache.table, listing, stable=keep_sizes)
         backups: dict[int, LoadedBackup] = {}
 
         def load(backup_id: int, fetched: _Fetched) -> bool:
@@ -302,8 +343,9 @@ def load_state(env: BackupEnv, *, max_valid: int | None = None, workers: int = 8
         kept = _load_newest_first(newest_first, cached, read, load, max_valid, workers)
         for backup_id in newest_first[kept:]:
             backups.pop(backup_id, None)  # read ahead of the cut: read-only engines see the newest N valid only
+        check.finish()
         cache.compact_if_due()
-    return BackupState(listing, backups, max(ids, default=0))
+    return BackupState(listing, backups, max(ids, default=0), check.stable if check.stable is not None else {})
 
 
 def _same_files(a: dict[str, int], b: dict[str, int]) -> bool:

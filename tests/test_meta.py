@@ -16,6 +16,8 @@ from rbackup.format.meta import (
     TEMPERATURES,
     BackupMeta,
     MetaFileEntry,
+    _checked_lines,
+    _plain_lines,
     parse_meta,
     serialize_meta,
 )
@@ -175,6 +177,28 @@ def test_metadata_too_large() -> None:
 def test_writer_rejects(meta: BackupMeta, version: int) -> None:
     with pytest.raises(InvalidArgument):
         serialize_meta(meta, version)
+
+
+def test_the_bulk_check_of_plain_entries_accepts_nothing_the_entry_checks_refuse() -> None:
+    """serialize_meta checks a backup's plain entries (path and CRC-32C only) all at once with C
+    loops, and falls back to the entry-by-entry checks otherwise: same bytes, same refusals."""
+    plain = [MetaFileEntry(f"shared_checksum/{i:06d}_sSESSION_{i}.sst", i * 7919 % (1 << 32)) for i in range(500)]
+    plain += [MetaFileEntry("private/3/MANIFEST-000010", 0), MetaFileEntry("private/3/CURRENT", (1 << 32) - 1)]
+    assert _plain_lines(plain) == _checked_lines(plain, 1)[0] == _checked_lines(plain, 2)[0]
+    refused = [
+        [MetaFileEntry(SST, True)],  # a bool is no CRC
+        [MetaFileEntry(SST, -1)], [MetaFileEntry(SST, 1 << 32)], [MetaFileEntry(SST, None)],
+        [MetaFileEntry(b"shared_checksum/x_s1.sst", 1)],  # type: ignore[arg-type]
+        [MetaFileEntry(SST, 1), MetaFileEntry(SST, 1)],
+        [MetaFileEntry(SST, 1), MetaFileEntry(SST, 2)],
+        [MetaFileEntry("private/1/000012.sst", 1), MetaFileEntry("shared/000012.sst", 1)],
+        [MetaFileEntry("private/1/x", 1), MetaFileEntry("private/2/y", 1)],
+        [MetaFileEntry("private/1/a b", 1)], [MetaFileEntry("../x", 1)],
+        [MetaFileEntry(SST, 1, size=5)], [MetaFileEntry(SST, 1, temperature="kWarm")],
+        [MetaFileEntry(SST, 1, excluded=True)],
+    ]
+    for files in refused:
+        assert _plain_lines(plain + files) is None, files
 
 
 # --------------------------------------------------------------------------- reader: lines and header

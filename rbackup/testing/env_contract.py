@@ -42,6 +42,7 @@ PATH_METHODS: dict[str, Callable[[BackupEnv, str], object]] = {
     "stat": lambda env, p: env.stat(p),
     "delete": lambda env, p: env.delete([p]),
     "list": lambda env, p: env.list(p),
+    "list_sizes": lambda env, p: env.list_sizes(p),
     "makedirs": lambda env, p: env.makedirs(p),
     "remove_dir": lambda env, p: env.remove_dir(p),
     "read_bytes": lambda env, p: env.read_bytes(p, 10),
@@ -364,6 +365,17 @@ class BackupEnvContract:
         assert self.paths(env, "a/") == ["a/1", "a/b/2", "a/b/c/3"]
         assert self.infos(env, "a/b") == [FileInfo("a/b/2", 2), FileInfo("a/b/c/3", 3)]
 
+    def test_list_sizes_is_the_listing_and_known_sizes_never_hide_a_name(self, env: BackupEnv) -> None:
+        """`list_sizes` is `list` as a dict; the sizes a caller says it knows may stand in for asking
+        the store, but a name no longer there is never listed and a new name is measured."""
+        files = {"a/1": 1, "a/b/2": 2, "ab/4": 4, "z": 6}
+        for path, size in files.items():
+            env.write_bytes(path, b"x" * size)
+        assert env.list_sizes("") == {fi.path: fi.size for fi in env.list("")} == files
+        assert env.list_sizes("a") == {"a/1": 1, "a/b/2": 2}
+        assert env.list_sizes("nothing/here") == {}
+        assert env.list_sizes("", known={"a/1": 1, "gone": 3, "z": 6}) == files
+
     def test_list_prefix_is_a_directory_not_a_string_prefix(self, env: BackupEnv) -> None:
         env.write_bytes("private/1/CURRENT", b"1")
         env.write_bytes("private/10/CURRENT", b"10")
@@ -478,7 +490,7 @@ class BackupEnvContract:
         assert env.list("") == []
 
     @pytest.mark.parametrize(
-        "method", sorted(set(PATH_METHODS) - {"list", "makedirs", "remove_dir"})
+        "method", sorted(set(PATH_METHODS) - {"list", "list_sizes", "makedirs", "remove_dir"})
     )
     def test_rejects_empty_file_name(self, env: BackupEnv, method: str) -> None:
         """"" names the root directory, never a file."""
