@@ -5,7 +5,8 @@ engine (a read-only one for list, verify and restore, so they can never write
 to the backup directory), calls one API method and prints the result.  What
 it adds is the shell contract: one `rbackup: error: ...` line and a
 meaningful exit code for every failure, a tqdm progress bar on terminals, and
-Ctrl-C handling that says what an interruption left behind.  Formatting lives
+Ctrl-C handling that says what an interruption left behind (SIGTERM and SIGHUP, a
+service manager stopping the job or its terminal closing, unwind the same way).  Formatting lives
 in `cli_format`, which is pure and unit-tested.
 """
 from __future__ import annotations
@@ -15,8 +16,10 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 import textwrap
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -66,6 +69,56 @@ PROGRESS_INTERVAL = MiB
 
 class Interrupted(Exception):
     """Ctrl-C arrived; the message says what that left behind."""
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived.  It is a KeyboardInterrupt so that it unwinds every
+    operation exactly as Ctrl-C does (the attempt's files removed, the writer lock or
+    S3 lease released), instead of dying where it stands: a killed writer is crash
+    safe too, but its lease would hold the next writer off for `lock_ttl`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    # One-shot: a second signal while the first one unwinds kills at once, as an operator
+    # sending it twice (or a service manager escalating) means; the directory is crash safe.
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_DFL)
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _stop_signals_unwind() -> Iterator[None]:
+    """Install the SIGTERM/SIGHUP handler for one command, where the signal still has its
+    default meaning (a caller that ignores it, `nohup` for SIGHUP, keeps its choice) and
+    where Python allows handlers (the main thread); put back what was there after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ours = [stop for stop in STOP_SIGNALS if signal.getsignal(stop) is signal.SIG_DFL]
+    for stop in ours:
+        signal.signal(stop, _raise_stopped)
+    try:
+        yield
+    finally:
+        for stop in ours:
+            signal.signal(stop, signal.SIG_DFL)
+
+
+def _stopped_by(exc: BaseException | None) -> Stopped | None:
+    """The Stopped an interruption started from, wherever the library wrapped it."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, Stopped):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 # -- plumbing ---------------------------------------------------------------------------
@@ -121,9 +174,17 @@ def _configure_logging(verbosity: int) -> None:
     root.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
 
 
-def _interrupted(message: str, exc: BaseException) -> NoReturn:
-    click.echo(message, err=True)
-    raise click.exceptions.Exit(EXIT_INTERRUPTED) from exc
+def _report_interruption(consequence: str, exc: BaseException) -> int:
+    """Print `rbackup: interrupted[: what it left]` and return 130; after SIGTERM or SIGHUP
+    `rbackup: stopped by SIGTERM[: ...]` and 128 + the signal, as a shell reports it."""
+    stopped = _stopped_by(exc)
+    what = f"stopped by {signal.Signals(stopped.signum).name}" if stopped else "interrupted"
+    click.echo(f"rbackup: {what}{': ' + consequence if consequence else ''}", err=True)
+    return 128 + stopped.signum if stopped else EXIT_INTERRUPTED
+
+
+def _interrupted(consequence: str, exc: BaseException) -> NoReturn:
+    raise click.exceptions.Exit(_report_interruption(consequence, exc)) from exc
 
 
 def _fail(exc: Exception, verbose: int) -> NoReturn:
@@ -152,12 +213,12 @@ def _report_failures(fn: Callable[..., None]) -> Callable[..., None]:
         except (click.exceptions.Exit, click.ClickException, BrokenPipeError):
             raise
         except Interrupted as exc:
-            _interrupted(f"rbackup: interrupted: {exc}", exc)
+            _interrupted(str(exc), exc)
         except KeyboardInterrupt as exc:
-            _interrupted("rbackup: interrupted", exc)
+            _interrupted("", exc)
         except Exception as exc:
             if _is_interrupt(exc):
-                _interrupted("rbackup: interrupted", exc)
+                _interrupted("", exc)
             _fail(exc, verbose)
 
     return click.option("-v", "--verbose", count=True,
@@ -696,7 +757,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     failure, come out as one `rbackup: error:` line.
     """
     try:
-        return cli.main(args=argv, prog_name="rbackup", standalone_mode=False) or 0
+        with _stop_signals_unwind():
+            return cli.main(args=argv, prog_name="rbackup", standalone_mode=False) or 0
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         _print_error(f"{exc.format_message().rstrip('.')}{hint}")
@@ -704,9 +766,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as exc:
         _print_error(exc.format_message())
         return exc.exit_code
-    except click.Abort:  # Ctrl-C while click itself was parsing
-        click.echo("rbackup: interrupted", err=True)
-        return EXIT_INTERRUPTED
+    except click.Abort as exc:  # Ctrl-C (or SIGTERM) while click itself was parsing
+        return _report_interruption("", exc)
     except BrokenPipeError:  # `rbackup list | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail
         return EXIT_FAILED

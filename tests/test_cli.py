@@ -361,6 +361,51 @@ def test_ctrl_c_and_a_second_writer(tmp_path):
     assert read_all(str(target)) == written
 
 
+def stop_when(condition, proc: subprocess.Popen, what: str, signum: int) -> tuple[str, str]:
+    wait_for(condition, proc, what)
+    proc.send_signal(signum)
+    return proc.communicate(timeout=60)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_service_manager_stopping_create_leaves_the_directory_as_it_was(tmp_path, signum):
+    """systemd, Kubernetes and a closed terminal stop a job with SIGTERM or SIGHUP, not Ctrl-C:
+    the create unwinds as after Ctrl-C (its temp files removed) and exits 128 + the signal."""
+    db = tmp_path / "db"
+    make_db(db)
+    bdir = str(tmp_path / "backups")
+    ok("create", "--db", str(db), "--backup-dir", bdir, "-q")
+    make_db(db, 8000, prefix="big", value_size=4096, seed=3)  # ~32 MiB at 1 MiB/s
+    before = files_under(bdir)
+
+    proc = subprocess.Popen([RBACKUP, "create", "--db", str(db), "--backup-dir", bdir, "--rate-limit", "1M"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    out, err = stop_when(lambda: any(n.endswith(".tmp") for n in os.listdir(Path(bdir, "shared_checksum"))),
+                         proc, "the copy", signum)
+
+    name = signal.Signals(signum).name
+    assert (proc.returncode, out) == (128 + signum, ""), err
+    assert err == f"rbackup: stopped by {name}: no backup was created; the backup directory is unchanged\n"
+    assert files_under(bdir) == before
+    assert ok("create", "--db", str(db), "--backup-dir", bdir).stdout == "2\n"
+
+
+def test_a_stop_signal_the_caller_ignores_stays_ignored(tmp_path):
+    """`nohup rbackup create ...` must outlive its terminal: an ignored SIGHUP is the caller's choice."""
+    db = tmp_path / "db"
+    make_db(db)
+    make_db(db, 2000, prefix="big", value_size=4096, seed=3)  # ~8 MiB at 4 MiB/s
+    bdir = str(tmp_path / "backups")
+    proc = subprocess.Popen([RBACKUP, "create", "--db", str(db), "--backup-dir", bdir, "--rate-limit", "4M"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    out, err = stop_when(lambda: Path(bdir, "shared_checksum").is_dir()
+                         and any(n.endswith(".tmp") for n in os.listdir(Path(bdir, "shared_checksum"))),
+                         proc, "the copy", signal.SIGHUP)
+    assert (proc.returncode, out) == (0, "1\n") and err.startswith("created backup 1 in "), err
+    ok("verify", "--backup-dir", bdir, "--checksum")
+
+
 # -- what a command imports ---------------------------------------------------------------
 # Start-up is most of a small backup's cost (a `create` to S3 is measured against s5cmd, which
 # starts in 10 ms): a command must not import what it does not use.  No timing here, only which
@@ -462,3 +507,37 @@ def test_s3_end_to_end(closed_db, s3_bucket_url, tmp_path):
 
     missing = failed(1, "list", "--backup-dir", "s3://no-such-bucket-rbk/x", *with_o)
     assert "no-such-bucket-rbk" in missing
+
+
+def test_sigterm_on_s3_releases_the_lease_for_the_next_writer(tmp_path, s3_bucket_url):
+    """A writer killed on S3 holds its lease until `lock_ttl` (5 minutes by default) runs out;
+    one stopped by SIGTERM unwinds, removes what it published and releases the lease, so the
+    next scheduled run need not wait."""
+    import boto3
+
+    db = tmp_path / "db"
+    make_db(db)
+    url, storage_options = s3_bucket_url
+    bdir = f"{url}/app"
+    endpoint = storage_options["endpoint_url"]
+    env = cli_env(AWS_ENDPOINT_URL=endpoint)
+    bucket = url.removeprefix("s3://")
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+    def keys() -> set[str]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="app/")
+        return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+    ok("create", "--db", str(db), "--backup-dir", bdir, "-q", env=env)
+    make_db(db, 8000, prefix="big", value_size=4096, seed=3)  # ~32 MiB at 1 MiB/s
+    before = keys()
+
+    proc = subprocess.Popen([RBACKUP, "create", "--db", str(db), "--backup-dir", bdir, "--rate-limit", "1M"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    out, err = stop_when(lambda: any("/rbackup.lock.d/" in k for k in keys() - before), proc, "the lease",
+                         signal.SIGTERM)
+
+    assert (proc.returncode, out) == (128 + signal.SIGTERM, ""), err
+    assert err.startswith("rbackup: stopped by SIGTERM: no backup was created"), err
+    assert {k for k in keys() if "/rbackup.lock" not in k} == {k for k in before if "/rbackup.lock" not in k}
+    assert ok("create", "--db", str(db), "--backup-dir", bdir, env=env).stdout == "2\n"  # no lease in the way
