@@ -215,7 +215,9 @@ class HdfsEnv(FsspecEnv):
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                if exc.errno == errno.EIO and not self.fs.exists(full):
+                # rbackup's exists, not fsspec's: fsspec's says False for any error, and a
+                # delete that failed would then be reported as done.
+                if exc.errno == errno.EIO and not self.exists(path):
                     continue
                 raise self._error(exc, path, "delete") from exc
 
@@ -244,7 +246,7 @@ class HdfsEnv(FsspecEnv):
                 f.write(data)
             self.rename_exclusive(tmp, full)
         except FileExistsError:
-            if not self.fs.exists(tmp) and self._holds(path, data):
+            if not self.exists(tmp_path) and self._holds(path, data):
                 return
             self._remove_quietly(tmp_path)
             raise AlreadyExists(f"create {self.describe(path)}: already exists") from None
