@@ -277,10 +277,13 @@ class ProgressBar:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
+        self.last: Progress | None = None
+        """The latest report, bar or not: what the operation copied (the library reports after each file)."""
         self._bar: tqdm | None = None
         self._stack = contextlib.ExitStack()
 
     def __call__(self, progress: Progress) -> None:
+        self.last = progress
         if not self.enabled:
             return
         if self._bar is None:
@@ -393,9 +396,12 @@ def create(backup_dir: str, storage_options: dict[str, Any] | None, db_path: str
         if info is None:  # another writer deleted or damaged it right after the commit
             raise Corruption(f"backup {backup_id} was committed to {location} but no longer lists as valid: "
                              f"{engine.corruption_reasons().get(backup_id, 'it is gone')}")
-    click.echo(json.dumps({"backup_dir": location, **backup_json(info)}) if as_json else str(backup_id))
-    _say(quiet, f"created backup {backup_id} in {location}: {info.number_files} files, {human_size(info.size)}, "
-                f"in {time.monotonic() - started:.1f}s", err=True)
+    # What an incremental backup cost is what it copied, not the backup's size.
+    copied = bar.last.bytes_done if bar.last else 0
+    click.echo(json.dumps({"backup_dir": location, **backup_json(info), "bytes_copied": copied}) if as_json
+               else str(backup_id))
+    _say(quiet, f"created backup {backup_id} in {location}: {info.number_files} files, {human_size(info.size)} "
+                f"({human_size(copied)} copied), in {time.monotonic() - started:.1f}s", err=True)
 
 
 def _require_local_dir(engine: BackupEngine) -> None:

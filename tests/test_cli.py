@@ -87,7 +87,13 @@ def test_create_list_verify_restore(closed_db, tmp_path):
     assert f"created backup 1 in {bdir}" in created.stderr
     as_json = json.loads(ok("create", "--db", db, "--backup-dir", f"file://{bdir}", "--json", "-q").stdout)
     assert as_json["id"] == 2 and as_json["backup_dir"] == bdir and as_json["metadata"] == ""
-    ok("create", "--db", db, "--backup-dir", bdir, "--metadata", "bin\x01")
+    assert 0 < as_json["bytes_copied"] < as_json["size"] / 10  # incremental: the private files only
+    third = ok("create", "--db", db, "--backup-dir", bdir, "--metadata", "bin\x01").stderr
+    # an incremental says what it copied: its private files, not its shared SSTs again
+    size, copied = re.fullmatch(r"created backup 3 in .*: \d+ files, (.+) \((.+) copied\), in .*\n", third).groups()
+    units = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20}
+    size_bytes, copied_bytes = (float(v) * units[u] for v, u in (x.split() for x in (size, copied)))
+    assert 0 < copied_bytes < size_bytes / 10, third
 
     table = ok("list", "--backup-dir", bdir).stdout.splitlines()
     assert table[0].split() == ["ID", "TIME", "SIZE", "FILES", "METADATA"]
