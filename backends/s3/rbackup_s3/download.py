@@ -244,7 +244,8 @@ class S3Reader(io.RawIOBase):
                 await ahead.task  # its errors are final: _fetch resumed what it could
                 start, end = self._segment_span(index)
                 n = min(len(view) - done, end - self._pos)
-                view[done : done + n] = ahead.buffer[self._pos - start : self._pos - start + n]
+                with memoryview(ahead.buffer) as segment:  # a view: slicing the mmap itself copies
+                    view[done : done + n] = segment[self._pos - start : self._pos - start + n]
                 done += n
                 self._pos += n
                 if self._pos == end:
@@ -488,7 +489,8 @@ class BlockingS3Reader(io.RawIOBase):
                 ahead.future.result()  # its errors are final: _fetch resumed what it could
                 start, end = self._segment_span(index)
                 n = min(len(view) - done, end - self._pos)
-                view[done : done + n] = ahead.buffer[self._pos - start : self._pos - start + n]
+                with memoryview(ahead.buffer) as segment:  # a view: slicing the mmap itself copies
+                    view[done : done + n] = segment[self._pos - start : self._pos - start + n]
                 done += n
                 self._pos += n
                 if self._pos == end:
