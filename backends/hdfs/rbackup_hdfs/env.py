@@ -166,7 +166,7 @@ class HdfsEnv(FsspecEnv):
 
     `storage_options` are the fields of `HdfsSettings` (`user`, `kerb_ticket`,
     `replication`, `buffer_size`, `default_block_size`, `extra_conf`,
-    `concurrency`).  libhdfs itself needs JAVA_HOME, libhdfs.so (HADOOP_HOME
+    `concurrency`, `transfer_width`).  libhdfs itself needs JAVA_HOME, libhdfs.so (HADOOP_HOME
     or ARROW_LIBHDFS_DIR), Hadoop's jars on CLASSPATH (found with the `hadoop`
     command when unset) and usually HADOOP_CONF_DIR; without them the
     constructor raises NotSupported naming what is missing.
@@ -179,7 +179,7 @@ class HdfsEnv(FsspecEnv):
 
     capabilities = Capabilities(atomic_rename=True, conditional_create=True, durable_sync=False,
                                 directories=True, concurrency=HdfsSettings.concurrency,
-                                transfer_width=1, buffer_size=DISK_BUFFER_SIZE)
+                                transfer_width=HdfsSettings.transfer_width, buffer_size=DISK_BUFFER_SIZE)
     """The defaults, for `rbackup backends`; an instance reflects its own settings."""
 
     def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None,
@@ -192,7 +192,8 @@ class HdfsEnv(FsspecEnv):
             ArrowFSWrapper(arrow_fs, skip_instance_cache=True),
             location.path,
             url=location.url,
-            capabilities=dataclasses.replace(HdfsEnv.capabilities, concurrency=settings.concurrency),
+            capabilities=dataclasses.replace(HdfsEnv.capabilities, concurrency=settings.concurrency,
+                                             transfer_width=settings.transfer_width),
         )
         self.location = location
         self.settings = settings

@@ -24,6 +24,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,36 @@ def test_engine_round_trip_incremental(live_db, tmp_path: Path) -> None:
     engine.close()
     leftovers = [f.path for f in env.list() if ".tmp" in f.path]
     assert leftovers == []
+
+
+def test_a_backup_copies_transfer_width_files_at_once(live_db, tmp_path: Path) -> None:
+    """One HDFS write stream is bound by its DataNode pipeline's acknowledgements, so a backup keeps
+    `transfer_width` files (4 by default) in flight even with max_background_operations=1: the first
+    four files opened wait for one another at a barrier, which copying one at a time never passes."""
+    for part in range(3):
+        live_db.add(200, prefix=f"sst{part}", seed=part)
+    env = local_hdfs_env(tmp_path / "backup")
+    assert env.capabilities.transfer_width == 4
+    barrier = threading.Barrier(4, timeout=30)
+    opened: list[str] = []
+    real_open = env.fs.open
+
+    def open_and_meet(path: str, mode: str = "rb", **kw: Any) -> Any:
+        stream = real_open(path, mode, **kw)
+        if mode == "wb" and ("/shared_checksum/" in path or "/private/" in path):
+            opened.append(path)
+            if len(opened) <= barrier.parties:
+                barrier.wait()
+        return stream
+
+    env.fs.open = open_and_meet  # type: ignore[method-assign]
+    engine = BackupEngine.open(BackupableDBOptions(str(tmp_path / "backup"), backup_env=env,
+                                                   max_background_operations=1))
+    assert engine.create_new_backup(live_db.db) == 1
+    assert len(opened) >= 4
+    engine.verify_backup(1, verify_with_checksum=True)
+    engine.close()
+    assert local_hdfs_env(tmp_path / "b2", transfer_width=1).capabilities.transfer_width == 1
 
 
 # -- create_exclusive: what the private temp, re-check and read-back buy -------------------
@@ -233,6 +264,7 @@ def test_option_mapping_reaches_hadoop_filesystem(tmp_path: Path) -> None:
             "default_block_size": 256 << 20,
             "extra_conf": {"dfs.client.use.datanode.hostname": True, "ipc.client.connect.max.retries": 3},
             "concurrency": 3,
+            "transfer_width": 6,
         },
         connect=recording,
     )
@@ -252,8 +284,9 @@ def test_option_mapping_reaches_hadoop_filesystem(tmp_path: Path) -> None:
     caps = env.capabilities
     assert (caps.atomic_rename, caps.conditional_create, caps.durable_sync, caps.directories, caps.concurrency) == (
         True, True, False, True, 3)
-    # concurrency means what it means for S3 (requests at once); copies stay bandwidth-bound
-    assert (caps.transfer_width, caps.buffer_size) == (1, DISK_BUFFER_SIZE)
+    # concurrency means what it means for S3 (requests at once); files at once is its own option
+    assert (caps.transfer_width, caps.buffer_size) == (6, DISK_BUFFER_SIZE)
+    assert HdfsEnv.capabilities.transfer_width == HdfsSettings().transfer_width == 4
 
 
 def test_default_options_keep_the_cluster_configuration() -> None:
@@ -278,6 +311,7 @@ def test_user_from_url_and_options() -> None:
         ({"buffer_size": -1}, "buffer_size"),
         ({"default_block_size": 0}, "default_block_size"),
         ({"concurrency": 0}, "concurrency"),
+        ({"transfer_width": 0}, "transfer_width"),
     ],
 )
 def test_bad_options(options: dict[str, Any], fragment: str) -> None:
