@@ -11,7 +11,10 @@ conservative and each promise of the contract is kept with the strongest
 primitive the declared `Capabilities` allow:
 
 - publish: temp name `.<name>.tmp` plus `mv` where renames are atomic
-  (RocksDB's own naming, so its GC recognises leftovers); on stores that
+  (RocksDB's own naming, so its GC recognises leftovers); a publish that must
+  not replace (`open_write_new`) renames a private temp with the store's
+  rename that refuses an existing name where a subclass has one
+  (`_rename_new`: HDFS), else looks first and renames; on stores that
   honour fsspec's deferred commit (`autocommit=False`: s3fs, gcsfs, adlfs)
   the final name is written directly and published by `commit()` or thrown
   away by `discard()`; on the rest, temp name plus `mv` again, which may be
@@ -32,7 +35,7 @@ import errno
 import io
 import logging
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,7 +48,7 @@ from ..errors import (
     PermissionDenied,
     StorageError,
 )
-from ..format.tempnames import temp_path
+from ..format.tempnames import exclusive_temp_path, temp_path
 
 if TYPE_CHECKING:
     import fsspec
@@ -280,6 +283,44 @@ class _RenamingWriter(_FileWriter):
             self._env.fs.rm_file(self._tmp)
 
 
+class _NoClobberWriter(_FileWriter):
+    """`open_write_new` on a store with a rename that refuses an existing name (HDFS's `rename2`
+    without OVERWRITE: `FsspecEnv._rename_new`).
+
+    The data goes to a temp name private to this writer (`.<name>.<12 hex>.tmp`: two writers
+    publishing the same name never share a temp), and that one rename publishes it: the check
+    that the name is free is the publish itself, atomic against every other client, where the
+    generic `open_write_new` looks first and then renames (replacing a file that appeared in
+    between).  A refusal raises AlreadyExists and the temp is removed by the abort.
+    """
+
+    def __init__(self, env: FsspecEnv, path: str) -> None:
+        self._tmp = env._full(exclusive_temp_path(path))
+        self._final = env._full(path)
+        self._size = 0
+        super().__init__(env, path, self._tmp)
+
+    def _open(self, target: str) -> Any:
+        return self._env.fs.open(target, "wb")
+
+    def write(self, data: bytes | memoryview) -> int:
+        n = super().write(data)
+        self._size += n
+        return n
+
+    def _publish(self) -> None:
+        self._file.close()
+        size = self._size
+        self._env._publish_new(self._path, self._tmp, self._final,
+                               lambda: self._env.stat(self._path).size == size)
+
+    def _discard(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            self._env.fs.rm_file(self._tmp)
+
+
 class _DeferredWriter(_FileWriter):
     """Write the final name through fsspec's deferred commit (`autocommit=False`).
 
@@ -409,6 +450,27 @@ class FsspecEnv(BackupEnv):
             log.debug("%s: deferred commit %s", self.url, "honoured" if self._deferred_commit else "ignored")
         return self._deferred_commit
 
+    def _rename_new(self, source: str, destination: str) -> None:
+        """Rename the store path `source` onto `destination` in one step unless `destination`
+        exists: then raise FileExistsError and change nothing.
+
+        No fsspec store offers that (`mv` replaces, or copies), so the default raises
+        NotSupported.  A subclass whose store has one (HDFS) implements it and declares
+        `exclusive_publish` and `atomic_rename`: `open_write_new` then publishes through it."""
+        raise NotSupported(f"{self.url}: no rename that refuses an existing name")
+
+    def _publish_new(self, path: str, tmp: str, final: str, is_ours: Callable[[], bool]) -> None:
+        """`_rename_new(tmp, final)`, where `tmp` is a temp name private to this call: AlreadyExists
+        if `final` exists.  A refusal whose temp is gone means the rename was ours and only its
+        reply was lost (a retried request): success, if `is_ours()` confirms what `final` holds
+        (the temp could also have been removed by another writer's garbage collection)."""
+        try:
+            self._rename_new(tmp, final)
+        except FileExistsError:
+            if not self.fs.exists(tmp) and is_ours():
+                return
+            raise AlreadyExists(f"write {self.describe(path)}: already exists") from None
+
     def _create_conditional(self, path: str, data: bytes) -> None:
         """Create-if-absent with the store's own atomic primitive (`"xb"`)."""
         full = self._full(path)
@@ -439,6 +501,11 @@ class FsspecEnv(BackupEnv):
         if not self.capabilities.atomic_rename and self._defers_commit():
             return _DeferredWriter(self, path)
         return _RenamingWriter(self, path)
+
+    def open_write_new(self, path: str, *, sync: bool = True) -> AtomicWriter:
+        if self.capabilities.exclusive_publish and self.capabilities.atomic_rename:
+            return _NoClobberWriter(self, check_path(path))
+        return super().open_write_new(path, sync=sync)
 
     def create_exclusive(self, path: str, data: bytes, *, sync: bool = True) -> None:
         path = check_path(path)

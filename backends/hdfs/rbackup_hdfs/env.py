@@ -5,13 +5,17 @@ The store is `pyarrow.fs.HadoopFileSystem` wrapped in fsspec's
 driven by the generic `FsspecEnv`; this module adds only what HDFS changes.
 What each promise of the contract rests on, as pyarrow really does it:
 
-- publish: FsspecEnv's temp name `.<name>.tmp` plus rename.  A new name
-  appears whole in one NameNode rename, atomic and logged in the edit log
-  before the call returns.  Replacing an existing name is not one step:
-  when HDFS refuses to rename onto an existing file, pyarrow's `move`
-  deletes the destination and renames again, so the name is briefly absent
-  (never partial).  The engine replaces only CURRENT-like small files and its
-  own lock lease.
+- publish: FsspecEnv's temp name plus rename.  A new name appears whole in
+  one NameNode rename, atomic and logged in the edit log before the call
+  returns.  `open_write_new` (every file of a backup) writes a temp name
+  private to the writer and publishes it with the rename that refuses an
+  existing name (through hdfs-native, as create-if-absent does), so a file
+  is never replaced and no look precedes the publish (`exclusive_publish`).
+  `open_write` (replacing) uses `.<name>.tmp` and pyarrow's `move`, which is
+  not one step over an existing file: when HDFS refuses to rename onto it,
+  `move` deletes the destination and renames again, so the name is briefly
+  absent (never partial).  The engine replaces only small bookkeeping files
+  (its lock lease, on renewal).
 - durability: pyarrow binds libhdfs's `hdfsFlush` (Java `flush()`), never
   `hflush` or `hsync`.  `close()` returns once every DataNode of the write
   pipeline acknowledged every packet and the NameNode completed the file:
@@ -177,8 +181,8 @@ class HdfsEnv(FsspecEnv):
     rename, which runs this env's whole code path on local disk.
     """
 
-    capabilities = Capabilities(atomic_rename=True, conditional_create=True, durable_sync=False,
-                                directories=True, concurrency=HdfsSettings.concurrency,
+    capabilities = Capabilities(atomic_rename=True, conditional_create=True, exclusive_publish=True,
+                                durable_sync=False, directories=True, concurrency=HdfsSettings.concurrency,
                                 transfer_width=HdfsSettings.transfer_width, buffer_size=DISK_BUFFER_SIZE)
     """The defaults, for `rbackup backends`; an instance reflects its own settings."""
 
@@ -243,15 +247,18 @@ class HdfsEnv(FsspecEnv):
             self.fs.makedirs(posixpath.dirname(full), exist_ok=True)
             with self.fs.open(tmp, "wb") as f:
                 f.write(data)
-            self.rename_exclusive(tmp, full)
-        except FileExistsError:
-            if not self.fs.exists(tmp) and self._holds(path, data):
-                return
+            self._publish_new(path, tmp, full, lambda: self._holds(path, data))
+        except AlreadyExists:
             self._remove_quietly(tmp_path)
             raise AlreadyExists(f"create {self.describe(path)}: already exists") from None
         except Exception as exc:
             self._remove_quietly(tmp_path)
             raise self._error(exc, path, "create") from exc
+
+    def _rename_new(self, source: str, destination: str) -> None:
+        """HDFS's rename that refuses an existing destination (`rename_exclusive`): what
+        `open_write_new` and `create_exclusive` publish with."""
+        self.rename_exclusive(source, destination)
 
     def _holds(self, path: str, data: bytes) -> bool:
         """Whether `path` holds exactly `data` (False if it is gone or differs)."""

@@ -132,6 +132,53 @@ def test_a_backup_copies_transfer_width_files_at_once(live_db, tmp_path: Path) -
     assert local_hdfs_env(tmp_path / "b2", transfer_width=1).capabilities.transfer_width == 1
 
 
+def test_open_write_new_never_replaces_a_file_published_while_it_wrote(tmp_path: Path) -> None:
+    """A backup's files are published with the rename that refuses an existing name: a file another
+    writer publishes under the same name while this one writes is kept and this one gets
+    AlreadyExists (looking first and then renaming replaced it), its private temp removed."""
+    env = local_hdfs_env(tmp_path / "b")
+    rival = tmp_path / "b" / "shared_checksum" / "000009_s1_5.sst"
+    real_open = env.fs.open
+
+    class RivalOnClose:
+        """The temp's stream: as it closes, another writer publishes the same name."""
+
+        def __init__(self, stream: Any) -> None:
+            self._stream = stream
+
+        def close(self) -> None:
+            self._stream.close()
+            rival.write_bytes(b"rival")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._stream, name)
+
+    def open_with_rival(path: str, mode: str = "rb", **kw: Any) -> Any:
+        stream = real_open(path, mode, **kw)
+        return RivalOnClose(stream) if mode == "wb" else stream
+
+    env.makedirs("shared_checksum")
+    env.fs.open = open_with_rival  # type: ignore[method-assign]
+    with pytest.raises(AlreadyExists, match=r"000009_s1_5\.sst"):
+        with env.open_write_new("shared_checksum/000009_s1_5.sst") as w:
+            w.write(b"ours!")
+    assert rival.read_bytes() == b"rival"
+    assert [f.path for f in env.list()] == ["shared_checksum/000009_s1_5.sst"]
+
+
+def test_open_write_new_whose_rename_reply_was_lost_is_published(tmp_path: Path) -> None:
+    """A refusal whose private temp is gone, with the name holding as many bytes as were written,
+    was this writer's own rename answered twice (a retried request): success, as for create_exclusive."""
+    def rename_then_refuse(source: str, destination: str) -> None:
+        local_exclusive_rename(source, destination)
+        raise FileExistsError(destination)
+
+    env = HdfsEnv(f"hdfs://{tmp_path / 'b'}", connect=local_connector, rename_exclusive=rename_then_refuse)
+    with env.open_write_new("private/1/CURRENT") as w:
+        w.write(b"MANIFEST-000005\n")
+    assert env.read_bytes("private/1/CURRENT", 100) == b"MANIFEST-000005\n"
+
+
 # -- create_exclusive: what the private temp, re-check and read-back buy -------------------
 def test_create_exclusive_uses_a_private_temp(tmp_path: Path) -> None:
     env = local_hdfs_env(tmp_path / "b")
