@@ -199,18 +199,17 @@ class _StreamReader(io.RawIOBase):
 
 
 class _FileWriter(AtomicWriter):
-    """What both fsspec writers share: errors name the file, a writer publishes
+    """What every fsspec writer shares: errors name the file, a writer publishes
     at most once, a failed publish cleans up, and cleanup never raises (it runs
-    while another exception is on its way out).  Parents are created
-    explicitly because ArrowFSWrapper (HDFS) does not create them."""
+    while another exception is on its way out).  Parents are made by
+    `FsspecEnv._open_in_dir`."""
 
     def __init__(self, env: FsspecEnv, path: str, target: str) -> None:
         self._env = env
         self._path = path
         self._done = False
         try:
-            env.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-            self._file = self._open(target)
+            self._file = env._open_in_dir(target, self._open)
         except Exception as exc:
             raise env._error(exc, path, "write") from exc
 
@@ -450,6 +449,26 @@ class FsspecEnv(BackupEnv):
             log.debug("%s: deferred commit %s", self.url, "honoured" if self._deferred_commit else "ignored")
         return self._deferred_commit
 
+    _open_makes_parents = False
+    """Whether opening a file for writing makes its missing parent directories (HDFS's create
+    does): then `_open_in_dir` opens first and makes them only if the open says they are missing,
+    saving a request per file."""
+
+    def _open_in_dir(self, target: str, open_: Callable[[str], Any]) -> Any:
+        """`open_(target)` for writing, `target`'s parent directories made.  Most stores need them
+        made first (ArrowFSWrapper over local disk; a no-op on object stores); where the store's
+        open makes them (`_open_makes_parents`) they are made only after an open that found them
+        missing (ENOENT), and the open tried again."""
+        parent = posixpath.dirname(target)
+        if not self._open_makes_parents:
+            self.fs.makedirs(parent, exist_ok=True)
+            return open_(target)
+        try:
+            return open_(target)
+        except FileNotFoundError:
+            self.fs.makedirs(parent, exist_ok=True)
+            return open_(target)
+
     def _rename_new(self, source: str, destination: str) -> None:
         """Rename the store path `source` onto `destination` in one step unless `destination`
         exists: then raise FileExistsError and change nothing.
@@ -475,8 +494,7 @@ class FsspecEnv(BackupEnv):
         """Create-if-absent with the store's own atomic primitive (`"xb"`)."""
         full = self._full(path)
         try:
-            self.fs.makedirs(posixpath.dirname(full), exist_ok=True)
-            with self.fs.open(full, "xb") as f:
+            with self._open_in_dir(full, lambda target: self.fs.open(target, "xb")) as f:
                 f.write(data)
         except Exception as exc:
             raise self._error(exc, path, "create") from exc

@@ -190,10 +190,11 @@ class CountingFs:
 
 
 def test_namenode_requests_per_backup_file(live_db: LiveDB, hdfs_dir: str) -> None:
-    """What a backup asks the NameNode for each file it copies: a create (opening its temp), a
-    complete (closing it) and one rename that refuses an existing name.  No look before the publish
-    (the rename is the check) and no stat of a shared file after the commit (a name published that
-    way cannot have been replaced); only the backup's private files are read back."""
+    """What a backup asks the NameNode for each file it copies: a create (opening its temp, which
+    makes missing parent directories), a complete (closing it) and one rename that refuses an
+    existing name.  No mkdirs per file, no look before the publish (the rename is the check) and no
+    stat of a shared file after the commit (a name published that way cannot have been replaced);
+    only the backup's private files are read back."""
     for part in range(4):
         live_db.add(300, prefix=f"sst{part}", seed=part)
     calls: list[tuple[str, Any]] = []
@@ -218,6 +219,8 @@ def test_namenode_requests_per_backup_file(live_db: LiveDB, hdfs_dir: str) -> No
     stats = [arg for name, arg in calls if name == "get_file_info" and isinstance(arg, list)]
     moved = [arg for name, arg in calls if name == "move"]
     read = [arg for name, arg in calls if name in ("open_input_file", "open_input_stream")]
+    made = [arg for name, arg in calls if name == "create_dir"]
+    assert made in ([], [f"{env.root}/private/1"]), "directories made per file"
     for f in files:
         head, _, name = f.rpartition("/")
         assert len([p for p in created if p.startswith(f"{head}/.{name}.") and p.endswith(".tmp")]) == 1, f
