@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 from rbackup.env.base import check_path, refuse_unknown_options
 from rbackup.env.fsspec_env import redact_url
 from rbackup.errors import InvalidArgument
+
+from .clientconf import client_conf
 
 SCHEMES = ("hdfs", "viewfs")
 DEFAULT_NAMENODE = "default"
@@ -170,8 +172,11 @@ def _conf_value(value: Any) -> str:
     return str(value)
 
 
-def hadoop_fs_kwargs(location: HdfsLocation, settings: HdfsSettings) -> dict[str, Any]:
-    """The keyword arguments of `pyarrow.fs.HadoopFileSystem` for this location and settings."""
+def hadoop_fs_kwargs(location: HdfsLocation, settings: HdfsSettings,
+                     site_keys: Collection[str] = ()) -> dict[str, Any]:
+    """The keyword arguments of `pyarrow.fs.HadoopFileSystem` for this location and settings;
+    `site_keys`: the keys the client's configuration files set (`clientconf.site_keys`), which
+    keep their values where rbackup would tune them (`clientconf.TUNED`)."""
     return {
         "host": location.namenode,
         "port": location.port,
@@ -180,5 +185,5 @@ def hadoop_fs_kwargs(location: HdfsLocation, settings: HdfsSettings) -> dict[str
         "buffer_size": settings.buffer_size,
         "default_block_size": settings.default_block_size,
         "kerb_ticket": settings.kerb_ticket,
-        "extra_conf": dict(settings.extra_conf) or None,
+        "extra_conf": client_conf(settings.extra_conf, site_keys) or None,
     }

@@ -51,6 +51,7 @@ from rbackup.env.fsspec_env import FsspecEnv
 from rbackup.errors import AlreadyExists, BackupError, InvalidArgument, NotFound
 from rbackup.format.tempnames import exclusive_temp_path
 
+from .clientconf import site_keys
 from .config import DEFAULT_NAMENODE, HdfsLocation, HdfsSettings, hadoop_fs_kwargs, parse_hdfs_url
 from .errors import translate_hdfs_error
 
@@ -120,7 +121,7 @@ def classpath_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
 def connect_hadoop(location: HdfsLocation, settings: HdfsSettings,
                    factory: Connector | None = None) -> pyarrow.fs.FileSystem:
     """The pyarrow file system for `location`; load and connection failures become rbackup errors."""
-    kwargs = hadoop_fs_kwargs(location, settings)
+    kwargs = hadoop_fs_kwargs(location, settings, site_keys())
     if factory is None:
         ensure_hadoop_classpath()
         for problem in classpath_problems():

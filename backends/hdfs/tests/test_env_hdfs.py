@@ -41,6 +41,7 @@ from rbackup_hdfs import (
     parse_hdfs_url,
     translate_hdfs_error,
 )
+from rbackup_hdfs.clientconf import TUNED, site_keys
 
 from rbackup import BackupableDBOptions, BackupEngine
 from rbackup.env.base import DISK_BUFFER_SIZE
@@ -295,7 +296,8 @@ def test_parse_hdfs_url_never_echoes_a_password() -> None:
     assert "s3cret" not in str(info.value) and "kerb_ticket" in str(info.value)
 
 
-def test_option_mapping_reaches_hadoop_filesystem(tmp_path: Path) -> None:
+def test_option_mapping_reaches_hadoop_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CLASSPATH", raising=False)  # no site files: rbackup's tuned keys all apply
     calls: list[dict[str, Any]] = []
 
     def recording(**kwargs: Any) -> pyarrow.fs.FileSystem:
@@ -324,7 +326,7 @@ def test_option_mapping_reaches_hadoop_filesystem(tmp_path: Path) -> None:
         "buffer_size": 65536,
         "default_block_size": 268435456,
         "kerb_ticket": str(tmp_path / "krb5cc_1000"),
-        "extra_conf": {"dfs.client.use.datanode.hostname": "true", "ipc.client.connect.max.retries": "3"},
+        "extra_conf": {**TUNED, "dfs.client.use.datanode.hostname": "true", "ipc.client.connect.max.retries": "3"},
     }]
     assert env.url == "hdfs://nn1.example.com:9000/backups/db1"
     assert env.root == "/backups/db1"
@@ -338,9 +340,33 @@ def test_option_mapping_reaches_hadoop_filesystem(tmp_path: Path) -> None:
 
 
 def test_default_options_keep_the_cluster_configuration() -> None:
+    """Everything from the configuration, but for the close's retry delay (`clientconf.TUNED`)."""
     kwargs = hadoop_fs_kwargs(parse_hdfs_url("hdfs:///b"), HdfsSettings())
     assert kwargs == {"host": "default", "port": 0, "user": None, "replication": 0, "buffer_size": 0,
-                      "default_block_size": None, "kerb_ticket": None, "extra_conf": None}
+                      "default_block_size": None, "kerb_ticket": None, "extra_conf": dict(TUNED)}
+
+
+def test_a_close_retries_after_25_ms_unless_the_configuration_says_otherwise(tmp_path: Path) -> None:
+    """The NameNode refuses to complete a file until a DataNode reported its last block, and Hadoop's
+    client waits 400 ms before asking again: rbackup starts at 25 ms with twice the retries, except
+    for a key that hdfs-site.xml (the first on CLASSPATH) or extra_conf sets."""
+    delay, retries = "dfs.client.block.write.locateFollowingBlock.initial.delay.ms", \
+        "dfs.client.block.write.locateFollowingBlock.retries"
+    assert TUNED == {delay: "25", retries: "10"}
+    conf, shadowed = tmp_path / "conf", tmp_path / "later"
+    for d, value in ((conf, "100"), (shadowed, "7")):
+        d.mkdir()
+        (d / "hdfs-site.xml").write_text(f"<configuration><property><name>{delay if d == conf else retries}</name>"
+                                         f"<value>{value}</value></property></configuration>")
+    (conf / "core-site.xml").write_text("<configuration><property")  # unreadable: sets nothing
+    classpath = os.pathsep.join([str(tmp_path / "jars" / "*"), str(conf), str(shadowed)])
+    keys = site_keys({"CLASSPATH": classpath})
+    assert delay in keys and retries not in keys  # only the first hdfs-site.xml on the class path counts
+    location = parse_hdfs_url("hdfs:///b")
+    assert hadoop_fs_kwargs(location, HdfsSettings(), keys)["extra_conf"] == {retries: "10"}
+    mine = HdfsSettings(extra_conf={delay: 50, retries: 3})
+    assert hadoop_fs_kwargs(location, mine, ())["extra_conf"] == {delay: "50", retries: "3"}
+    assert site_keys({}) == frozenset()
 
 
 def test_user_from_url_and_options() -> None:
