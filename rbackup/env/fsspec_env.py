@@ -273,7 +273,7 @@ class _RenamingWriter(_FileWriter):
 
     def _publish(self) -> None:
         self._file.close()
-        self._env.fs.mv(self._tmp, self._final)
+        self._env._rename_replacing(self._tmp, self._final)
 
     def _discard(self) -> None:
         try:
@@ -477,6 +477,12 @@ class FsspecEnv(BackupEnv):
         NotSupported.  A subclass whose store has one (HDFS) implements it and declares
         `exclusive_publish` and `atomic_rename`: `open_write_new` then publishes through it."""
         raise NotSupported(f"{self.url}: no rename that refuses an existing name")
+
+    def _rename_replacing(self, source: str, destination: str) -> None:
+        """Rename the store path `source` onto `destination`, replacing it if it exists: fsspec's
+        `mv` (one step where the store renames atomically; a subclass whose store can replace
+        in one request, HDFS, overrides it)."""
+        self.fs.mv(source, destination)
 
     def _publish_new(self, path: str, tmp: str, final: str, is_ours: Callable[[], bool]) -> None:
         """`_rename_new(tmp, final)`, where `tmp` is a temp name private to this call: AlreadyExists

@@ -11,11 +11,10 @@ What each promise of the contract rests on, as pyarrow really does it:
   private to the writer and publishes it with the rename that refuses an
   existing name (through hdfs-native, as create-if-absent does), so a file
   is never replaced and no look precedes the publish (`exclusive_publish`).
-  `open_write` (replacing) uses `.<name>.tmp` and pyarrow's `move`, which is
-  not one step over an existing file: when HDFS refuses to rename onto it,
-  `move` deletes the destination and renames again, so the name is briefly
-  absent (never partial).  The engine replaces only small bookkeeping files
-  (its lock lease, on renewal).
+  `open_write` (replacing: the engine replaces only small bookkeeping files,
+  its lock lease on renewal) uses `.<name>.tmp` and the rename with
+  OVERWRITE through hdfs-native: one NameNode step, the name never absent
+  (pyarrow's `move` deletes the destination and renames again).
 - durability: pyarrow binds libhdfs's `hdfsFlush` (Java `flush()`), never
   `hflush` or `hsync`.  `close()` returns once every DataNode of the write
   pipeline acknowledged every packet and the NameNode completed the file:
@@ -62,6 +61,8 @@ Connector = Callable[..., pyarrow.fs.FileSystem]
 ExclusiveRename = Callable[[str, str], None]
 """`(source, destination)`, absolute paths: rename in one step, raising FileExistsError (and
 changing nothing) if the destination exists."""
+Rename = Callable[[str, str], None]
+"""`(source, destination)`, absolute paths: rename in one step, replacing the destination."""
 
 
 def ensure_hadoop_classpath(environ: MutableMapping[str, str] = os.environ) -> None:
@@ -145,8 +146,10 @@ def hdfs_native_url(location: HdfsLocation) -> str | None:
     return f"hdfs://{location.namenode}{port}"
 
 
-def native_exclusive_rename(location: HdfsLocation, settings: HdfsSettings) -> ExclusiveRename:
-    """HDFS's no-clobber rename (`rename2` without OVERWRITE) through an hdfs-native client.
+def native_renames(location: HdfsLocation, settings: HdfsSettings) -> tuple[ExclusiveRename, Rename]:
+    """HDFS's renames through one hdfs-native client: `rename2` without OVERWRITE (refusing an
+    existing destination), and with it (replacing one in the same single NameNode step, where
+    pyarrow's `move` deletes the destination and renames again, leaving the name absent between).
 
     The client connects lazily and reads HADOOP_CONF_DIR itself; `extra_conf`
     is passed on.  Under simple authentication it acts as HADOOP_USER_NAME or
@@ -159,10 +162,19 @@ def native_exclusive_rename(location: HdfsLocation, settings: HdfsSettings) -> E
         kerberos = {"kerberos_cache": settings.kerb_ticket, "kerberos_principal": settings.user}
     client = hdfs_native.Client(hdfs_native_url(location), dict(settings.extra_conf) or None, **kerberos)
 
-    def rename(source: str, destination: str) -> None:
+    def exclusive(source: str, destination: str) -> None:
         client.rename(source, destination, overwrite=False)
 
-    return rename
+    def replacing(source: str, destination: str) -> None:
+        client.rename(source, destination, overwrite=True)
+
+    return exclusive, replacing
+
+
+def native_exclusive_rename(location: HdfsLocation, settings: HdfsSettings) -> ExclusiveRename:
+    """HDFS's no-clobber rename (`rename2` without OVERWRITE) through an hdfs-native client
+    (`native_renames`)."""
+    return native_renames(location, settings)[0]
 
 
 class HdfsEnv(FsspecEnv):
@@ -176,9 +188,10 @@ class HdfsEnv(FsspecEnv):
     constructor raises NotSupported naming what is missing.
 
     `connect` replaces `pyarrow.fs.HadoopFileSystem` (same keyword arguments)
-    and `rename_exclusive` the hdfs-native no-clobber rename: the tests pass a
-    connector returning `pyarrow.fs.LocalFileSystem()` and a local no-clobber
-    rename, which runs this env's whole code path on local disk.
+    and `rename_exclusive` the hdfs-native no-clobber rename (a replacing
+    publish then goes through pyarrow's `move`): the tests pass a connector
+    returning `pyarrow.fs.LocalFileSystem()` and a local no-clobber rename,
+    which runs this env's whole code path on local disk.
     """
 
     capabilities = Capabilities(atomic_rename=True, conditional_create=True, exclusive_publish=True,
@@ -191,7 +204,12 @@ class HdfsEnv(FsspecEnv):
         location = parse_hdfs_url(url)
         settings = HdfsSettings.from_options(storage_options, url_user=location.user)
         arrow_fs = connect_hadoop(location, settings, connect)
-        self.rename_exclusive = rename_exclusive or native_exclusive_rename(location, settings)
+        self.rename_replacing: Rename | None = None
+        """HDFS's replacing rename; None (a caller's `rename_exclusive` given): pyarrow's `move`."""
+        if rename_exclusive is None:
+            self.rename_exclusive, self.rename_replacing = native_renames(location, settings)
+        else:
+            self.rename_exclusive = rename_exclusive
         super().__init__(
             ArrowFSWrapper(arrow_fs, skip_instance_cache=True),
             location.path,
@@ -257,6 +275,15 @@ class HdfsEnv(FsspecEnv):
         except Exception as exc:
             self._remove_quietly(tmp_path)
             raise self._error(exc, path, "create") from exc
+
+    def _rename_replacing(self, source: str, destination: str) -> None:
+        """A replacing publish (`open_write`: the lease's renewals) in one NameNode step, so the
+        name never goes missing in between, as it does in pyarrow's `move` (refused rename,
+        delete, rename again: three requests)."""
+        if self.rename_replacing is None:
+            super()._rename_replacing(source, destination)
+        else:
+            self.rename_replacing(source, destination)
 
     def _rename_new(self, source: str, destination: str) -> None:
         """HDFS's rename that refuses an existing destination (`rename_exclusive`): what

@@ -229,6 +229,21 @@ def test_namenode_requests_per_backup_file(live_db: LiveDB, hdfs_dir: str) -> No
     assert not set(read) & set(shared), "a shared file was read back"
 
 
+def test_a_replacing_write_is_one_rename(hdfs_dir: str) -> None:
+    """`open_write` over an existing file (what the lease's renewals do) publishes with HDFS's rename
+    with OVERWRITE, one NameNode step: never pyarrow's `move`, which deletes the name and renames
+    again (a taker listing the leases in between would find none)."""
+    calls: list[tuple[str, Any]] = []
+    env = HdfsEnv(hdfs_dir, connect=lambda **kw: CountingFs(pyarrow.fs.HadoopFileSystem(**kw), calls))
+    lease = "rbackup.lock.d/00000000000000000001"
+    env.write_bytes(lease, b"first")
+    calls.clear()
+    env.write_bytes(lease, b"second, longer")
+    assert env.read_bytes(lease, 100) == b"second, longer"
+    assert [name for name, _ in calls if name in ("move", "delete_file")] == []
+    assert [f.path for f in env.list()] == [lease]
+
+
 # -- faults, through the launcher's commands --------------------------------------------------
 def big_db(path: Path, mib: int) -> dict:
     """A closed DB of about `mib` MiB in a few large SSTs (incompressible values)."""
