@@ -188,7 +188,14 @@ class BackupEngine:
 
     def _garbage_collect(self) -> None:
         state = self._state
-        plan = plan_garbage_collection(state.listing, state.referenced(), {b.backup_id for b in state.valid})
+        unreadable = state.unreadable_ids
+        if unreadable:
+            self._log.warning("garbage collection in %s keeps backups %s, whose meta files this version of rbackup "
+                              "cannot read (%s), and every shared file, since which ones they use is unknown: "
+                              "use a newer rbackup, or delete them with delete_backup", self.env.describe(),
+                              unreadable, state.backups[unreadable[0]].error)
+        plan = plan_garbage_collection(state.listing, state.referenced(), {b.backup_id for b in state.valid},
+                                       unreadable_ids=unreadable)
         if plan.doomed:
             self._check_lock("garbage collection")
             self._log.info("garbage collection: deleting %d files from %s", len(plan.doomed), self.env.describe())

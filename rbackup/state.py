@@ -118,6 +118,12 @@ class BackupState:
     def corrupt_ids(self) -> list[int]:
         return sorted(i for i, b in self.backups.items() if b.corrupt)
 
+    @property
+    def unreadable_ids(self) -> list[int]:
+        """Corrupt backups whose meta file this version cannot read (NotSupported: a newer
+        format or feature), as opposed to damaged ones: garbage collection keeps their files."""
+        return sorted(i for i, b in self.backups.items() if isinstance(b.error, NotSupported))
+
     def referenced(self) -> dict[str, tuple[int, int | None]]:
         """path -> (size, crc32c) for every file a valid backup uses (the oldest
         backup's crc if two disagree).  Each distinct entry is looked at once,

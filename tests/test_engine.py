@@ -631,3 +631,46 @@ def test_ni_fields_make_a_backup_corrupt_and_unknown_fields_are_ignored(live_db,
     assert [b.backup_id for b in eng.get_backup_info()] == [2]
     eng.verify_backup(2, verify_with_checksum=True)
     eng.close()
+
+
+def test_garbage_collection_never_deletes_a_backup_this_version_cannot_read(live_db, backup_dir, caplog):
+    """A newer RocksDB's backup (here an `ni::` field rbackup does not know, in one shared file's line)
+    is NotSupported, not damaged: RocksDB's GC would delete its private files and the shared files only
+    it uses, an older engine destroying a newer one's backups.  rbackup keeps them, says so, and leaves
+    the decision to delete_backup."""
+    eng = engine(backup_dir, schema_version=2)
+    eng.create_new_backup(live_db.db)
+    live_db.add(300, prefix="newer")
+    eng.create_new_backup(live_db.db)
+    eng.close()
+    path = os.path.join(backup_dir, "meta", "2")
+    original = open(path, "rb").read()
+    lines = original.decode().split("\n")
+    newest = max((i for i, line in enumerate(lines) if line.startswith("shared_checksum/")),
+                 key=lambda i: lines[i].split()[0])
+    lines[newest] += " ni::future_field yes"
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+    before = files_under(backup_dir)
+
+    eng = engine(backup_dir)
+    assert eng.get_corrupted_backups() == [2]
+    eng.garbage_collect()
+    eng.purge_old_backups(1)  # deletes nothing (one valid backup), and garbage collects again
+    eng.close()
+    assert files_under(backup_dir) == before
+    assert "keeps backups [2], whose meta files this version of rbackup cannot read" in caplog.text
+
+    with open(path, "wb") as fh:  # a newer rbackup, which reads the field, finds the backup whole
+        fh.write(original)
+    eng = engine(backup_dir)
+    eng.verify_backup(2, verify_with_checksum=True)
+    eng.close()
+
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+    eng = engine(backup_dir)
+    eng.delete_backup(2)  # the user's call: then its files are garbage like any other
+    eng.close()
+    assert not any(p.startswith("private/2/") for p in files_under(backup_dir))
+    assert len(files_under(backup_dir)) < len(before) - 1

@@ -214,3 +214,80 @@ def test_probe_leaves_nothing_behind(tmp_path: Path) -> None:
         w.write(b"1")
     assert fs.find(root) == [f"{root}/a"]
     fs.rm(root, recursive=True)
+
+
+class _FailingListings(ArrowFSWrapper):
+    """pyarrow's local filesystem through ArrowFSWrapper (HdfsEnv's code path) whose listing of
+    one directory fails, as HDFS's does while its NameNode fails over or after the directory's
+    permissions changed: fsspec's generic `find` leaves such a directory out of its result."""
+
+    failing: str | None = None
+
+    def ls(self, path: str, detail: bool = False, **kwargs: Any) -> Any:
+        if self.failing and path.rstrip("/").endswith("/" + self.failing):
+            raise ConnectionError(f"listing {path}: the NameNode did not answer")
+        return super().ls(path, detail=detail, **kwargs)
+
+
+def _failing_listings_env(root: Path) -> tuple[FsspecEnv, _FailingListings]:
+    import pyarrow.fs
+
+    fs = _FailingListings(pyarrow.fs.LocalFileSystem(), skip_instance_cache=True)
+    caps = Capabilities(atomic_rename=True, directories=True, concurrency=4)
+    return FsspecEnv(fs, str(root), url=f"hdfs-like://{root}", capabilities=caps), fs
+
+
+def test_a_directory_that_cannot_be_listed_is_an_error_not_an_empty_one(tmp_path: Path) -> None:
+    env, fs = _failing_listings_env(tmp_path / "backup")
+    env.makedirs("private/1")
+    env.create_exclusive("private/1/MANIFEST-000005", b"m")
+    env.create_exclusive("meta/1", b"x")
+    fs.failing = "private/1"
+    with pytest.raises(StorageError, match="private/1: the NameNode did not answer"):
+        env.list()
+    fs.failing = None
+    assert [f.path for f in env.list()] == ["meta/1", "private/1/MANIFEST-000005"]
+
+
+def test_a_listing_that_fails_never_lets_garbage_collection_delete_a_backup(tmp_path: Path, live_db: Any) -> None:
+    """A listing without `shared_checksum/` made every backup look corrupt (its shared files
+    missing), and garbage collection then deleted every backup's private files."""
+    from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly
+
+    root = tmp_path / "backup"
+    env, fs = _failing_listings_env(root)
+    with BackupEngine.open(BackupableDBOptions(str(root), backup_env=env)) as engine:
+        engine.create_new_backup(live_db.db)
+        live_db.add(300, prefix="more")
+        engine.create_new_backup(live_db.db)
+
+    fs.failing = "shared_checksum"
+    with pytest.raises(StorageError, match="shared_checksum"):
+        with BackupEngine.open(BackupableDBOptions(str(root), backup_env=env)) as engine:
+            engine.garbage_collect()
+
+    fs.failing = None
+    with BackupEngineReadOnly.open(BackupableDBOptions(str(root), backup_env=env)) as engine:
+        assert [b.backup_id for b in engine.get_backup_info()] == [1, 2]
+        for backup_id in (1, 2):
+            engine.verify_backup(backup_id, verify_with_checksum=True)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_store_that_cannot_be_reached_is_an_error_naming_its_url_never_an_empty_directory() -> None:
+    port = _closed_port()
+    # ftp connects as the filesystem is made: the error names the URL, without its password
+    with pytest.raises(StorageError) as caught:
+        FsspecEnv.from_url(f"ftp://user:secret@127.0.0.1:{port}/backups")
+    assert f"connect ftp://user@127.0.0.1:{port}/backups" in str(caught.value) and "secret" not in str(caught.value)
+    # http connects at the first listing, which fsspec's own find reported as empty
+    env = FsspecEnv.from_url(f"http://127.0.0.1:{port}/backups")
+    with pytest.raises(StorageError, match=f"list http://127.0.0.1:{port}/backups"):
+        env.list()

@@ -41,6 +41,14 @@ def test_a_corrupt_backup_keeps_nothing_of_its_own_but_shared_files_another_hold
     assert "private/3/CURRENT" in plan.doomed and "shared_checksum/000007_sSID_100.sst" not in plan.doomed
 
 
+def test_a_backup_this_version_cannot_read_keeps_its_private_files_and_every_shared_file() -> None:
+    """Backup 3's meta file is NotSupported (a newer RocksDB's): which shared files it uses is
+    unknown, so none goes; the rest of the plan is unchanged."""
+    plan = plan_garbage_collection(LISTING, REFERENCED - {"private/3/CURRENT"}, valid_ids={1}, unreadable_ids={3})
+    assert plan.doomed == ["meta/.4.tmp", "meta/.4.1f2e.tmp", "private/2/CURRENT", "private/4.tmp/CURRENT"]
+    assert plan.private_dirs == ["private/2", "private/4.tmp"]
+
+
 def test_an_empty_directory_plans_nothing() -> None:
     plan = plan_garbage_collection([], set(), set())
     assert plan.doomed == [] and plan.private_dirs == []

@@ -241,7 +241,11 @@ class BackupEnv(abc.ABC):
     def list(self, prefix: str = "") -> list[FileInfo]:
         """Every file below `prefix` (recursively) with its size; [] if none.
 
-        Temp files are included: garbage collection needs to see them.
+        Temp files are included: garbage collection needs to see them.  Complete or an
+        error: a directory that could not be listed must raise, never be left out, since
+        the backups whose files a listing lacks look corrupt, and garbage collection
+        deletes what only a corrupt backup holds.  A directory deleted while the listing
+        runs may be left out (its files are gone).
         """
 
     def list_sizes(self, prefix: str = "", *, known: Mapping[str, int] | None = None) -> dict[str, int]:

@@ -23,7 +23,8 @@ primitive the declared `Capabilities` allow:
   create, else exists-then-publish, which is best effort (a racing writer
   can slip in between) and documented as such;
 - listings and stats drop fsspec's directory cache first, so another
-  client's write is never hidden.
+  client's write is never hidden, and a directory that cannot be listed is
+  an error, never an empty one (fsspec's generic `find` omits it).
 
 Every exception leaves as an `rbackup.errors` exception whose message names
 the full URL (credentials removed).
@@ -92,6 +93,17 @@ _DENIED_CODES = frozenset(
         "AccountProblem",
     }
 )
+
+
+def _generic_find(fs: Any) -> bool:
+    """Whether `fs.find` is fsspec's walk of `ls` calls, which omits what it cannot list."""
+    from fsspec.asyn import AsyncFileSystem
+    from fsspec.spec import AbstractFileSystem
+
+    cls = type(fs)
+    if isinstance(fs, AsyncFileSystem):
+        return cls._find is AsyncFileSystem._find and cls._walk is AsyncFileSystem._walk
+    return cls.find is AbstractFileSystem.find and cls.walk is AbstractFileSystem.walk
 
 
 def redact_url(url: str) -> str:
@@ -294,8 +306,8 @@ class _NoClobberWriter(_FileWriter):
     """
 
     def __init__(self, env: FsspecEnv, path: str) -> None:
-        self._tmp = env._full(exclusive_temp_path(path))
-        self._final = env._full(path)
+        self._tmp_path = exclusive_temp_path(path)
+        self._tmp = env._full(self._tmp_path)
         self._size = 0
         super().__init__(env, path, self._tmp)
 
@@ -310,8 +322,7 @@ class _NoClobberWriter(_FileWriter):
     def _publish(self) -> None:
         self._file.close()
         size = self._size
-        self._env._publish_new(self._path, self._tmp, self._final,
-                               lambda: self._env.stat(self._path).size == size)
+        self._env._publish_new(self._path, self._tmp_path, lambda: self._env.stat(self._path).size == size)
 
     def _discard(self) -> None:
         try:
@@ -395,6 +406,8 @@ class FsspecEnv(BackupEnv):
             raise NotSupported(f"{redact_url(url)}: the fsspec implementation is not installed ({exc})") from exc
         except ValueError as exc:
             raise InvalidArgument(f"{redact_url(url)}: {exc}") from exc
+        except OSError as exc:  # some connect as they are made (ftp, sftp), or open a file (zip)
+            raise translate_store_error(exc, f"connect {redact_url(url)}") from exc
         return cls(fs, root, url=url)
 
     # -- helpers ---------------------------------------------------------------
@@ -484,15 +497,16 @@ class FsspecEnv(BackupEnv):
         in one request, HDFS, overrides it)."""
         self.fs.mv(source, destination)
 
-    def _publish_new(self, path: str, tmp: str, final: str, is_ours: Callable[[], bool]) -> None:
-        """`_rename_new(tmp, final)`, where `tmp` is a temp name private to this call: AlreadyExists
-        if `final` exists.  A refusal whose temp is gone means the rename was ours and only its
-        reply was lost (a retried request): success, if `is_ours()` confirms what `final` holds
-        (the temp could also have been removed by another writer's garbage collection)."""
+    def _publish_new(self, path: str, tmp_path: str, is_ours: Callable[[], bool]) -> None:
+        """Rename `tmp_path`, a temp name private to this call, onto `path` with `_rename_new`:
+        AlreadyExists if `path` exists.  A refusal whose temp is gone means the rename was ours
+        and only its reply was lost (a retried request): success, if `is_ours()` confirms what
+        `path` holds (the temp could also have been removed by another writer's garbage
+        collection).  rbackup's `exists`, not fsspec's, which says False for any error."""
         try:
-            self._rename_new(tmp, final)
+            self._rename_new(self._full(tmp_path), self._full(path))
         except FileExistsError:
-            if not self.fs.exists(tmp) and is_ours():
+            if not self.exists(tmp_path) and is_ours():
                 return
             raise AlreadyExists(f"write {self.describe(path)}: already exists") from None
 
@@ -544,10 +558,38 @@ class FsspecEnv(BackupEnv):
 
     def _find(self, top: str) -> dict[str, dict[str, Any]]:
         """Every file below `top` (full name -> fsspec info), fresh from the store;
-        FileNotFoundError where `top` does not exist.  `list` keeps those under `top/`."""
+        FileNotFoundError where `top` does not exist.  `list` keeps those under `top/`.
+
+        A listing must never leave anything out: a backup whose files are missing from it
+        looks corrupt, and garbage collection deletes what only a corrupt backup holds.
+        fsspec's generic `find` (fsspec's walk, used by HDFS's ArrowFSWrapper, ftp, sftp,
+        webhdfs, http...) omits every directory whose listing fails (its `on_error` is not
+        passed down the tree), so for those the walk is done here, one `ls` per directory as
+        fsspec's does: a failure is raised, except a directory below `top` that is gone by
+        the time it is listed (a concurrent delete took it, with its files).  Stores with a
+        `find` of their own (one flat listing: s3fs, gcsfs, adlfs, memory) keep it."""
         self.fs.invalidate_cache()
-        found: dict[str, dict[str, Any]] = self.fs.find(top, detail=True)
-        return found
+        if not _generic_find(self.fs):
+            found: dict[str, dict[str, Any]] = self.fs.find(top, detail=True)
+            return found
+        files: dict[str, dict[str, Any]] = {}
+        pending, seen = [top], {top.rstrip("/")}
+        while pending:
+            directory = pending.pop()
+            try:
+                entries = self.fs.ls(directory, detail=True)
+            except FileNotFoundError:
+                if directory == top:
+                    raise
+                continue
+            for info in entries:
+                name = info["name"].rstrip("/")
+                if info.get("type") != "directory":
+                    files[name] = info
+                elif name not in seen:  # some stores list a directory itself among its entries
+                    seen.add(name)
+                    pending.append(name)
+        return files
 
     def list(self, prefix: str = "") -> list[FileInfo]:
         top = self._full(prefix) if prefix else self.root

@@ -242,7 +242,9 @@ class HdfsEnv(FsspecEnv):
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                if exc.errno == errno.EIO and not self.fs.exists(full):
+                # rbackup's exists, not fsspec's: fsspec's says False for any error, and a
+                # delete that failed would then be reported as done.
+                if exc.errno == errno.EIO and not self.exists(path):
                     continue
                 raise self._error(exc, path, "delete") from exc
 
@@ -264,11 +266,11 @@ class HdfsEnv(FsspecEnv):
         if self.exists(path):
             raise AlreadyExists(f"create {self.describe(path)}: already exists")
         tmp_path = exclusive_temp_path(path)
-        full, tmp = self._full(path), self._full(tmp_path)
+        tmp = self._full(tmp_path)
         try:
             with self._open_in_dir(tmp, lambda target: self.fs.open(target, "wb")) as f:
                 f.write(data)
-            self._publish_new(path, tmp, full, lambda: self._holds(path, data))
+            self._publish_new(path, tmp_path, lambda: self._holds(path, data))
         except AlreadyExists:
             self._remove_quietly(tmp_path)
             raise AlreadyExists(f"create {self.describe(path)}: already exists") from None
