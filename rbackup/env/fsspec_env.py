@@ -275,9 +275,9 @@ class _RenamingWriter(_FileWriter):
     and a crash leaves only a `.tmp` file, which RocksDB's GC removes.
     """
 
-    def __init__(self, env: FsspecEnv, path: str) -> None:
-        self._tmp = env._full(temp_path(path))
-        self._final = env._full(path)
+    def __init__(self, env: FsspecEnv, path: str, tmp_path: str | None = None) -> None:
+        self._tmp_path = tmp_path or temp_path(path)
+        self._tmp = env._full(self._tmp_path)
         super().__init__(env, path, self._tmp)
 
     def _open(self, target: str) -> Any:
@@ -285,7 +285,7 @@ class _RenamingWriter(_FileWriter):
 
     def _publish(self) -> None:
         self._file.close()
-        self._env._rename_replacing(self._tmp, self._final)
+        self._env._rename_replacing(self._tmp, self._env._full(self._path))
 
     def _discard(self) -> None:
         try:
@@ -294,7 +294,7 @@ class _RenamingWriter(_FileWriter):
             self._env.fs.rm_file(self._tmp)
 
 
-class _NoClobberWriter(_FileWriter):
+class _NoClobberWriter(_RenamingWriter):
     """`open_write_new` on a store with a rename that refuses an existing name (HDFS's `rename2`
     without OVERWRITE: `FsspecEnv._rename_new`).
 
@@ -306,13 +306,8 @@ class _NoClobberWriter(_FileWriter):
     """
 
     def __init__(self, env: FsspecEnv, path: str) -> None:
-        self._tmp_path = exclusive_temp_path(path)
-        self._tmp = env._full(self._tmp_path)
         self._size = 0
-        super().__init__(env, path, self._tmp)
-
-    def _open(self, target: str) -> Any:
-        return self._env.fs.open(target, "wb")
+        super().__init__(env, path, exclusive_temp_path(path))
 
     def write(self, data: bytes | memoryview) -> int:
         n = super().write(data)
@@ -323,12 +318,6 @@ class _NoClobberWriter(_FileWriter):
         self._file.close()
         size = self._size
         self._env._publish_new(self._path, self._tmp_path, lambda: self._env.stat(self._path).size == size)
-
-    def _discard(self) -> None:
-        try:
-            self._file.close()
-        finally:
-            self._env.fs.rm_file(self._tmp)
 
 
 class _DeferredWriter(_FileWriter):
