@@ -11,7 +11,10 @@ conservative and each promise of the contract is kept with the strongest
 primitive the declared `Capabilities` allow:
 
 - publish: temp name `.<name>.tmp` plus `mv` where renames are atomic
-  (RocksDB's own naming, so its GC recognises leftovers); on stores that
+  (RocksDB's own naming, so its GC recognises leftovers); a publish that must
+  not replace (`open_write_new`) renames a private temp with the store's
+  rename that refuses an existing name where a subclass has one
+  (`_rename_new`: HDFS), else looks first and renames; on stores that
   honour fsspec's deferred commit (`autocommit=False`: s3fs, gcsfs, adlfs)
   the final name is written directly and published by `commit()` or thrown
   away by `discard()`; on the rest, temp name plus `mv` again, which may be
@@ -33,7 +36,7 @@ import errno
 import io
 import logging
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,7 +49,7 @@ from ..errors import (
     PermissionDenied,
     StorageError,
 )
-from ..format.tempnames import temp_path
+from ..format.tempnames import exclusive_temp_path, temp_path
 
 if TYPE_CHECKING:
     import fsspec
@@ -208,18 +211,17 @@ class _StreamReader(io.RawIOBase):
 
 
 class _FileWriter(AtomicWriter):
-    """What both fsspec writers share: errors name the file, a writer publishes
+    """What every fsspec writer shares: errors name the file, a writer publishes
     at most once, a failed publish cleans up, and cleanup never raises (it runs
-    while another exception is on its way out).  Parents are created
-    explicitly because ArrowFSWrapper (HDFS) does not create them."""
+    while another exception is on its way out).  Parents are made by
+    `FsspecEnv._open_in_dir`."""
 
     def __init__(self, env: FsspecEnv, path: str, target: str) -> None:
         self._env = env
         self._path = path
         self._done = False
         try:
-            env.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-            self._file = self._open(target)
+            self._file = env._open_in_dir(target, self._open)
         except Exception as exc:
             raise env._error(exc, path, "write") from exc
 
@@ -273,9 +275,9 @@ class _RenamingWriter(_FileWriter):
     and a crash leaves only a `.tmp` file, which RocksDB's GC removes.
     """
 
-    def __init__(self, env: FsspecEnv, path: str) -> None:
-        self._tmp = env._full(temp_path(path))
-        self._final = env._full(path)
+    def __init__(self, env: FsspecEnv, path: str, tmp_path: str | None = None) -> None:
+        self._tmp_path = tmp_path or temp_path(path)
+        self._tmp = env._full(self._tmp_path)
         super().__init__(env, path, self._tmp)
 
     def _open(self, target: str) -> Any:
@@ -283,13 +285,39 @@ class _RenamingWriter(_FileWriter):
 
     def _publish(self) -> None:
         self._file.close()
-        self._env.fs.mv(self._tmp, self._final)
+        self._env._rename_replacing(self._tmp, self._env._full(self._path))
 
     def _discard(self) -> None:
         try:
             self._file.close()
         finally:
             self._env.fs.rm_file(self._tmp)
+
+
+class _NoClobberWriter(_RenamingWriter):
+    """`open_write_new` on a store with a rename that refuses an existing name (HDFS's `rename2`
+    without OVERWRITE: `FsspecEnv._rename_new`).
+
+    The data goes to a temp name private to this writer (`.<name>.<12 hex>.tmp`: two writers
+    publishing the same name never share a temp), and that one rename publishes it: the check
+    that the name is free is the publish itself, atomic against every other client, where the
+    generic `open_write_new` looks first and then renames (replacing a file that appeared in
+    between).  A refusal raises AlreadyExists and the temp is removed by the abort.
+    """
+
+    def __init__(self, env: FsspecEnv, path: str) -> None:
+        self._size = 0
+        super().__init__(env, path, exclusive_temp_path(path))
+
+    def write(self, data: bytes | memoryview) -> int:
+        n = super().write(data)
+        self._size += n
+        return n
+
+    def _publish(self) -> None:
+        self._file.close()
+        size = self._size
+        self._env._publish_new(self._path, self._tmp_path, lambda: self._env.stat(self._path).size == size)
 
 
 class _DeferredWriter(_FileWriter):
@@ -423,12 +451,59 @@ class FsspecEnv(BackupEnv):
             log.debug("%s: deferred commit %s", self.url, "honoured" if self._deferred_commit else "ignored")
         return self._deferred_commit
 
+    _open_makes_parents = False
+    """Whether opening a file for writing makes its missing parent directories (HDFS's create
+    does): then `_open_in_dir` opens first and makes them only if the open says they are missing,
+    saving a request per file."""
+
+    def _open_in_dir(self, target: str, open_: Callable[[str], Any]) -> Any:
+        """`open_(target)` for writing, `target`'s parent directories made.  Most stores need them
+        made first (ArrowFSWrapper over local disk; a no-op on object stores); where the store's
+        open makes them (`_open_makes_parents`) they are made only after an open that found them
+        missing (ENOENT), and the open tried again."""
+        parent = posixpath.dirname(target)
+        if not self._open_makes_parents:
+            self.fs.makedirs(parent, exist_ok=True)
+            return open_(target)
+        try:
+            return open_(target)
+        except FileNotFoundError:
+            self.fs.makedirs(parent, exist_ok=True)
+            return open_(target)
+
+    def _rename_new(self, source: str, destination: str) -> None:
+        """Rename the store path `source` onto `destination` in one step unless `destination`
+        exists: then raise FileExistsError and change nothing.
+
+        No fsspec store offers that (`mv` replaces, or copies), so the default raises
+        NotSupported.  A subclass whose store has one (HDFS) implements it and declares
+        `exclusive_publish` and `atomic_rename`: `open_write_new` then publishes through it."""
+        raise NotSupported(f"{self.url}: no rename that refuses an existing name")
+
+    def _rename_replacing(self, source: str, destination: str) -> None:
+        """Rename the store path `source` onto `destination`, replacing it if it exists: fsspec's
+        `mv` (one step where the store renames atomically; a subclass whose store can replace
+        in one request, HDFS, overrides it)."""
+        self.fs.mv(source, destination)
+
+    def _publish_new(self, path: str, tmp_path: str, is_ours: Callable[[], bool]) -> None:
+        """Rename `tmp_path`, a temp name private to this call, onto `path` with `_rename_new`:
+        AlreadyExists if `path` exists.  A refusal whose temp is gone means the rename was ours
+        and only its reply was lost (a retried request): success, if `is_ours()` confirms what
+        `path` holds (the temp could also have been removed by another writer's garbage
+        collection).  rbackup's `exists`, not fsspec's, which says False for any error."""
+        try:
+            self._rename_new(self._full(tmp_path), self._full(path))
+        except FileExistsError:
+            if not self.exists(tmp_path) and is_ours():
+                return
+            raise AlreadyExists(f"write {self.describe(path)}: already exists") from None
+
     def _create_conditional(self, path: str, data: bytes) -> None:
         """Create-if-absent with the store's own atomic primitive (`"xb"`)."""
         full = self._full(path)
         try:
-            self.fs.makedirs(posixpath.dirname(full), exist_ok=True)
-            with self.fs.open(full, "xb") as f:
+            with self._open_in_dir(full, lambda target: self.fs.open(target, "xb")) as f:
                 f.write(data)
         except Exception as exc:
             raise self._error(exc, path, "create") from exc
@@ -453,6 +528,11 @@ class FsspecEnv(BackupEnv):
         if not self.capabilities.atomic_rename and self._defers_commit():
             return _DeferredWriter(self, path)
         return _RenamingWriter(self, path)
+
+    def open_write_new(self, path: str, *, sync: bool = True) -> AtomicWriter:
+        if self.capabilities.exclusive_publish and self.capabilities.atomic_rename:
+            return _NoClobberWriter(self, check_path(path))
+        return super().open_write_new(path, sync=sync)
 
     def create_exclusive(self, path: str, data: bytes, *, sync: bool = True) -> None:
         path = check_path(path)

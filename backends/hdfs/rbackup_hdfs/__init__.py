@@ -6,7 +6,14 @@ imports it.  The store is pyarrow's libhdfs binding behind fsspec's
 ArrowFSWrapper, driven by rbackup's generic FsspecEnv.
 """
 from .config import HdfsLocation, HdfsSettings, hadoop_fs_kwargs, parse_hdfs_url
-from .env import HdfsEnv, classpath_problems, connect_hadoop, ensure_hadoop_classpath, native_exclusive_rename
+from .env import (
+    HdfsEnv,
+    classpath_problems,
+    connect_hadoop,
+    ensure_hadoop_classpath,
+    native_exclusive_rename,
+    native_renames,
+)
 from .errors import translate_hdfs_error
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "ensure_hadoop_classpath",
     "hadoop_fs_kwargs",
     "native_exclusive_rename",
+    "native_renames",
     "parse_hdfs_url",
     "translate_hdfs_error",
 ]

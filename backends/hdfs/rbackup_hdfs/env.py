@@ -5,13 +5,16 @@ The store is `pyarrow.fs.HadoopFileSystem` wrapped in fsspec's
 driven by the generic `FsspecEnv`; this module adds only what HDFS changes.
 What each promise of the contract rests on, as pyarrow really does it:
 
-- publish: FsspecEnv's temp name `.<name>.tmp` plus rename.  A new name
-  appears whole in one NameNode rename, atomic and logged in the edit log
-  before the call returns.  Replacing an existing name is not one step:
-  when HDFS refuses to rename onto an existing file, pyarrow's `move`
-  deletes the destination and renames again, so the name is briefly absent
-  (never partial).  The engine replaces only CURRENT-like small files and its
-  own lock lease.
+- publish: FsspecEnv's temp name plus rename.  A new name appears whole in
+  one NameNode rename, atomic and logged in the edit log before the call
+  returns.  `open_write_new` (every file of a backup) writes a temp name
+  private to the writer and publishes it with the rename that refuses an
+  existing name (through hdfs-native, as create-if-absent does), so a file
+  is never replaced and no look precedes the publish (`exclusive_publish`).
+  `open_write` (replacing: the engine replaces only small bookkeeping files,
+  its lock lease on renewal) uses `.<name>.tmp` and the rename with
+  OVERWRITE through hdfs-native: one NameNode step, the name never absent
+  (pyarrow's `move` deletes the destination and renames again).
 - durability: pyarrow binds libhdfs's `hdfsFlush` (Java `flush()`), never
   `hflush` or `hsync`.  `close()` returns once every DataNode of the write
   pipeline acknowledged every packet and the NameNode completed the file:
@@ -33,7 +36,6 @@ import dataclasses
 import errno
 import logging
 import os
-import posixpath
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -48,6 +50,7 @@ from rbackup.env.fsspec_env import FsspecEnv
 from rbackup.errors import AlreadyExists, BackupError, InvalidArgument, NotFound
 from rbackup.format.tempnames import exclusive_temp_path
 
+from .clientconf import site_keys
 from .config import DEFAULT_NAMENODE, HdfsLocation, HdfsSettings, hadoop_fs_kwargs, parse_hdfs_url
 from .errors import translate_hdfs_error
 
@@ -58,6 +61,8 @@ Connector = Callable[..., pyarrow.fs.FileSystem]
 ExclusiveRename = Callable[[str, str], None]
 """`(source, destination)`, absolute paths: rename in one step, raising FileExistsError (and
 changing nothing) if the destination exists."""
+Rename = Callable[[str, str], None]
+"""`(source, destination)`, absolute paths: rename in one step, replacing the destination."""
 
 
 def ensure_hadoop_classpath(environ: MutableMapping[str, str] = os.environ) -> None:
@@ -117,7 +122,7 @@ def classpath_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
 def connect_hadoop(location: HdfsLocation, settings: HdfsSettings,
                    factory: Connector | None = None) -> pyarrow.fs.FileSystem:
     """The pyarrow file system for `location`; load and connection failures become rbackup errors."""
-    kwargs = hadoop_fs_kwargs(location, settings)
+    kwargs = hadoop_fs_kwargs(location, settings, site_keys())
     if factory is None:
         ensure_hadoop_classpath()
         for problem in classpath_problems():
@@ -141,8 +146,10 @@ def hdfs_native_url(location: HdfsLocation) -> str | None:
     return f"hdfs://{location.namenode}{port}"
 
 
-def native_exclusive_rename(location: HdfsLocation, settings: HdfsSettings) -> ExclusiveRename:
-    """HDFS's no-clobber rename (`rename2` without OVERWRITE) through an hdfs-native client.
+def native_renames(location: HdfsLocation, settings: HdfsSettings) -> tuple[ExclusiveRename, Rename]:
+    """HDFS's renames through one hdfs-native client: `rename2` without OVERWRITE (refusing an
+    existing destination), and with it (replacing one in the same single NameNode step, where
+    pyarrow's `move` deletes the destination and renames again, leaving the name absent between).
 
     The client connects lazily and reads HADOOP_CONF_DIR itself; `extra_conf`
     is passed on.  Under simple authentication it acts as HADOOP_USER_NAME or
@@ -155,10 +162,19 @@ def native_exclusive_rename(location: HdfsLocation, settings: HdfsSettings) -> E
         kerberos = {"kerberos_cache": settings.kerb_ticket, "kerberos_principal": settings.user}
     client = hdfs_native.Client(hdfs_native_url(location), dict(settings.extra_conf) or None, **kerberos)
 
-    def rename(source: str, destination: str) -> None:
+    def exclusive(source: str, destination: str) -> None:
         client.rename(source, destination, overwrite=False)
 
-    return rename
+    def replacing(source: str, destination: str) -> None:
+        client.rename(source, destination, overwrite=True)
+
+    return exclusive, replacing
+
+
+def native_exclusive_rename(location: HdfsLocation, settings: HdfsSettings) -> ExclusiveRename:
+    """HDFS's no-clobber rename (`rename2` without OVERWRITE) through an hdfs-native client
+    (`native_renames`)."""
+    return native_renames(location, settings)[0]
 
 
 class HdfsEnv(FsspecEnv):
@@ -166,20 +182,21 @@ class HdfsEnv(FsspecEnv):
 
     `storage_options` are the fields of `HdfsSettings` (`user`, `kerb_ticket`,
     `replication`, `buffer_size`, `default_block_size`, `extra_conf`,
-    `concurrency`).  libhdfs itself needs JAVA_HOME, libhdfs.so (HADOOP_HOME
+    `concurrency`, `transfer_width`).  libhdfs itself needs JAVA_HOME, libhdfs.so (HADOOP_HOME
     or ARROW_LIBHDFS_DIR), Hadoop's jars on CLASSPATH (found with the `hadoop`
     command when unset) and usually HADOOP_CONF_DIR; without them the
     constructor raises NotSupported naming what is missing.
 
     `connect` replaces `pyarrow.fs.HadoopFileSystem` (same keyword arguments)
-    and `rename_exclusive` the hdfs-native no-clobber rename: the tests pass a
-    connector returning `pyarrow.fs.LocalFileSystem()` and a local no-clobber
-    rename, which runs this env's whole code path on local disk.
+    and `rename_exclusive` the hdfs-native no-clobber rename (a replacing
+    publish then goes through pyarrow's `move`): the tests pass a connector
+    returning `pyarrow.fs.LocalFileSystem()` and a local no-clobber rename,
+    which runs this env's whole code path on local disk.
     """
 
-    capabilities = Capabilities(atomic_rename=True, conditional_create=True, durable_sync=False,
-                                directories=True, concurrency=HdfsSettings.concurrency,
-                                transfer_width=1, buffer_size=DISK_BUFFER_SIZE)
+    capabilities = Capabilities(atomic_rename=True, conditional_create=True, exclusive_publish=True,
+                                durable_sync=False, directories=True, concurrency=HdfsSettings.concurrency,
+                                transfer_width=HdfsSettings.transfer_width, buffer_size=DISK_BUFFER_SIZE)
     """The defaults, for `rbackup backends`; an instance reflects its own settings."""
 
     def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None,
@@ -187,15 +204,25 @@ class HdfsEnv(FsspecEnv):
         location = parse_hdfs_url(url)
         settings = HdfsSettings.from_options(storage_options, url_user=location.user)
         arrow_fs = connect_hadoop(location, settings, connect)
-        self.rename_exclusive = rename_exclusive or native_exclusive_rename(location, settings)
+        self.rename_replacing: Rename | None = None
+        """HDFS's replacing rename; None (a caller's `rename_exclusive` given): pyarrow's `move`."""
+        if rename_exclusive is None:
+            self.rename_exclusive, self.rename_replacing = native_renames(location, settings)
+        else:
+            self.rename_exclusive = rename_exclusive
         super().__init__(
             ArrowFSWrapper(arrow_fs, skip_instance_cache=True),
             location.path,
             url=location.url,
-            capabilities=dataclasses.replace(HdfsEnv.capabilities, concurrency=settings.concurrency),
+            capabilities=dataclasses.replace(HdfsEnv.capabilities, concurrency=settings.concurrency,
+                                             transfer_width=settings.transfer_width),
         )
         self.location = location
         self.settings = settings
+
+    _open_makes_parents = True
+    """libhdfs's hdfsOpenFile creates with Hadoop's `FileSystem.create`, which makes missing parent
+    directories: no mkdirs request per file (the tests' local stand-in makes them on ENOENT)."""
 
     @classmethod
     def from_url(cls, url: str, storage_options: dict[str, Any] | None = None) -> HdfsEnv:
@@ -239,20 +266,31 @@ class HdfsEnv(FsspecEnv):
         if self.exists(path):
             raise AlreadyExists(f"create {self.describe(path)}: already exists")
         tmp_path = exclusive_temp_path(path)
-        full, tmp = self._full(path), self._full(tmp_path)
+        tmp = self._full(tmp_path)
         try:
-            self.fs.makedirs(posixpath.dirname(full), exist_ok=True)
-            with self.fs.open(tmp, "wb") as f:
+            with self._open_in_dir(tmp, lambda target: self.fs.open(target, "wb")) as f:
                 f.write(data)
-            self.rename_exclusive(tmp, full)
-        except FileExistsError:
-            if not self.exists(tmp_path) and self._holds(path, data):
-                return
+            self._publish_new(path, tmp_path, lambda: self._holds(path, data))
+        except AlreadyExists:
             self._remove_quietly(tmp_path)
             raise AlreadyExists(f"create {self.describe(path)}: already exists") from None
         except Exception as exc:
             self._remove_quietly(tmp_path)
             raise self._error(exc, path, "create") from exc
+
+    def _rename_replacing(self, source: str, destination: str) -> None:
+        """A replacing publish (`open_write`: the lease's renewals) in one NameNode step, so the
+        name never goes missing in between, as it does in pyarrow's `move` (refused rename,
+        delete, rename again: three requests)."""
+        if self.rename_replacing is None:
+            super()._rename_replacing(source, destination)
+        else:
+            self.rename_replacing(source, destination)
+
+    def _rename_new(self, source: str, destination: str) -> None:
+        """HDFS's rename that refuses an existing destination (`rename_exclusive`): what
+        `open_write_new` and `create_exclusive` publish with."""
+        self.rename_exclusive(source, destination)
 
     def _holds(self, path: str, data: bytes) -> bool:
         """Whether `path` holds exactly `data` (False if it is gone or differs)."""

@@ -24,6 +24,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,7 @@ from rbackup_hdfs import (
     parse_hdfs_url,
     translate_hdfs_error,
 )
+from rbackup_hdfs.clientconf import TUNED, site_keys
 
 from rbackup import BackupableDBOptions, BackupEngine
 from rbackup.env.base import DISK_BUFFER_SIZE
@@ -101,6 +103,83 @@ def test_engine_round_trip_incremental(live_db, tmp_path: Path) -> None:
     assert leftovers == []
 
 
+def test_a_backup_copies_transfer_width_files_at_once(live_db, tmp_path: Path) -> None:
+    """One HDFS write stream is bound by its DataNode pipeline's acknowledgements, so a backup keeps
+    `transfer_width` files (4 by default) in flight even with max_background_operations=1: the first
+    four files opened wait for one another at a barrier, which copying one at a time never passes."""
+    for part in range(3):
+        live_db.add(200, prefix=f"sst{part}", seed=part)
+    env = local_hdfs_env(tmp_path / "backup")
+    assert env.capabilities.transfer_width == 4
+    barrier = threading.Barrier(4, timeout=30)
+    opened: list[str] = []
+    real_open = env.fs.open
+
+    def open_and_meet(path: str, mode: str = "rb", **kw: Any) -> Any:
+        stream = real_open(path, mode, **kw)
+        if mode == "wb" and ("/shared_checksum/" in path or "/private/" in path):
+            opened.append(path)
+            if len(opened) <= barrier.parties:
+                barrier.wait()
+        return stream
+
+    env.fs.open = open_and_meet  # type: ignore[method-assign]
+    engine = BackupEngine.open(BackupableDBOptions(str(tmp_path / "backup"), backup_env=env,
+                                                   max_background_operations=1))
+    assert engine.create_new_backup(live_db.db) == 1
+    assert len(opened) >= 4
+    engine.verify_backup(1, verify_with_checksum=True)
+    engine.close()
+    assert local_hdfs_env(tmp_path / "b2", transfer_width=1).capabilities.transfer_width == 1
+
+
+def test_open_write_new_never_replaces_a_file_published_while_it_wrote(tmp_path: Path) -> None:
+    """A backup's files are published with the rename that refuses an existing name: a file another
+    writer publishes under the same name while this one writes is kept and this one gets
+    AlreadyExists (looking first and then renaming replaced it), its private temp removed."""
+    env = local_hdfs_env(tmp_path / "b")
+    rival = tmp_path / "b" / "shared_checksum" / "000009_s1_5.sst"
+    real_open = env.fs.open
+
+    class RivalOnClose:
+        """The temp's stream: as it closes, another writer publishes the same name."""
+
+        def __init__(self, stream: Any) -> None:
+            self._stream = stream
+
+        def close(self) -> None:
+            self._stream.close()
+            rival.write_bytes(b"rival")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._stream, name)
+
+    def open_with_rival(path: str, mode: str = "rb", **kw: Any) -> Any:
+        stream = real_open(path, mode, **kw)
+        return RivalOnClose(stream) if mode == "wb" else stream
+
+    env.makedirs("shared_checksum")
+    env.fs.open = open_with_rival  # type: ignore[method-assign]
+    with pytest.raises(AlreadyExists, match=r"000009_s1_5\.sst"):
+        with env.open_write_new("shared_checksum/000009_s1_5.sst") as w:
+            w.write(b"ours!")
+    assert rival.read_bytes() == b"rival"
+    assert [f.path for f in env.list()] == ["shared_checksum/000009_s1_5.sst"]
+
+
+def test_open_write_new_whose_rename_reply_was_lost_is_published(tmp_path: Path) -> None:
+    """A refusal whose private temp is gone, with the name holding as many bytes as were written,
+    was this writer's own rename answered twice (a retried request): success, as for create_exclusive."""
+    def rename_then_refuse(source: str, destination: str) -> None:
+        local_exclusive_rename(source, destination)
+        raise FileExistsError(destination)
+
+    env = HdfsEnv(f"hdfs://{tmp_path / 'b'}", connect=local_connector, rename_exclusive=rename_then_refuse)
+    with env.open_write_new("private/1/CURRENT") as w:
+        w.write(b"MANIFEST-000005\n")
+    assert env.read_bytes("private/1/CURRENT", 100) == b"MANIFEST-000005\n"
+
+
 # -- create_exclusive: what the private temp, re-check and read-back buy -------------------
 def test_create_exclusive_uses_a_private_temp(tmp_path: Path) -> None:
     env = local_hdfs_env(tmp_path / "b")
@@ -114,7 +193,8 @@ def test_create_exclusive_uses_a_private_temp(tmp_path: Path) -> None:
     env.fs.open = spying_open  # type: ignore[method-assign]
     env.create_exclusive("meta/3", b"x")
     env.create_exclusive("meta/4", b"y")
-    temps = [p.rsplit("/", 1)[1] for p in seen if p.endswith(".tmp")]
+    # each name opened once, or twice where the stand-in's open found meta/ missing and was retried
+    temps = list(dict.fromkeys(p.rsplit("/", 1)[1] for p in seen if p.endswith(".tmp")))
     assert len(temps) == 2 and temps[0].startswith(".3.") and temps[1].startswith(".4.")
     assert [f.path for f in env.list()] == ["meta/3", "meta/4"]
 
@@ -216,7 +296,8 @@ def test_parse_hdfs_url_never_echoes_a_password() -> None:
     assert "s3cret" not in str(info.value) and "kerb_ticket" in str(info.value)
 
 
-def test_option_mapping_reaches_hadoop_filesystem(tmp_path: Path) -> None:
+def test_option_mapping_reaches_hadoop_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CLASSPATH", raising=False)  # no site files: rbackup's tuned keys all apply
     calls: list[dict[str, Any]] = []
 
     def recording(**kwargs: Any) -> pyarrow.fs.FileSystem:
@@ -233,6 +314,7 @@ def test_option_mapping_reaches_hadoop_filesystem(tmp_path: Path) -> None:
             "default_block_size": 256 << 20,
             "extra_conf": {"dfs.client.use.datanode.hostname": True, "ipc.client.connect.max.retries": 3},
             "concurrency": 3,
+            "transfer_width": 6,
         },
         connect=recording,
     )
@@ -244,7 +326,7 @@ def test_option_mapping_reaches_hadoop_filesystem(tmp_path: Path) -> None:
         "buffer_size": 65536,
         "default_block_size": 268435456,
         "kerb_ticket": str(tmp_path / "krb5cc_1000"),
-        "extra_conf": {"dfs.client.use.datanode.hostname": "true", "ipc.client.connect.max.retries": "3"},
+        "extra_conf": {**TUNED, "dfs.client.use.datanode.hostname": "true", "ipc.client.connect.max.retries": "3"},
     }]
     assert env.url == "hdfs://nn1.example.com:9000/backups/db1"
     assert env.root == "/backups/db1"
@@ -252,14 +334,39 @@ def test_option_mapping_reaches_hadoop_filesystem(tmp_path: Path) -> None:
     caps = env.capabilities
     assert (caps.atomic_rename, caps.conditional_create, caps.durable_sync, caps.directories, caps.concurrency) == (
         True, True, False, True, 3)
-    # concurrency means what it means for S3 (requests at once); copies stay bandwidth-bound
-    assert (caps.transfer_width, caps.buffer_size) == (1, DISK_BUFFER_SIZE)
+    # concurrency means what it means for S3 (requests at once); files at once is its own option
+    assert (caps.transfer_width, caps.buffer_size) == (6, DISK_BUFFER_SIZE)
+    assert HdfsEnv.capabilities.transfer_width == HdfsSettings().transfer_width == 4
 
 
 def test_default_options_keep_the_cluster_configuration() -> None:
+    """Everything from the configuration, but for the close's retry delay (`clientconf.TUNED`)."""
     kwargs = hadoop_fs_kwargs(parse_hdfs_url("hdfs:///b"), HdfsSettings())
     assert kwargs == {"host": "default", "port": 0, "user": None, "replication": 0, "buffer_size": 0,
-                      "default_block_size": None, "kerb_ticket": None, "extra_conf": None}
+                      "default_block_size": None, "kerb_ticket": None, "extra_conf": dict(TUNED)}
+
+
+def test_a_close_retries_after_25_ms_unless_the_configuration_says_otherwise(tmp_path: Path) -> None:
+    """The NameNode refuses to complete a file until a DataNode reported its last block, and Hadoop's
+    client waits 400 ms before asking again: rbackup starts at 25 ms with twice the retries, except
+    for a key that hdfs-site.xml (the first on CLASSPATH) or extra_conf sets."""
+    delay, retries = "dfs.client.block.write.locateFollowingBlock.initial.delay.ms", \
+        "dfs.client.block.write.locateFollowingBlock.retries"
+    assert TUNED == {delay: "25", retries: "10"}
+    conf, shadowed = tmp_path / "conf", tmp_path / "later"
+    for d, value in ((conf, "100"), (shadowed, "7")):
+        d.mkdir()
+        (d / "hdfs-site.xml").write_text(f"<configuration><property><name>{delay if d == conf else retries}</name>"
+                                         f"<value>{value}</value></property></configuration>")
+    (conf / "core-site.xml").write_text("<configuration><property")  # unreadable: sets nothing
+    classpath = os.pathsep.join([str(tmp_path / "jars" / "*"), str(conf), str(shadowed)])
+    keys = site_keys({"CLASSPATH": classpath})
+    assert delay in keys and retries not in keys  # only the first hdfs-site.xml on the class path counts
+    location = parse_hdfs_url("hdfs:///b")
+    assert hadoop_fs_kwargs(location, HdfsSettings(), keys)["extra_conf"] == {retries: "10"}
+    mine = HdfsSettings(extra_conf={delay: 50, retries: 3})
+    assert hadoop_fs_kwargs(location, mine, ())["extra_conf"] == {delay: "50", retries: "3"}
+    assert site_keys({}) == frozenset()
 
 
 def test_user_from_url_and_options() -> None:
@@ -278,6 +385,7 @@ def test_user_from_url_and_options() -> None:
         ({"buffer_size": -1}, "buffer_size"),
         ({"default_block_size": 0}, "default_block_size"),
         ({"concurrency": 0}, "concurrency"),
+        ({"transfer_width": 0}, "transfer_width"),
     ],
 )
 def test_bad_options(options: dict[str, Any], fragment: str) -> None:

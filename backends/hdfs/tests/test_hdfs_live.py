@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import hdfs_native
+import pyarrow.fs
 import pytest
 import rocksdict
 from rbackup_hdfs import HdfsEnv
@@ -169,6 +170,80 @@ def test_two_cli_writers_racing(live_db: LiveDB, hdfs_dir: str) -> None:
     assert sorted(metas) == [f"meta/{i}" for i in ids]
 
 
+class CountingFs:
+    """pyarrow's HadoopFileSystem, recording each call rbackup makes and its first argument
+    (each call is one NameNode request, or more)."""
+
+    def __init__(self, inner: Any, calls: list[tuple[str, Any]]) -> None:
+        self._inner, self._calls = inner, calls
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._calls.append((name, args[0] if args else None))
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def test_namenode_requests_per_backup_file(live_db: LiveDB, hdfs_dir: str) -> None:
+    """What a backup asks the NameNode for each file it copies: a create (opening its temp, which
+    makes missing parent directories), a complete (closing it) and one rename that refuses an
+    existing name.  No mkdirs per file, no look before the publish (the rename is the check) and no
+    stat of a shared file after the commit (a name published that way cannot have been replaced);
+    only the backup's private files are read back."""
+    for part in range(4):
+        live_db.add(300, prefix=f"sst{part}", seed=part)
+    calls: list[tuple[str, Any]] = []
+    env = HdfsEnv(hdfs_dir, connect=lambda **kw: CountingFs(pyarrow.fs.HadoopFileSystem(**kw), calls))
+    renamed: list[str] = []
+    no_clobber = env.rename_exclusive
+
+    def counting_rename(source: str, destination: str) -> None:
+        renamed.append(destination)
+        no_clobber(source, destination)
+
+    env.rename_exclusive = counting_rename
+    engine = BackupEngine.open(BackupableDBOptions(hdfs_dir, backup_env=env))
+    calls.clear()
+    assert engine.create_new_backup(live_db.db) == 1
+    files = [f"{env.root}/{f.relative_filename}" for f in engine.get_backup_info(True)[0].files or ()]
+    engine.close()
+    shared = [f for f in files if "/shared_checksum/" in f]
+    assert len(shared) >= 5 and len(files) > len(shared)
+
+    created = [arg for name, arg in calls if name == "open_output_stream"]
+    stats = [arg for name, arg in calls if name == "get_file_info" and isinstance(arg, list)]
+    moved = [arg for name, arg in calls if name == "move"]
+    read = [arg for name, arg in calls if name in ("open_input_file", "open_input_stream")]
+    made = [arg for name, arg in calls if name == "create_dir"]
+    assert made in ([], [f"{env.root}/private/1"]), "directories made per file"
+    for f in files:
+        head, _, name = f.rpartition("/")
+        assert len([p for p in created if p.startswith(f"{head}/.{name}.") and p.endswith(".tmp")]) == 1, f
+        assert renamed.count(f) == 1, f
+        assert f not in moved and [f] not in stats, f
+    assert not set(read) & set(shared), "a shared file was read back"
+
+
+def test_a_replacing_write_is_one_rename(hdfs_dir: str) -> None:
+    """`open_write` over an existing file (what the lease's renewals do) publishes with HDFS's rename
+    with OVERWRITE, one NameNode step: never pyarrow's `move`, which deletes the name and renames
+    again (a taker listing the leases in between would find none)."""
+    calls: list[tuple[str, Any]] = []
+    env = HdfsEnv(hdfs_dir, connect=lambda **kw: CountingFs(pyarrow.fs.HadoopFileSystem(**kw), calls))
+    lease = "rbackup.lock.d/00000000000000000001"
+    env.write_bytes(lease, b"first")
+    calls.clear()
+    env.write_bytes(lease, b"second, longer")
+    assert env.read_bytes(lease, 100) == b"second, longer"
+    assert [name for name, _ in calls if name in ("move", "delete_file")] == []
+    assert [f.path for f in env.list()] == [lease]
+
+
 # -- faults, through the launcher's commands --------------------------------------------------
 def big_db(path: Path, mib: int) -> dict:
     """A closed DB of about `mib` MiB in a few large SSTs (incompressible values)."""
@@ -211,7 +286,7 @@ def test_datanode_stopped_mid_upload(cluster: Any, hdfs_dir: str, tmp_path: Path
 
     def open_and_stop_midway(path: str, mode: str = "rb", **kw: Any) -> Any:
         stream = real_open(path, mode, **kw)
-        if mode == "wb" and path.endswith(".sst.tmp") and not stopped:
+        if mode == "wb" and ".sst." in path and path.endswith(".tmp") and not stopped:
             return StopMidway(stream, path)
         return stream
 
