@@ -117,6 +117,12 @@ def _ovh() -> list[Fault]:
                   message="Invalid Argument.")]
 
 
+def _r2() -> list[Fault]:
+    """Cloudflare R2 in early 2025: 501 NotImplemented, naming the header (f2face/cloudflare-r2#12)."""
+    return [Fault("error", header=r"x-amz-checksum-", status=501, code="NotImplemented",
+                  message="Header '{header}' with value 'AAAAAA==' not implemented")]
+
+
 def _no_full_object() -> list[Fault]:
     """A store with checksums but no FULL_OBJECT multipart ones: CreateMultipartUpload with
     x-amz-checksum-type is refused as S3 refuses a type it does not know (InvalidRequest, "Value
@@ -141,7 +147,7 @@ def _ignores() -> list[Fault]:
 
 
 STORE_QUIRKS: dict[str, Callable[[], list[Fault]]] = {
-    "b2": _b2, "ovh": _ovh, "no_full_object": _no_full_object, "composite_only": _composite_only,
+    "b2": _b2, "ovh": _ovh, "r2": _r2, "no_full_object": _no_full_object, "composite_only": _composite_only,
     "ignores": _ignores,
 }
 """Emulated S3-compatible stores: name -> the rules that make moto answer as they do."""

@@ -99,10 +99,10 @@ def _round_trip(s3: FaultyS3, db: str, tmp_path: Path, options: dict[str, Any] |
     assert read_all(str(tmp_path / "restored-clean")) == read_all(db)
 
 
-@pytest.mark.parametrize("store", ["b2", "ovh"])
+@pytest.mark.parametrize("store", ["b2", "ovh", "r2"])
 def test_a_store_refusing_checksum_headers_gets_content_md5(s3_faulty: FaultyS3, big_db: str, tmp_path: Path,
                                                             store: str, caplog: pytest.LogCaptureFixture) -> None:
-    """B2 (the header named) and OVH (a bare InvalidArgument): refused once, learned, said once;
+    """B2 and R2 (the header named) and OVH (a bare InvalidArgument): refused once, learned, said once;
     then no request carries a checksum header and every body carries its Content-MD5."""
     rules = s3_faulty.injector.emulate(store)
     seen = s3_faulty.injector.record()
