@@ -340,13 +340,14 @@ class S3Env(FsspecEnv):
             if not fallbacks:
                 raise
         for fallback in fallbacks:
+            retry = self.compat.retry_params(method, kwargs, fallback)
             try:
-                out = self._send(method, **self.compat.retry_params(method, kwargs, fallback))
-            except Exception:
+                out = self._send(method, **retry)
+            except Exception as exc:
                 if fallback.named:  # the store said which header: believe it whatever else went wrong
                     self.compat.adopt(fallback, method, refusal)
-                if fallback is fallbacks[-1] or fallback.named:
-                    raise  # the retry's own error: a 412 there is a lost race, as from the first request
+                if fallback.named or fallback is fallbacks[-1] or not self.compat.fallbacks(method, retry, exc):
+                    raise  # the retry's own answer: a 412 there is a lost race, as from the first request
                 continue
             self.compat.adopt(fallback, method, refusal)
             return out

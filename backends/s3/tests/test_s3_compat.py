@@ -93,6 +93,10 @@ def _round_trip(s3: FaultyS3, db: str, tmp_path: Path, options: dict[str, Any] |
         engine.delete_backup(1)
         engine.garbage_collect()
         assert [b.backup_id for b in engine.get_backup_info()] == [2]
+    fresh_options = {**s3.storage_options, **(options or {})}
+    with BackupEngineReadOnly(BackupableDBOptions(url, storage_options=fresh_options)) as fresh:
+        result = fresh.verify_backup(2, verify_with_checksum=True)  # a fresh env: its CRC-32C probe first
+        assert result.from_store_checksum + result.downloaded == result.files
     with BackupEngineReadOnly(BackupableDBOptions(url, storage_options={**s3.clean_storage_options})) as check:
         check.verify_backup(2, verify_with_checksum=True)
         check.restore_db_from_backup(2, str(tmp_path / "restored-clean"))
@@ -102,17 +106,21 @@ def _round_trip(s3: FaultyS3, db: str, tmp_path: Path, options: dict[str, Any] |
 @pytest.mark.parametrize("store", ["b2", "ovh", "r2"])
 def test_a_store_refusing_checksum_headers_gets_content_md5(s3_faulty: FaultyS3, big_db: str, tmp_path: Path,
                                                             store: str, caplog: pytest.LogCaptureFixture) -> None:
-    """B2 and R2 (the header named) and OVH (a bare InvalidArgument): refused once, learned, said once;
-    then no request carries a checksum header and every body carries its Content-MD5."""
+    """B2 and R2 (the header named) and OVH (a bare InvalidArgument): refused once by the writing env,
+    learned, said once; then no request of it carries a checksum header and every body carries its
+    Content-MD5.  The fresh env of the last verify is refused its CRC-32C probe once, and reads back."""
     rules = s3_faulty.injector.emulate(store)
     seen = s3_faulty.injector.record()
     with caplog.at_level(logging.INFO, logger="rbackup_s3"):
         _round_trip(s3_faulty, big_db, tmp_path)
-    assert sum(r.fired for r in rules) == 1
+    assert sum(r.fired for r in rules) == 2
     said = [r.getMessage() for r in caplog.records if "request_checksum_calculation" in r.getMessage()]
     assert len(said) == 1 and r"when_required" in said[0] and s3_faulty.storage_options["endpoint_url"] in said[0]
     refused_at = next(i for i, (_, _, _, h) in enumerate(seen) if _checksum_headers(h))
-    after = seen[refused_at + 2:]  # the refused request and its retry, then everything else
+    probe_at = next(i for i, (_, p, _, h) in enumerate(seen) if i > refused_at and _checksum_headers(h))
+    assert "/rbackup.lock.d/probe/" in seen[probe_at][1]  # the fresh env's CRC-32C probe, then nothing more
+    # the refused request and its retry excepted, and the fresh env's probe (a multipart upload then a PUT)
+    after = seen[refused_at + 2:probe_at] + [r for r in seen[probe_at:] if "/rbackup.lock.d/probe/" not in r[1]]
     assert not [(m, p, _checksum_headers(h)) for m, p, _, h in after if _checksum_headers(h)]
     bodies = [(m, p, q, h) for m, p, q, h in after if m in BODY_METHODS and int(h.get("content-length", 0))]
     assert bodies and all("content-md5" in h for _, _, _, h in bodies)
