@@ -100,10 +100,16 @@ def _over_tls(options: dict[str, Any]) -> bool:
     return endpoint is None or str(endpoint).startswith("https://")
 
 
+MD5_OPERATIONS = ("DeleteObjects", "PutObjectRetention")
+"""The operations rbackup calls that S3 requires a checksum of: botocore gives them its own
+x-amz-checksum-crc32 whatever request_checksum_calculation says; they get Content-MD5 instead."""
+
+
 def content_md5_only(request: Any, **_: Any) -> None:
-    """botocore event handler (before-sign, DeleteObjects): the body's Content-MD5, which S3's API
-    asks of DeleteObjects and every store checks, instead of the x-amz-checksum-crc32 botocore puts
-    on operations that require a checksum (stores that predate them refuse it, or want Content-MD5)."""
+    """botocore event handler (before-sign, `MD5_OPERATIONS`): the body's Content-MD5, which S3's API
+    asks of these operations and every store checks, instead of the x-amz-checksum-crc32 botocore puts
+    on operations that require a checksum (stores that predate them refuse it, or want Content-MD5), as
+    the native client sends DeleteObjects."""
     for name in list(request.headers.keys()):
         if name.lower().startswith("x-amz-checksum-") or name.lower() == "x-amz-sdk-checksum-algorithm":
             del request.headers[name]
@@ -317,7 +323,8 @@ class S3Env(FsspecEnv):
         register_part_payload()
         options = dict(options)
         session = options.pop("session", None) or aiobotocore.session.AioSession()
-        session.register("before-sign.s3.DeleteObjects", content_md5_only)
+        for operation in MD5_OPERATIONS:
+            session.register(f"before-sign.s3.{operation}", content_md5_only)
         fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False, config_kwargs=config,
                                session=session, **options)
         fs.retries = S3FS_RETRIES
