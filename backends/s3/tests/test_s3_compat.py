@@ -257,3 +257,32 @@ def test_the_setting_is_read_as_botocore_reads_it(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "never")
     with pytest.raises(InvalidArgument, match="AWS_REQUEST_CHECKSUM_CALCULATION must be"):
         S3Env("s3://bucket", storage_options={"endpoint_url": "http://127.0.0.1:9"})
+
+
+def test_which_refusals_lead_to_a_retry_without_checksums() -> None:
+    """Only a 400/501 refusal of a request that carried checksum headers; a digest mismatch (damage on
+    the way), a 412 (a lost race) or a 403 never: their checksum and condition stand."""
+    from rbackup_s3.compat import Fallback, StoreCompat
+    from rbackup_s3.direct import S3Error
+
+    def error(code: str, message: str = "") -> S3Error:
+        return S3Error({"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": 400}},
+                       "PutObject")
+
+    compat = StoreCompat("s3://b", "http://x", "when_supported", "the default")
+    put = {"Key": "k", "Body": b"x", "ChecksumAlgorithm": "CRC32C", "ChecksumCRC32C": "AAAAAA==",
+           "IfNoneMatch": "*"}
+    create = {"Key": "k", "ChecksumAlgorithm": "CRC32C", "ChecksumType": "FULL_OBJECT"}
+    for code in ("BadDigest", "XAmzContentChecksumMismatch", "PreconditionFailed", "AccessDenied", "SlowDown"):
+        assert compat.fallbacks("put_object", put, error(code, "x-amz-checksum-crc32c")) == []
+    assert compat.fallbacks("put_object", {"Key": "k", "Body": b"x", "ContentMD5": "x"}, error("InvalidArgument")) == []
+    named = error("InvalidArgument", "Unsupported header 'x-amz-sdk-checksum-algorithm' received for this API call.")
+    assert compat.fallbacks("put_object", put, named) == [Fallback("checksum_headers", "x-amz-sdk-checksum-algorithm")]
+    assert compat.fallbacks("create_multipart_upload", create, error(
+        "InvalidRequest", "Value for x-amz-checksum-type header is invalid.")) == [
+        Fallback("full_object", "x-amz-checksum-type")]
+    assert compat.fallbacks("create_multipart_upload", create, error("InvalidArgument", "Invalid Argument.")) == [
+        Fallback("full_object", None), Fallback("checksum_headers", None)]
+    retry = compat.retry_params("put_object", put, Fallback("checksum_headers", None))
+    assert retry["IfNoneMatch"] == "*" and "ChecksumCRC32C" not in retry and "ChecksumAlgorithm" not in retry
+    assert retry["ContentMD5"] == rbackup_s3.compat.content_md5(b"x")
