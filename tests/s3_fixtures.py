@@ -11,9 +11,13 @@ its own loopback port; both servers share moto's process-wide state, so a
 bucket made through one is seen through the other.  By rule (method, path,
 query; a count or a seeded probability) it returns 500 or 503 SlowDown (or
 any error code), resets the connection before or after moto applies the
-request, cuts a response body short, or delays it.  An `Overlap` watch counts
-the requests of one kind the server is handling at once, to prove that a
-client sends them in parallel.
+request, cuts a response body short, or delays it.  A rule may also match on the
+request's header names (`header`): `STORE_QUIRKS` builds from it the documented answers
+of S3-compatible stores to the checksum headers of S3's 2025 integrity defaults
+(Backblaze B2's "Unsupported header", OVH's bare "Invalid Argument.", a store without
+FULL_OBJECT multipart checksums, a store that drops them all), and `seen` records every
+request's headers.  An `Overlap` watch counts the requests of one kind the server is
+handling at once, to prove that a client sends them in parallel.
 """
 from __future__ import annotations
 
@@ -47,10 +51,13 @@ DUMMY_AWS_ENV = {
 UNSET_AWS_ENV = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_MAX_ATTEMPTS",
                  "AWS_RETRY_MODE")
 
-FAULT_KINDS = ("error", "reset_before", "reset_after", "truncate", "delay")
+FAULT_KINDS = ("error", "reset_before", "reset_after", "truncate", "delay", "strip")
 """error: an S3 error response, moto not called; reset_before/after: the connection
 dropped without a response, before or after moto applied the request; truncate:
-half the response body, then the connection dropped; delay: a pause, then normal."""
+half the response body, then the connection dropped; delay: a pause, then normal;
+strip: the request's headers matching `header` removed, then moto (a store that ignores them)."""
+RANDOM_FAULT_KINDS = FAULT_KINDS[:5]
+"""The faults `chaos` draws from: what any store or network may do to any request."""
 
 
 @dataclass
@@ -68,19 +75,82 @@ class Fault:
     code: str = "SlowDown"
     message: str = "Please reduce your request rate."
     delay: float = 0.3
+    header: str | None = None
     fired: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; one of {FAULT_KINDS}")
 
-    def matches(self, method: str, path: str, query: str) -> bool:
+    def matches(self, method: str, path: str, query: str, headers: Iterable[str] = ()) -> bool:
         return (
             (self.times is None or self.fired < self.times)
             and (self.method is None or self.method == method)
             and (self.path is None or re.search(self.path, path) is not None)
             and (self.query is None or re.search(self.query, query) is not None)
+            and (self.header is None or self.matching_header(headers) is not None)
         )
+
+    def matching_header(self, headers: Iterable[str]) -> str | None:
+        """The first of `headers` (lower-case names) this rule's `header` matches."""
+        return next((h for h in headers if self.header is not None and re.match(self.header, h)), None)
+
+
+CHECKSUM_HEADERS = r"x-amz-(checksum-|sdk-checksum-algorithm$)"
+"""Every header of S3's additional checksums: x-amz-checksum-<algorithm>, -algorithm, -type,
+-mode, and the SDKs' x-amz-sdk-checksum-algorithm."""
+
+
+def _b2() -> list[Fault]:
+    """Backblaze B2: any checksum header is refused, named (its documented S3-compatible API
+    limits; the answer as seen in github stonith404/pingvin-share#798, home-assistant/core#143995,
+    vatesfr/xen-orchestra#8358 for x-amz-checksum-mode)."""
+    return [Fault("error", header=CHECKSUM_HEADERS, status=400, code="InvalidArgument",
+                  message="Unsupported header '{header}' received for this API call.")]
+
+
+def _ovh() -> list[Fault]:
+    """OVH Object Storage before its 2025 fix: x-amz-sdk-checksum-algorithm refused with a bare
+    400 InvalidArgument "Invalid Argument." naming nothing (boto/boto3#4401, treeverse/dvc#10734,
+    ovh/public-cloud-roadmap#781)."""
+    return [Fault("error", header=r"x-amz-sdk-checksum-algorithm$", status=400, code="InvalidArgument",
+                  message="Invalid Argument.")]
+
+
+def _r2() -> list[Fault]:
+    """Cloudflare R2 in early 2025: 501 NotImplemented, naming the header (f2face/cloudflare-r2#12)."""
+    return [Fault("error", header=r"x-amz-checksum-", status=501, code="NotImplemented",
+                  message="Header '{header}' with value 'AAAAAA==' not implemented")]
+
+
+def _no_full_object() -> list[Fault]:
+    """A store with checksums but no FULL_OBJECT multipart ones: CreateMultipartUpload with
+    x-amz-checksum-type is refused as S3 refuses a type it does not know (InvalidRequest, "Value
+    for x-amz-checksum-type header is invalid.", as recorded in floci-io/floci#3093)."""
+    return [Fault("error", method="POST", query=r"(^|&)uploads", header=r"x-amz-checksum-type$", status=400,
+                  code="InvalidRequest", message="Value for x-amz-checksum-type header is invalid.")]
+
+
+def _composite_only() -> list[Fault]:
+    """A store that takes CreateMultipartUpload's x-amz-checksum-type without a word but keeps
+    composite checksums, and refuses a FULL_OBJECT completion (InvalidRequest, the checksum-mode
+    mismatch message of versity/versitygw#1105 the other way round)."""
+    return [Fault("error", method="POST", query=r"uploadId=", header=r"x-amz-checksum-type$", status=400,
+                  code="InvalidRequest", message="The upload was created using the COMPOSITE checksum mode. "
+                  "The complete request must use the same checksum mode.")]
+
+
+def _ignores() -> list[Fault]:
+    """GCS's XML API, Huawei OBS, Aliyun OSS, Tencent COS: checksum headers silently ignored
+    (milvus-io/milvus-storage#454): moto never sees them, stores and returns none."""
+    return [Fault("strip", header=CHECKSUM_HEADERS)]
+
+
+STORE_QUIRKS: dict[str, Callable[[], list[Fault]]] = {
+    "b2": _b2, "ovh": _ovh, "r2": _r2, "no_full_object": _no_full_object, "composite_only": _composite_only,
+    "ignores": _ignores,
+}
+"""Emulated S3-compatible stores: name -> the rules that make moto answer as they do."""
 
 
 class Overlap:
@@ -132,8 +202,20 @@ class FaultInjector:
         self.injected: Counter[str] = Counter()
         self.requests = 0
         self.watches: list[Overlap] = []
+        self.seen: list[tuple[str, str, str, dict[str, str]]] | None = None
+        """With `record()`: (method, path, query, headers by lower-case name) of every request."""
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+
+    def record(self) -> list[tuple[str, str, str, dict[str, str]]]:
+        """Start recording every request (as the client sent it, before any rule)."""
+        with self._lock:
+            self.seen = []
+            return self.seen
+
+    def emulate(self, store: str) -> list[Fault]:
+        """Answer as the S3-compatible store `store` of `STORE_QUIRKS` does."""
+        return [self.add(rule) for rule in STORE_QUIRKS[store]()]
 
     def watch(self, overlap: Overlap) -> Overlap:
         with self._lock:
@@ -145,7 +227,7 @@ class FaultInjector:
             self.rules.append(fault)
         return fault
 
-    def chaos(self, probability: float, kinds: Iterable[str] = FAULT_KINDS, **match: Any) -> list[Fault]:
+    def chaos(self, probability: float, kinds: Iterable[str] = RANDOM_FAULT_KINDS, **match: Any) -> list[Fault]:
         """Random faults of every kind in `kinds`, about `probability` of requests in all."""
         kinds = tuple(kinds)
         return [self.add(Fault(kind, probability=probability / len(kinds), **match)) for kind in kinds]
@@ -156,13 +238,16 @@ class FaultInjector:
             self.watches.clear()
             self.injected.clear()
             self.requests = 0
+            self.seen = None
             self._rng = random.Random(seed)
 
-    def _pick(self, method: str, path: str, query: str) -> Fault | None:
+    def _pick(self, method: str, path: str, query: str, headers: dict[str, str]) -> Fault | None:
         with self._lock:
             self.requests += 1
+            if self.seen is not None:
+                self.seen.append((method, path, query, headers))
             for rule in self.rules:
-                if rule.matches(method, path, query) and self._rng.random() < rule.probability:
+                if rule.matches(method, path, query, headers) and self._rng.random() < rule.probability:
                     rule.fired += 1
                     self.injected[rule.kind] += 1
                     return rule
@@ -180,10 +265,16 @@ class FaultInjector:
 
     def _serve(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
-        fault = self._pick(method, environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""))
+        headers = _headers(environ)
+        fault = self._pick(method, environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""), headers)
         if fault is None:
             return self.app(environ, start_response)
         log.debug("injecting %s into %s %s", fault.kind, method, environ.get("PATH_INFO"))
+        if fault.kind == "strip":
+            for name in headers:
+                if fault.matching_header([name]) is not None:
+                    environ.pop("HTTP_" + name.upper().replace("-", "_"), None)
+            return self.app(environ, start_response)
         if fault.kind == "delay":
             time.sleep(fault.delay)
             return self.app(environ, start_response)
@@ -191,7 +282,8 @@ class FaultInjector:
             _drain(environ)
             body = (
                 f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{fault.code}</Code>'
-                f"<Message>{fault.message}</Message><RequestId>injected</RequestId></Error>"
+                f"<Message>{fault.message.replace('{header}', fault.matching_header(headers) or '')}</Message>"
+                "<RequestId>injected</RequestId></Error>"
             ).encode()
             start_response(
                 f"{fault.status} Injected",
@@ -215,6 +307,16 @@ class FaultInjector:
             return []
         start_response(captured["status"], captured["headers"])
         return _truncated(body, environ)
+
+
+def _headers(environ: dict[str, Any]) -> dict[str, str]:
+    """The request's headers by lower-case name (WSGI keeps them as HTTP_X_AMZ_...)."""
+    out = {name[5:].lower().replace("_", "-"): str(value) for name, value in environ.items()
+           if name.startswith("HTTP_")}
+    for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if environ.get(name):
+            out[name.lower().replace("_", "-")] = str(environ[name])
+    return out
 
 
 def _drain(environ: dict[str, Any]) -> None:

@@ -72,7 +72,8 @@ class StoreChecksums:
         """Whether the store was seen refusing a body whose CRC-32C does not match (probed once)."""
         with self._lock:
             if self._checks is None:
-                self._checks = self._probe()
+                # A store that refuses checksum headers keeps none of ours: nothing to probe or trust.
+                self._checks = self._env.compat.checksum_headers and self._probe()
             return self._checks
 
     def stored_checksum(self, path: str, key: str) -> StoredChecksum | None:
@@ -101,8 +102,9 @@ class StoreChecksums:
         wrong = {"ChecksumAlgorithm": "CRC32C", "ChecksumCRC32C": encode_crc32c(crc32c(PROBE_BODY) ^ 0xFFFFFFFF)}
         upload: str | None = None
         try:
-            upload = self._env._call("create_multipart_upload", Key=key, ChecksumAlgorithm="CRC32C")["UploadId"]
-            self._env._call("upload_part", Key=key, UploadId=upload, PartNumber=1, Body=PROBE_BODY, **wrong)
+            # sent as they are (`_send`): the wrong CRC-32C is the point, not a refusal to work around
+            upload = self._env._send("create_multipart_upload", Key=key, ChecksumAlgorithm="CRC32C")["UploadId"]
+            self._env._send("upload_part", Key=key, UploadId=upload, PartNumber=1, Body=PROBE_BODY, **wrong)
             what = "a part"
         except Exception as exc:
             if not self._refused(exc):
@@ -114,7 +116,7 @@ class StoreChecksums:
                     self._env._call("abort_multipart_upload", Key=key, UploadId=upload)
         if not what:
             try:
-                self._env._call("put_object", Key=key, Body=PROBE_BODY, **wrong)
+                self._env._send("put_object", Key=key, Body=PROBE_BODY, **wrong)
                 what = "a PUT"
             except Exception as exc:
                 return self._refused(exc)

@@ -432,11 +432,13 @@ def client_error(status: int, reason: str, headers: dict[str, str], raw: bytes, 
 
 
 def _transient(exc: BaseException) -> bool:
-    """A failure another attempt may cure: a 5xx or throttling answer, no connection, a cut body."""
+    """A failure another attempt may cure: a 5xx or throttling answer, no connection, a cut body.
+    Not 501 NotImplemented (botocore's standard mode does not retry it either): a store that does not
+    implement a header (R2's answer to checksum headers) answers the same every time."""
     if isinstance(exc, S3Error) or hasattr(exc, "response"):
         response = getattr(exc, "response", None) or {}
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return status >= 500 or response.get("Error", {}).get("Code") in TRANSIENT_CODES
+        return (status >= 500 and status != 501) or response.get("Error", {}).get("Code") in TRANSIENT_CODES
     if isinstance(exc, ssl.SSLCertVerificationError):
         return False
     return isinstance(exc, (OSError, http.client.HTTPException))

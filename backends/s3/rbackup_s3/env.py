@@ -54,10 +54,11 @@ from rbackup.env.fsspec_env import FsspecEnv, error_code, redact_url
 from rbackup.errors import AlreadyExists, InvalidArgument, NotFound, NotSupported, PermissionDenied, StorageError
 
 from .checksums import StoreChecksums
+from .compat import OPTION, StoreCompat, content_md5, resolve_calculation
 from .direct import DirectClient, native_setup, s3fs_setup
 from .download import BlockingS3Reader, OpenReaders, S3Reader
 from .operations import NativeS3
-from .signing import native_config
+from .signing import native_config, profile_setting
 from .upload import MAX_PART_SIZE, MIN_PART_SIZE, PartBudget, S3Writer, register_part_payload
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,23 @@ def _over_tls(options: dict[str, Any]) -> bool:
     return endpoint is None or str(endpoint).startswith("https://")
 
 
+MD5_OPERATIONS = ("DeleteObjects", "PutObjectRetention")
+"""The operations rbackup calls that S3 requires a checksum of: botocore gives them its own
+x-amz-checksum-crc32 whatever request_checksum_calculation says; they get Content-MD5 instead."""
+
+
+def content_md5_only(request: Any, **_: Any) -> None:
+    """botocore event handler (before-sign, `MD5_OPERATIONS`): the body's Content-MD5, which S3's API
+    asks of these operations and every store checks, instead of the x-amz-checksum-crc32 botocore puts
+    on operations that require a checksum (stores that predate them refuse it, or want Content-MD5), as
+    the native client sends DeleteObjects."""
+    for name in list(request.headers.keys()):
+        if name.lower().startswith("x-amz-checksum-") or name.lower() == "x-amz-sdk-checksum-algorithm":
+            del request.headers[name]
+    body = request.body if isinstance(request.body, bytes) else bytes(request.body or b"")
+    request.headers["Content-MD5"] = content_md5(body)
+
+
 PROBE_DIR = "rbackup.lock.d/probe"
 """Where the conditional-write probe puts (and removes) its object: beside the leases, which
 garbage collection and every listing of backups leave alone."""
@@ -127,6 +145,10 @@ class S3Settings:
     client: str = "native"
     """"native": rbackup's own client wherever it serves the options exactly (else s3fs's);
     "s3fs": s3fs's client for every request."""
+    request_checksum_calculation: str | None = None
+    """AWS's setting of that name: "when_supported" (uploads carry their CRC-32C, as long as the store
+    takes it: `compat`) or "when_required" (no checksum header: Content-MD5); None reads
+    AWS_REQUEST_CHECKSUM_CALCULATION, then the AWS config file, as botocore does."""
 
     def __post_init__(self) -> None:
         if self.client not in CLIENTS:
@@ -199,6 +221,9 @@ class S3Env(FsspecEnv):
         refuse_unknown_options(redact_url(url), options,
                                S3FS_OPTIONS | {f.name for f in dataclasses.fields(S3Settings)})
         config = dict(options.pop("config_kwargs", None) or {})
+        # botocore's own place for it means the same: one setting, applied by rbackup on both clients
+        calculation, source = resolve_calculation(settings.request_checksum_calculation or config.pop(OPTION, None),
+                                                  {OPTION: profile_setting(OPTION) or ""})
         own_retries = "retries" in config  # botocore's retry configuration: only s3fs's client reads it
         config.setdefault("retries", {"mode": "standard", "total_max_attempts": settings.max_attempts})
         config.setdefault("max_pool_connections", settings.concurrency)
@@ -212,12 +237,16 @@ class S3Env(FsspecEnv):
                   else "config_kwargs retries" if own_retries else "Object Lock")
         self._native: NativeS3 | None = None
         self._fs: Any = None
-        self._s3fs_options = (options, config)
+        # rbackup adds every checksum itself (`compat`): botocore adds none of its own (its default CRC32
+        # on uploads, and the checksum mode of GETs, which stores like B2 refuse).
+        self._s3fs_options = (options, {**config, OPTION: "when_required",
+                                        "response_checksum_validation": config.get("response_checksum_validation",
+                                                                                   "when_required")})
         fs: Any = None
         if isinstance(native, str):
             log.info("%s: requests go through s3fs's client (rbackup's own does not serve %s)",
                      redact_url(url), native)
-            fs = self._s3fs(options, config)
+            fs = self._s3fs(*self._s3fs_options)
             self._direct = DirectClient(s3fs_setup(fs, bucket), bucket, max_attempts=settings.max_attempts,
                                         max_idle=idle)
         else:
@@ -253,6 +282,8 @@ class S3Env(FsspecEnv):
         self._probe_lock = threading.Lock()
         self._probed: bool | None = None
         """Whether the store honours If-None-Match on PUT; None until probed."""
+        self.compat = StoreCompat(self.url, self._endpoint, calculation, source)
+        """What the store takes of the checksum headers (when_required, or learned from a refusal)."""
         self.checksums = StoreChecksums(self)
         self._full_object: bool | None = None
         log.debug(
@@ -284,11 +315,18 @@ class S3Env(FsspecEnv):
 
     @staticmethod
     def _s3fs(options: dict[str, Any], config: dict[str, Any]) -> Any:
-        """An s3fs client for these options (s3fs, aiobotocore and aiohttp imported only here)."""
+        """An s3fs client for these options (s3fs, aiobotocore and aiohttp imported only here), whose
+        DeleteObjects carries Content-MD5 as the native client's does (`content_md5_only`)."""
+        import aiobotocore.session
         import s3fs
 
         register_part_payload()
-        fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False, config_kwargs=config, **options)
+        options = dict(options)
+        session = options.pop("session", None) or aiobotocore.session.AioSession()
+        for operation in MD5_OPERATIONS:
+            session.register(f"before-sign.s3.{operation}", content_md5_only)
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False, config_kwargs=config,
+                               session=session, **options)
         fs.retries = S3FS_RETRIES
         return fs
 
@@ -297,8 +335,34 @@ class S3Env(FsspecEnv):
         return self._full(path).partition("/")[2]
 
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
-        """One S3 API call on our bucket (botocore's operation and parameter names), retried as
-        botocore's standard mode retries (and s3fs's loop around it, on that client)."""
+        """One S3 API call on our bucket (botocore's operation and parameter names), its checksum
+        arguments as the store takes them (`compat`): a request refused for checksum headers it
+        carried is sent once more without them, and the env keeps what that showed."""
+        sent = self.compat.adapt(method, kwargs)
+        try:
+            return self._send(method, **sent)
+        except Exception as exc:
+            refusal = exc
+            fallbacks = self.compat.fallbacks(method, sent, exc)
+            if not fallbacks:
+                raise
+        for fallback in fallbacks:
+            retry = self.compat.retry_params(method, kwargs, fallback)
+            try:
+                out = self._send(method, **retry)
+            except Exception as exc:
+                if fallback.named:  # the store said which header: believe it whatever else went wrong
+                    self.compat.adopt(fallback, method, refusal)
+                if fallback.named or fallback is fallbacks[-1] or not self.compat.fallbacks(method, retry, exc):
+                    raise  # the retry's own answer: a 412 there is a lost race, as from the first request
+                continue
+            self.compat.adopt(fallback, method, refusal)
+            return out
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(self, method: str, **kwargs: Any) -> dict[str, Any]:
+        """One S3 API call exactly as given, retried as botocore's standard mode retries (and
+        s3fs's loop around it, on that client)."""
         if self._native is not None:
             return self._native.call(method, **kwargs)
         result: dict[str, Any] = self.fs.call_s3(method, Bucket=self.bucket, **kwargs)
@@ -306,7 +370,10 @@ class S3Env(FsspecEnv):
 
     def _call_async(self, method: str, **kwargs: Any) -> concurrent.futures.Future[dict[str, Any]]:
         """`_call`, started without waiting for it (parts sent in parallel): on a sending thread
-        of the native client, or on s3fs's event loop."""
+        of the native client, or on s3fs's event loop.  Adapted to the store, but not sent again
+        on a refusal: a part belongs to an upload created with the same headers, and the
+        CreateMultipartUpload before it is where a store refuses them."""
+        kwargs = self.compat.adapt(method, kwargs)
         if self._native is not None:
             return self._senders.submit(self._native.call, method, **kwargs)
         import asyncio  # s3fs's client only: the native one never imports it
@@ -351,9 +418,11 @@ class S3Env(FsspecEnv):
         return True
 
     def full_object_checksums(self) -> bool:
-        """Whether multipart uploads can be FULL_OBJECT ones: the client library knows the
-        parameter (botocore 1.36 and later).  Older ones make composite checksums, which
-        `verify --checksum` cannot use (it reads those files back)."""
+        """Whether multipart uploads can be FULL_OBJECT ones: the store takes them (`compat`) and
+        the client library knows the parameter (botocore 1.36 and later).  Otherwise they are
+        composite, which `verify --checksum` cannot use (it reads those files back)."""
+        if not self.compat.full_object:
+            return False
         if self._native is not None:
             return True
         if self._full_object is None:

@@ -5,8 +5,9 @@ passes to s3fs's `call_s3` (put_object, head_object, multipart uploads, delete_o
 and returns the same keys botocore's parsed responses have, so the env, its writers and
 its probes run unchanged on either client; `list_objects` pages through ListObjectsV2
 with continuation tokens (keys URL-encoded on the wire and decoded, as botocore does).
-Bodies of PUTs and parts are sent from their buffers as they are, with their CRC-32C
-header; they are signed UNSIGNED-PAYLOAD (the store checks the signed CRC-32C) unless
+Bodies of PUTs and parts are sent from their buffers as they are, with the CRC-32C or
+Content-MD5 header the env gives them; they are signed UNSIGNED-PAYLOAD (the store checks that
+signed checksum) unless
 `payload_signing_enabled` asks for SHA-256, while the small XML bodies are always hashed.
 """
 from __future__ import annotations
@@ -21,7 +22,6 @@ from xml.sax.saxutils import escape
 
 from .direct import DirectClient, Response, S3Error
 from .signing import UNSIGNED_PAYLOAD
-from .upload import checksum_crc32c
 
 S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 _HEADER_FIELDS = {
@@ -68,9 +68,10 @@ class NativeS3:
         return out
 
     def _put_object(self, Key: str, Body: Any, ChecksumAlgorithm: str | None = None,
-                    ChecksumCRC32C: str | None = None, IfNoneMatch: str | None = None) -> dict[str, Any]:
+                    ChecksumCRC32C: str | None = None, ContentMD5: str | None = None,
+                    IfNoneMatch: str | None = None) -> dict[str, Any]:
         data = _bytes_of(Body)
-        headers = self._checksum_headers(data, ChecksumAlgorithm, ChecksumCRC32C)
+        headers = self._checksum_headers(ChecksumAlgorithm, ChecksumCRC32C, ContentMD5)
         if IfNoneMatch:
             headers["If-None-Match"] = IfNoneMatch
         return self._from_headers(self._client.request("PutObject", "PUT", Key, headers=headers, body=data,
@@ -91,11 +92,12 @@ class NativeS3:
         return {"UploadId": fields["UploadId"]}
 
     def _upload_part(self, Key: str, UploadId: str, PartNumber: int, Body: Any,
-                     ChecksumAlgorithm: str | None = None, ChecksumCRC32C: str | None = None) -> dict[str, Any]:
+                     ChecksumAlgorithm: str | None = None, ChecksumCRC32C: str | None = None,
+                     ContentMD5: str | None = None) -> dict[str, Any]:
         data = _bytes_of(Body)
         response = self._client.request(
             "UploadPart", "PUT", Key, query={"partNumber": str(PartNumber), "uploadId": UploadId},
-            headers=self._checksum_headers(data, ChecksumAlgorithm, ChecksumCRC32C), body=data,
+            headers=self._checksum_headers(ChecksumAlgorithm, ChecksumCRC32C, ContentMD5), body=data,
             payload_hash=self._payload_hash(data))
         return self._from_headers(response)
 
@@ -168,12 +170,15 @@ class NativeS3:
         return hashlib.sha256(data).hexdigest() if self._sign_payload else UNSIGNED_PAYLOAD
 
     @staticmethod
-    def _checksum_headers(data: bytes | memoryview, algorithm: str | None, value: str | None) -> dict[str, str]:
-        """A body's CRC-32C headers: the caller's, else computed here (botocore adds a checksum to
-        every upload too), so that no body goes unsigned and unchecked (UNSIGNED-PAYLOAD)."""
-        if not value:
-            algorithm, value = "CRC32C", checksum_crc32c(data)
-        return {"x-amz-sdk-checksum-algorithm": algorithm or "CRC32C", "x-amz-checksum-crc32c": value}
+    def _checksum_headers(algorithm: str | None, crc32c: str | None, md5: str | None) -> dict[str, str]:
+        """A body's checksum headers, as botocore serialises the parameters: the env gives every body
+        one the store takes (`compat.StoreCompat.adapt`), so that none goes unsigned and unchecked."""
+        headers = {"x-amz-sdk-checksum-algorithm": algorithm} if algorithm else {}
+        if crc32c:
+            headers["x-amz-checksum-crc32c"] = crc32c
+        if md5:
+            headers["Content-MD5"] = md5
+        return headers
 
     @staticmethod
     def _from_headers(response: Response) -> dict[str, Any]:

@@ -51,7 +51,8 @@ CONFIG_FILE_KEYS = frozenset({
     "cli_timestamp_format", "cli_binary_format", "cli_history", "cli_auto_prompt", "login_session",
 })
 """Settings of an AWS config file's profile that do not change how an S3 request is made once
-the endpoint is explicit (credentials are botocore's, a ca_bundle is read here)."""
+the endpoint is explicit (credentials are botocore's, a ca_bundle is read here, and
+request_checksum_calculation by `compat.resolve_calculation` for both clients alike)."""
 
 
 @dataclass(frozen=True)
@@ -231,23 +232,38 @@ def _credentials(options: dict[str, Any], client: dict[str, Any]) -> tuple[Crede
 
 def _config_file_section() -> tuple[dict[str, str], str | None]:
     """The profile's settings in the AWS config file ({} if none), or why one needs botocore."""
+    section, where, error = _profile_section()
+    if error:
+        return {}, f"an AWS config file botocore must read ({error})"
+    odd = sorted(set(section) - CONFIG_FILE_KEYS)
+    if odd:
+        return {}, f"the setting(s) {odd} of {where}"
+    return section, None
+
+
+def profile_setting(key: str) -> str | None:
+    """One setting of the profile in the AWS config file, as botocore would read it (None if absent
+    or unreadable: botocore then reports the file itself)."""
+    return _profile_section()[0].get(key)
+
+
+def _profile_section() -> tuple[dict[str, str], str, str | None]:
+    """(the profile's settings in the AWS config file, which profile of which file, why it could not be
+    read): AWS_CONFIG_FILE or ~/.aws/config, profile AWS_DEFAULT_PROFILE / AWS_PROFILE / default."""
     path = os.path.expanduser(os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config")
     name = os.environ.get("AWS_DEFAULT_PROFILE") or os.environ.get("AWS_PROFILE") or "default"
+    where = f"profile {name!r} in {path}"
     if not os.path.isfile(path):
-        return {}, None
+        return {}, where, None
     parser = configparser.RawConfigParser()
     try:
         parser.read(path)
     except configparser.Error as exc:
-        return {}, f"an AWS config file botocore must read ({exc.__class__.__name__})"
+        return {}, where, exc.__class__.__name__
     for title in (f"profile {name}", name) if name != "default" else ("default", "profile default"):
         if parser.has_section(title):
-            section = dict(parser.items(title))
-            odd = sorted(set(section) - CONFIG_FILE_KEYS)
-            if odd:
-                return {}, f"the setting(s) {odd} of profile {name!r} in {path}"
-            return section, None
-    return {}, None
+            return dict(parser.items(title)), where, None
+    return {}, where, None
 
 
 def _ssl_context(verify: Any) -> ssl.SSLContext:

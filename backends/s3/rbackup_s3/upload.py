@@ -13,8 +13,9 @@ private buffer; a larger file first takes a part's worth of the env's
 `PartBudget`, so at most `parts_in_flight` part buffers exist at once
 whatever the number of files in flight.
 
-Checksums: every PUT and part carries its CRC-32C, and a multipart upload is a
-FULL_OBJECT one where the client library knows the type: its completion carries
+Checksums: every PUT and part carries its CRC-32C (its Content-MD5 on a store that
+refuses checksum headers: `compat`), and a multipart upload is a FULL_OBJECT one
+where the client library and the store know the type: its completion carries
 the whole file's CRC-32C, combined from the parts' (`crc32c_combine`, no second
 pass over the data), so the store keeps the same whole-object CRC-32C as for a
 single PUT, the one RocksDB's meta file records.  A store that checks it refuses
@@ -522,7 +523,8 @@ class S3Writer(AtomicWriter):
             crc = crc32c(body.whole())
             self._crc = crc32c_combine(self._crc, crc, len(body))
             future = self._env._call_async("upload_part", Key=self._key, UploadId=self._upload_id,
-                                           PartNumber=self._number, Body=body, **with_checksum(body.whole(), crc))
+                                           PartNumber=self._number, Body=body,
+                                           **self._env.compat.upload_args(body.whole(), crc))
         except Exception as exc:
             raise self._env._error(exc, self._path, "write") from exc
         self._inflight.append(_PartInFlight(self._number, future, self._buffer, self._reserved))
@@ -562,7 +564,8 @@ class S3Writer(AtomicWriter):
         # complete the PUT over an object made meanwhile.
         sent: PartBody | bytes = bytes(body.whole()) if condition and self._fill <= UNBUDGETED_BYTES else body
         try:
-            self._env._call("put_object", Key=self._key, Body=sent, **with_checksum(body.whole()), **condition)
+            self._env._call("put_object", Key=self._key, Body=sent, **self._env.compat.upload_args(body.whole()),
+                            **condition)
         except Exception as exc:
             # A lost response makes botocore's retry find our own object: 412 for it.
             if error_code(exc) != "PreconditionFailed" or not condition:
