@@ -1,9 +1,14 @@
 """Small operating-system helpers shared by the local env and the engine's local I/O."""
 from __future__ import annotations
 
+import ctypes
+import io
 import logging
 import os
 import resource
+import sys
+from collections.abc import Callable
+from typing import cast
 
 from .errors import NotSupported
 
@@ -22,6 +27,51 @@ def advise_sequential(fd: int) -> None:
             fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except OSError:
             pass  # advice only: some filesystems refuse it
+
+
+WRITEBACK_STEP = 8 << 20
+"""Bytes written to a file between two requests to start writing it back (RocksDB's `bytes_per_sync`)."""
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range(2) from the C library (Python's os module lacks it), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    call.restype = ctypes.c_int
+    return cast("Callable[[int, int, int, int], int]", call)
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def writing_back(file: io.FileIO) -> Callable[[memoryview], None]:
+    """`file.write` that asks the kernel to start writing back every WRITEBACK_STEP bytes as they
+    come (SYNC_FILE_RANGE_WRITE: asynchronous, it does not wait for the disk), as RocksDB's
+    `bytes_per_sync` does, so that the fsync at the end finds little left.  Without it a big
+    file is flushed whole after its last byte, not while it downloads: a restore of one 1 GiB
+    SST from SeaweedFS ran at 391 MB/s with its fsync against 504 without (16 SSTs: 486 / 571).
+    Also writes the whole chunk (a short write is continued, not dropped)."""
+    fd = file.fileno()
+    written = started = 0
+
+    def write(chunk: memoryview) -> None:
+        nonlocal written, started
+        done = file.write(chunk) or 0
+        while done < len(chunk):
+            done += file.write(chunk[done:]) or 0
+        written += done
+        if _sync_file_range is not None and written - started >= WRITEBACK_STEP:
+            _sync_file_range(fd, started, written - started, _SYNC_FILE_RANGE_WRITE)  # advice: errors ignored
+            started = written
+
+    return write
 
 
 def ensure_open_files(needed: int, what: str) -> None:

@@ -27,6 +27,7 @@ from .format.meta import MetaFileEntry
 from .format.naming import FileKind, classify
 from .format.tempnames import RESTORE_MARKER_TEMP, rewrite_temp_path
 from .options import BackupableDBOptions, ProgressCallback, RestoreOptions
+from .osutil import writing_back
 from .ratelimit import make_limiter
 from .restore_incremental import files_to_keep
 from .restore_plan import RestoreItem, RestoreMode, RestoreTargets, plan_restore_targets
@@ -284,8 +285,8 @@ def _copy_and_commit(env: BackupEnv, backup_id: int, targets: RestoreTargets[Bac
         try:
             with src, _open_target(item.dest, backup_id, item.src) as out:
                 created.append(item.dest)
-                result = stream_copy(src, out.write, buf=buffers.get(), stop=stop, limiter=limiter,
-                                     tracker=tracker, limit=item.size + 1)
+                result = stream_copy(src, writing_back(out) if options.sync else out.write, buf=buffers.get(),
+                                     stop=stop, limiter=limiter, tracker=tracker, limit=item.size + 1)
                 result.check(backup_id, item.src, item.size, item.crc32c)
                 if options.sync:
                     os.fsync(out.fileno())
