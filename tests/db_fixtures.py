@@ -3,6 +3,7 @@ built on the one set of DB helpers in `rbackup.testing.dbs` (re-exported here fo
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 
 import pytest
@@ -81,3 +82,16 @@ def write_without_close(path: str, n: int, *, prefix: str, seed: int) -> dict:
 
 class _NullSink(dict):
     """Lets fill() recompute the values a child process wrote (same seed)."""
+
+
+@pytest.fixture
+def multipart_db(tmp_path) -> str:
+    """A closed DB with an SST over two 5 MiB parts (a multipart upload on S3) and a few small files."""
+    path = str(tmp_path / "db")
+    db = rocksdict.Rdict(path)
+    rng = random.Random(3)
+    for i in range(12):
+        db[f"big{i:03d}"] = rng.randbytes(1 << 20)
+    db.flush()
+    db.close()
+    return path

@@ -10,7 +10,6 @@ and every body must still be checked by the store (Content-MD5 where checksum he
 from __future__ import annotations
 
 import logging
-import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,19 +38,6 @@ BODY_METHODS = ("PUT",)
 @pytest.fixture(params=S3_CLIENTS)
 def s3_client(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-def big_db(tmp_path: Path) -> Iterator[str]:
-    """A DB with an SST over two 5 MiB parts (a multipart upload) and a few small files."""
-    path = str(tmp_path / "db")
-    db = rocksdict.Rdict(path)
-    rng = random.Random(3)
-    for i in range(12):
-        db[f"big{i:03d}"] = rng.randbytes(MiB)
-    db.flush()
-    db.close()
-    yield path
 
 
 def _checksum_headers(headers: dict[str, str]) -> list[str]:
@@ -104,7 +90,7 @@ def _round_trip(s3: FaultyS3, db: str, tmp_path: Path, options: dict[str, Any] |
 
 
 @pytest.mark.parametrize("store", ["b2", "ovh", "r2"])
-def test_a_store_refusing_checksum_headers_gets_content_md5(s3_faulty: FaultyS3, big_db: str, tmp_path: Path,
+def test_a_store_refusing_checksum_headers_gets_content_md5(s3_faulty: FaultyS3, multipart_db: str, tmp_path: Path,
                                                             store: str, caplog: pytest.LogCaptureFixture) -> None:
     """B2 and R2 (the header named) and OVH (a bare InvalidArgument): refused once by the writing env,
     learned, said once; then no request of it carries a checksum header and every body carries its
@@ -112,7 +98,7 @@ def test_a_store_refusing_checksum_headers_gets_content_md5(s3_faulty: FaultyS3,
     rules = s3_faulty.injector.emulate(store)
     seen = s3_faulty.injector.record()
     with caplog.at_level(logging.INFO, logger="rbackup_s3"):
-        _round_trip(s3_faulty, big_db, tmp_path)
+        _round_trip(s3_faulty, multipart_db, tmp_path)
     assert sum(r.fired for r in rules) == 2
     said = [r.getMessage() for r in caplog.records if "request_checksum_calculation" in r.getMessage()]
     assert len(said) == 1 and r"when_required" in said[0] and s3_faulty.storage_options["endpoint_url"] in said[0]
@@ -128,13 +114,13 @@ def test_a_store_refusing_checksum_headers_gets_content_md5(s3_faulty: FaultyS3,
 
 @pytest.mark.parametrize("store", ["no_full_object", "composite_only"])
 def test_a_store_without_full_object_checksums_gets_composite_uploads(
-        s3_faulty: FaultyS3, big_db: str, tmp_path: Path, store: str, caplog: pytest.LogCaptureFixture) -> None:
+        s3_faulty: FaultyS3, multipart_db: str, tmp_path: Path, store: str, caplog: pytest.LogCaptureFixture) -> None:
     """FULL_OBJECT refused at creation or at completion: multipart uploads go without it (the env
     learns once), PUTs and parts keep their CRC-32C, and verify reads those files back."""
     rules = s3_faulty.injector.emulate(store)
     seen = s3_faulty.injector.record()
     with caplog.at_level(logging.INFO, logger="rbackup_s3"):
-        _round_trip(s3_faulty, big_db, tmp_path)
+        _round_trip(s3_faulty, multipart_db, tmp_path)
     assert sum(r.fired for r in rules) == 1
     said = [r.getMessage() for r in caplog.records if "FULL_OBJECT" in r.getMessage()]
     assert len(said) == 1 and s3_faulty.storage_options["endpoint_url"] in said[0]
@@ -143,10 +129,10 @@ def test_a_store_without_full_object_checksums_gets_composite_uploads(
     assert parts and puts and all("x-amz-checksum-crc32c" in h for h in parts + puts)
 
 
-def test_a_store_ignoring_checksums_is_read_back(s3_faulty: FaultyS3, big_db: str, tmp_path: Path) -> None:
+def test_a_store_ignoring_checksums_is_read_back(s3_faulty: FaultyS3, multipart_db: str, tmp_path: Path) -> None:
     """GCS XML, OBS, OSS, COS drop the headers: nothing is refused, and verify --checksum reads back."""
     s3_faulty.injector.emulate("ignores")
-    _round_trip(s3_faulty, big_db, tmp_path)
+    _round_trip(s3_faulty, multipart_db, tmp_path)
     env = S3Env(f"{s3_faulty.url}/backups", storage_options={**s3_faulty.storage_options, **SMALL_PARTS})
     with BackupEngineReadOnly(BackupableDBOptions(f"{s3_faulty.url}/backups", backup_env=env)) as engine:
         result = engine.verify_backup(2, verify_with_checksum=True)
@@ -154,7 +140,7 @@ def test_a_store_ignoring_checksums_is_read_back(s3_faulty: FaultyS3, big_db: st
 
 
 @pytest.mark.parametrize("how", ["option", "environment", "config file"])
-def test_when_required_sends_no_checksum_header_at_all(s3_faulty: FaultyS3, big_db: str, tmp_path: Path, how: str,
+def test_when_required_sends_no_checksum_header_at_all(s3_faulty: FaultyS3, multipart_db: str, tmp_path: Path, how: str,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """request_checksum_calculation=when_required, from the storage option, AWS_REQUEST_CHECKSUM_CALCULATION
     or the AWS config file, as botocore reads it: B2 never refuses anything."""
@@ -169,7 +155,7 @@ def test_when_required_sends_no_checksum_header_at_all(s3_faulty: FaultyS3, big_
         monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
     rules = s3_faulty.injector.emulate("b2")
     seen = s3_faulty.injector.record()
-    _round_trip(s3_faulty, big_db, tmp_path, options)
+    _round_trip(s3_faulty, multipart_db, tmp_path, options)
     assert sum(r.fired for r in rules) == 0
     assert not [(m, p, _checksum_headers(h)) for m, p, _, h in seen if _checksum_headers(h)]
 

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
-import random
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import rocksdict
 from rbackup_s3 import S3Env
 
 from rbackup import BackupableDBOptions, BackupEngine, BackupEngineReadOnly, Corruption
@@ -50,19 +47,6 @@ def _options(store: S3Store) -> dict[str, Any]:
     return {**store.storage_options, **SMALL_PARTS, **best_effort}
 
 
-@pytest.fixture
-def big_db(tmp_path: Path) -> Iterator[str]:
-    """A DB with an SST over two 5 MiB parts (a multipart upload) and a few small files."""
-    path = str(tmp_path / "db")
-    db = rocksdict.Rdict(path)
-    rng = random.Random(3)
-    for i in range(12):
-        db[f"big{i:03d}"] = rng.randbytes(MiB)
-    db.flush()
-    db.close()
-    yield path
-
-
 def _backup(store: S3Store, db: str) -> str:
     url = f"{store.url}/backups"
     with BackupEngine(BackupableDBOptions(url, storage_options=_options(store))) as eng:
@@ -91,7 +75,7 @@ def _replace_object(store: S3Store, url: str, path: str) -> None:
 
 
 def _largest_file(engine: BackupEngineReadOnly, backup_id: int) -> str:
-    """The backup's largest file: the SST of `big_db`, a multipart upload of three 5 MiB parts."""
+    """The backup's largest file: the SST of `multipart_db`, a multipart upload of three 5 MiB parts."""
     info = engine.get_backup_info(include_file_details=True)
     largest = max(next(i for i in info if i.backup_id == backup_id).files, key=lambda f: f.size)
     assert largest.size > 10 * MiB
@@ -115,10 +99,10 @@ def test_the_probe_tells_a_store_that_checks_and_leaves_nothing(s3_store: S3Stor
     assert (stored.crc32c if stored else None) == expected
 
 
-def test_verify_on_seaweedfs_reads_no_data_and_counts_it(seaweedfs_store: S3Store, big_db: str) -> None:
+def test_verify_on_seaweedfs_reads_no_data_and_counts_it(seaweedfs_store: S3Store, multipart_db: str) -> None:
     """Every file, the multipart SST included (a FULL_OBJECT upload), is checked from SeaweedFS's
     CRC-32C: the result says so, and no file was opened for reading.  `read_back` reads them all."""
-    url = _backup(seaweedfs_store, big_db)
+    url = _backup(seaweedfs_store, multipart_db)
     engine, env = _counted_engine(seaweedfs_store, url)
     with engine:
         largest = _largest_file(engine, 1)
@@ -145,13 +129,13 @@ def _edit_meta_crc(store: S3Store, url: str, path: str) -> None:
 
 
 @pytest.mark.parametrize("damage", ["object replaced", "meta file edited"])
-def test_a_file_whose_store_crc_differs_from_the_meta_is_corruption(seaweedfs_store: S3Store, big_db: str,
+def test_a_file_whose_store_crc_differs_from_the_meta_is_corruption(seaweedfs_store: S3Store, multipart_db: str,
                                                                     damage: str) -> None:
     """An object replaced by other bytes of the same size (the store's CRC-32C now theirs), or a meta
     file whose CRC-32C for it was changed: the store's CRC-32C no longer matches the meta file's,
     reported like a mismatch found by reading, naming the backup and the file, without a download;
     reading back finds the same."""
-    url = _backup(seaweedfs_store, big_db)
+    url = _backup(seaweedfs_store, multipart_db)
     with BackupEngineReadOnly(BackupableDBOptions(url, storage_options=_options(seaweedfs_store))) as probe:
         largest = _largest_file(probe, 1)
     if damage == "object replaced":
@@ -167,12 +151,12 @@ def test_a_file_whose_store_crc_differs_from_the_meta_is_corruption(seaweedfs_st
             engine.verify_backup(1, verify_with_checksum=True, read_back=True)
 
 
-def test_composite_checksums_of_older_uploads_are_read_back(seaweedfs_store: S3Store, big_db: str,
+def test_composite_checksums_of_older_uploads_are_read_back(seaweedfs_store: S3Store, multipart_db: str,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A multipart object with a composite checksum (`...-N`: an older rbackup, or a client library
     without FULL_OBJECT) has no whole-object CRC-32C in the store: that file alone is read back."""
     monkeypatch.setattr(S3Env, "full_object_checksums", lambda self: False)
-    url = _backup(seaweedfs_store, big_db)
+    url = _backup(seaweedfs_store, multipart_db)
     monkeypatch.undo()
     engine, env = _counted_engine(seaweedfs_store, url)
     with engine:
@@ -185,10 +169,10 @@ def test_composite_checksums_of_older_uploads_are_read_back(seaweedfs_store: S3S
         assert list(env.reads) == [largest]
 
 
-def test_stores_that_accept_a_wrong_crc_are_read_back(unchecking_store: S3Store, big_db: str) -> None:
+def test_stores_that_accept_a_wrong_crc_are_read_back(unchecking_store: S3Store, multipart_db: str) -> None:
     """moto and s3rver echo (or drop) checksums without checking them: every file is read back, and a
     replaced object is still found."""
-    url = _backup(unchecking_store, big_db)
+    url = _backup(unchecking_store, multipart_db)
     engine, env = _counted_engine(unchecking_store, url)
     with engine:
         largest = _largest_file(engine, 1)
@@ -200,18 +184,18 @@ def test_stores_that_accept_a_wrong_crc_are_read_back(unchecking_store: S3Store,
             engine.verify_backup(1, verify_with_checksum=True)
 
 
-def test_encrypted_backups_are_read_back(seaweedfs_store: S3Store, big_db: str) -> None:
+def test_encrypted_backups_are_read_back(seaweedfs_store: S3Store, multipart_db: str) -> None:
     """The store checksums the ciphertext, the meta file records the plaintext's CRC-32C."""
     env = EncryptedEnv(S3Env(f"{seaweedfs_store.url}/enc", storage_options=_options(seaweedfs_store)),
                        key=bytes(range(32)))
     with BackupEngine(BackupableDBOptions("enc", backup_env=env)) as eng:
-        eng.create_new_backup(big_db)
+        eng.create_new_backup(multipart_db)
         result = eng.verify_backup(1, verify_with_checksum=True)
     assert (result.from_store_checksum, result.downloaded) == (0, result.files)
 
 
-def test_cli_verify_says_how_files_were_checked(seaweedfs_store: S3Store, big_db: str) -> None:
-    url = _backup(seaweedfs_store, big_db)
+def test_cli_verify_says_how_files_were_checked(seaweedfs_store: S3Store, multipart_db: str) -> None:
+    url = _backup(seaweedfs_store, multipart_db)
     base = [sys.executable, "-m", "rbackup.cli", "verify", "--backup-dir", url,
             *seaweedfs_store.cli_options(**SMALL_PARTS), "--checksum"]
     out = subprocess.run([*base, "--json"], capture_output=True, text=True, timeout=120)
