@@ -11,7 +11,6 @@ from .env import (
     classpath_problems,
     connect_hadoop,
     ensure_hadoop_classpath,
-    native_exclusive_rename,
     native_renames,
 )
 from .errors import translate_hdfs_error
@@ -24,7 +23,6 @@ __all__ = [
     "connect_hadoop",
     "ensure_hadoop_classpath",
     "hadoop_fs_kwargs",
-    "native_exclusive_rename",
     "native_renames",
     "parse_hdfs_url",
     "translate_hdfs_error",

@@ -171,12 +171,6 @@ def native_renames(location: HdfsLocation, settings: HdfsSettings) -> tuple[Excl
     return exclusive, replacing
 
 
-def native_exclusive_rename(location: HdfsLocation, settings: HdfsSettings) -> ExclusiveRename:
-    """HDFS's no-clobber rename (`rename2` without OVERWRITE) through an hdfs-native client
-    (`native_renames`)."""
-    return native_renames(location, settings)[0]
-
-
 class HdfsEnv(FsspecEnv):
     """The backup directory `hdfs://namenode:port/path` (or `hdfs:///path`, `viewfs://cluster/path`).
 
