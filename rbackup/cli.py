@@ -89,7 +89,8 @@ def _raise_stopped(signum: int, frame: object) -> None:
     # One-shot: a second signal while the first one unwinds kills at once, as an operator
     # sending it twice (or a service manager escalating) means; the directory is crash safe.
     for stop in STOP_SIGNALS:
-        signal.signal(stop, signal.SIG_DFL)
+        if signal.getsignal(stop) is _raise_stopped:  # not one the caller ignores (nohup's SIGHUP)
+            signal.signal(stop, signal.SIG_DFL)
     raise Stopped(signum)
 
 

@@ -412,6 +412,26 @@ def test_a_stop_signal_the_caller_ignores_stays_ignored(tmp_path):
     ok("verify", "--backup-dir", bdir, "--checksum")
 
 
+def test_the_first_stop_signal_gives_back_only_the_handlers_rbackup_installed():
+    """Under `nohup`, a SIGTERM's unwinding must not make SIGHUP deadly again."""
+    from rbackup import cli
+
+    before = {stop: signal.getsignal(stop) for stop in cli.STOP_SIGNALS}
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with pytest.raises(cli.Stopped), cli._stop_signals_unwind():
+            assert signal.getsignal(signal.SIGTERM) is cli._raise_stopped
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        for stop, handler in before.items():
+            signal.signal(stop, handler)
+
+
 # -- what a command imports ---------------------------------------------------------------
 # Start-up is most of a small backup's cost (a `create` to S3 is measured against s5cmd, which
 # starts in 10 ms): a command must not import what it does not use.  No timing here, only which
