@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import faulthandler
 import logging
 import os
 import shutil
@@ -119,6 +120,15 @@ def classpath_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
     return problems
 
 
+FAULTHANDLER_HAZARD = (
+    "faulthandler is enabled in this process: libhdfs's JVM runs here and handles SIGSEGV in its normal work, "
+    "and when faulthandler is disabled (pytest does at the end of a session, Python at exit) SIGSEGV goes back "
+    "to its default and the JVM's next safepoint can kill the process; leave it off (pytest -p no:faulthandler, "
+    "no -X faulthandler or PYTHONFAULTHANDLER)")
+"""Why faulthandler and an in-process JVM do not mix: faulthandler.disable() restores the handler it found
+when enabled (SIG_DFL), over the one the JVM installed after it."""
+
+
 def connect_hadoop(location: HdfsLocation, settings: HdfsSettings,
                    factory: Connector | None = None) -> pyarrow.fs.FileSystem:
     """The pyarrow file system for `location`; load and connection failures become rbackup errors."""
@@ -127,6 +137,8 @@ def connect_hadoop(location: HdfsLocation, settings: HdfsSettings,
         ensure_hadoop_classpath()
         for problem in classpath_problems():
             log.warning("%s: %s", location.url, problem)
+        if faulthandler.is_enabled():
+            log.warning("%s: %s", location.url, FAULTHANDLER_HAZARD)
         factory = pyarrow.fs.HadoopFileSystem
     log.debug("connecting to %s (namenode %r, port %d) as %s", location.url, location.namenode,
               location.port, settings.user or "the login user")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -421,3 +422,70 @@ def test_classpath_without_commons_lang3_kills_the_process(hdfs_dir: str, tmp_pa
     assert "CLASSPATH has no commons-lang3 jar" in done.stderr  # HdfsEnv's warning came first
     assert "org/apache/commons/lang3/exception/ExceptionUtils" in done.stderr
     assert "rbackup.errors" not in done.stderr, "the exception became a Python error after all"
+
+
+_SIGSEGV_PROBE = '''
+"""A pytest plugin: at the very end of the session, who handles SIGSEGV (libjvm.so, or nobody)."""
+import ctypes
+import os
+import signal
+
+import pytest
+
+
+class _Sigaction(ctypes.Structure):  # glibc's struct sigaction; only the handler is read
+    _fields_ = [("handler", ctypes.c_void_p), ("rest", ctypes.c_byte * 256)]
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p),
+                ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    libc = ctypes.CDLL(None)
+    action = _Sigaction()
+    assert libc.sigaction(signal.SIGSEGV, None, ctypes.byref(action)) == 0
+    owner = "SIG_DFL"
+    if action.handler:
+        info = _DlInfo()
+        libc.dladdr(ctypes.c_void_p(action.handler), ctypes.byref(info))
+        owner = os.path.basename(info.fname.decode())
+    with open(os.environ["PROBE_OUT"], "w") as out:
+        out.write(owner)
+'''
+
+
+def test_the_test_sessions_leave_the_jvm_its_sigsegv_handler(hdfs_dir: str, tmp_path: Path) -> None:
+    """libhdfs's JVM runs in the test process and relies on its SIGSEGV handler; pytest's faulthandler
+    plugin puts SIG_DFL back at the end of a session, and a JVM safepoint then killed CI after a green
+    summary (exit 139). A child pytest session that loads the JVM: with this project's configuration the
+    JVM still handles SIGSEGV at the very end; with pytest's default it does not (the hazard is real), and
+    HdfsEnv warned about it."""
+    (tmp_path / "sigsegv_probe.py").write_text(_SIGSEGV_PROBE)
+    (tmp_path / "test_loads_the_jvm.py").write_text(
+        "import os\nfrom rbackup_hdfs import HdfsEnv\n\n"
+        "def test_list():\n    assert HdfsEnv(os.environ['PROBE_URL']).list() == []\n")
+    repo = Path(__file__).resolve().parents[3]
+
+    def session(*options: str, may_crash: bool = False) -> tuple[str, str]:
+        out = tmp_path / "owner"
+        env = dict(os.environ, PROBE_URL=hdfs_dir + "/probe", PROBE_OUT=str(out), PYTHONPATH=str(tmp_path))
+        env.pop("PYTHONFAULTHANDLER", None)
+        done = subprocess.run([sys.executable, "-m", "pytest", "-c", str(repo / "pyproject.toml"),
+                               "-p", "sigsegv_probe", "-p", "no:cacheprovider", "-p", "no:logging", "-s", *options,
+                               str(tmp_path / "test_loads_the_jvm.py")],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False)
+        # The hazard's own session may die of it after its summary, as CI did.
+        expected = (0, -signal.SIGSEGV) if may_crash else (0,)
+        assert done.returncode in expected, done.stdout[-2000:] + done.stderr[-2000:]
+        assert "1 passed" in done.stdout, done.stdout[-2000:]
+        return out.read_text(), done.stderr
+
+    owner, stderr = session()
+    assert owner == "libjvm.so", owner
+    assert "faulthandler is enabled" not in stderr
+    owner, stderr = session("-o", "addopts=-ra", may_crash=True)  # pytest's default: its faulthandler plugin on
+    assert owner == "SIG_DFL", owner
+    assert "faulthandler is enabled in this process" in stderr, stderr[-2000:]
