@@ -29,8 +29,9 @@ pytestmark = pytest.mark.skipif(not os.access(RBACKUP, os.X_OK),
 
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment of every run: UTC for stable times, fake AWS credentials and
-    no AWS configuration, so nothing can reach real AWS."""
-    env = {k: v for k, v in os.environ.items() if k not in UNSET_AWS_ENV}
+    no AWS configuration, so nothing can reach real AWS; no PYTHONFAULTHANDLER, which
+    makes a CLI on HDFS warn (and risk its JVM's SIGSEGV handler)."""
+    env = {k: v for k, v in os.environ.items() if k not in UNSET_AWS_ENV and k != "PYTHONFAULTHANDLER"}
     env.update(DUMMY_AWS_ENV, TZ="UTC")
     env.update(extra)
     return env

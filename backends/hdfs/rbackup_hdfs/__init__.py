@@ -11,6 +11,7 @@ from .env import (
     classpath_problems,
     connect_hadoop,
     ensure_hadoop_classpath,
+    leave_signals_to_python,
     native_renames,
 )
 from .errors import translate_hdfs_error
@@ -23,6 +24,7 @@ __all__ = [
     "connect_hadoop",
     "ensure_hadoop_classpath",
     "hadoop_fs_kwargs",
+    "leave_signals_to_python",
     "native_renames",
     "parse_hdfs_url",
     "translate_hdfs_error",

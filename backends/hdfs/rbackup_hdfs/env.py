@@ -93,6 +93,18 @@ def ensure_hadoop_classpath(environ: MutableMapping[str, str] = os.environ) -> N
     log.info("CLASSPATH for libhdfs set from `%s classpath --glob`", hadoop)
 
 
+def leave_signals_to_python(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Add -Xrs to LIBHDFS_OPTS, which libhdfs reads when it starts its JVM inside this process.
+
+    Without it the JVM takes SIGINT, SIGTERM and SIGHUP for its own shutdown and exits the
+    process on the spot: no KeyboardInterrupt, nothing unwound, a writer's lease left behind
+    until it expires.  The JVM reads the variable once, so this is harmless afterwards.
+    """
+    opts = environ.get("LIBHDFS_OPTS", "")
+    if "-Xrs" not in opts.split():
+        environ["LIBHDFS_OPTS"] = f"{opts} -Xrs".strip()
+
+
 def classpath_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
     """What the CLASSPATH libhdfs will read visibly lacks, judged by jar file names.
 
@@ -135,6 +147,7 @@ def connect_hadoop(location: HdfsLocation, settings: HdfsSettings,
     kwargs = hadoop_fs_kwargs(location, settings, site_keys())
     if factory is None:
         ensure_hadoop_classpath()
+        leave_signals_to_python()
         for problem in classpath_problems():
             log.warning("%s: %s", location.url, problem)
         if faulthandler.is_enabled():

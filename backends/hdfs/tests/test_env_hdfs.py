@@ -38,6 +38,7 @@ from rbackup_hdfs import (
     classpath_problems,
     ensure_hadoop_classpath,
     hadoop_fs_kwargs,
+    leave_signals_to_python,
     parse_hdfs_url,
     translate_hdfs_error,
 )
@@ -508,6 +509,21 @@ def java_home() -> str | None:
         return None
     home = Path(os.path.realpath(java)).parent.parent
     return str(home) if any(home.glob("**/libjvm.so")) else None
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    (None, "-Xrs"),
+    ("", "-Xrs"),
+    ("-Xmx512m", "-Xmx512m -Xrs"),
+    ("-Xmx512m -Xrs", "-Xmx512m -Xrs"),
+    ("-Xrs -Xmx1g", "-Xrs -Xmx1g"),
+    ("-Xrsx", "-Xrsx -Xrs"),  # a word, not a substring
+])
+def test_the_jvm_is_told_to_leave_signals_to_python(before: str | None, after: str) -> None:
+    """Without -Xrs, libhdfs's JVM exits the process on SIGINT/SIGTERM (the live test shows it)."""
+    environ = {} if before is None else {"LIBHDFS_OPTS": before}
+    leave_signals_to_python(environ)
+    assert environ == {"LIBHDFS_OPTS": after}
 
 
 def test_ensure_hadoop_classpath(tmp_path: Path) -> None:

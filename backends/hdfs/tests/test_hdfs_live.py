@@ -27,7 +27,7 @@ from rbackup import BackupableDBOptions, BackupEngine
 from rbackup.errors import BackupError, Corruption, NotFound
 from tests.db_fixtures import LiveDB, fill, read_all
 from tests.hdfs_fixtures import RealHdfs
-from tests.test_cli import RBACKUP, cli_env, failed, listing, ok
+from tests.test_cli import RBACKUP, cli_env, failed, listing, make_db, ok
 
 pytestmark = [pytest.mark.hdfs, pytest.mark.slow]
 
@@ -489,3 +489,34 @@ def test_the_test_sessions_leave_the_jvm_its_sigsegv_handler(hdfs_dir: str, tmp_
     owner, stderr = session("-o", "addopts=-ra", may_crash=True)  # pytest's default: its faulthandler plugin on
     assert owner == "SIG_DFL", owner
     assert "faulthandler is enabled in this process" in stderr, stderr[-2000:]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_unwinds_a_create_even_when_libhdfs_opts_lacks_xrs(tmp_path: Path, hdfs_dir: str,
+                                                                         signum: int) -> None:
+    """Without -Xrs the JVM that libhdfs starts inside the process takes SIGINT, SIGTERM and SIGHUP
+    for its own shutdown and exits on the spot: no unwinding, the lease left behind. HdfsEnv adds
+    -Xrs to LIBHDFS_OPTS before the JVM starts, so the CLI stops as on any store."""
+    db = tmp_path / "db"
+    make_db(db)
+    ok("create", "--db", str(db), "--backup-dir", hdfs_dir, "-q")
+    make_db(db, 6000, prefix="big", value_size=4096, seed=3)  # ~24 MiB at 1 MiB/s, incompressible
+    before = final_files(hdfs_dir)
+    env = cli_env(LIBHDFS_OPTS="-Xmx512m")
+    proc = subprocess.Popen([RBACKUP, "create", "--db", str(db), "--backup-dir", hdfs_dir, "--rate-limit", "1M"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not any(".tmp" in f.path for f in HdfsEnv(hdfs_dir).list("shared_checksum")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the create never started copying"
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+
+    assert (proc.returncode, out) == ((130 if signum == signal.SIGINT else 128 + signum), ""), err[-2000:]
+    assert "no backup was created; the backup directory is unchanged" in err, err[-2000:]
+    def backup_files(files: dict[str, int]) -> dict[str, int]:
+        return {path: size for path, size in files.items() if not path.startswith("rbackup.lock")}
+
+    assert backup_files(final_files(hdfs_dir)) == backup_files(before)
+    assert ok("create", "--db", str(db), "--backup-dir", hdfs_dir, env=env).stdout == "2\n"  # no lease left
