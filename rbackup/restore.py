@@ -285,7 +285,7 @@ def _copy_and_commit(env: BackupEnv, backup_id: int, targets: RestoreTargets[Bac
         try:
             with src, _open_target(item.dest, backup_id, item.src) as out:
                 created.append(item.dest)
-                result = stream_copy(src, writing_back(out) if options.sync else out.write, buf=buffers.get(),
+                result = stream_copy(src, writing_back(out.fileno()) if options.sync else out.write, buf=buffers.get(),
                                      stop=stop, limiter=limiter, tracker=tracker, limit=item.size + 1)
                 result.check(backup_id, item.src, item.size, item.crc32c)
                 if options.sync:

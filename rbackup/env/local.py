@@ -22,6 +22,7 @@ way RocksDB's own env does it:
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import logging
 import os
@@ -30,7 +31,7 @@ from collections.abc import Iterable, Mapping
 
 from ..errors import BackupError, Corruption, InvalidArgument, NotFound
 from ..format.tempnames import exclusive_temp_path, temp_path
-from ..osutil import advise_sequential
+from ..osutil import advise_sequential, write_all, writing_back
 from .base import (
     DISK_BUFFER_SIZE,
     AtomicWriter,
@@ -264,7 +265,7 @@ class LocalEnv(BackupEnv):
         fd = self._open_new(tmp, os.O_EXCL, sync=sync)
         try:
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 if sync:
                     os.fsync(fd)
             finally:
@@ -291,7 +292,7 @@ class LocalEnv(BackupEnv):
         """O_CREAT|O_EXCL on the name itself: exclusive, but a crash can leave a short file."""
         fd = self._open_new(full, os.O_EXCL, sync=sync)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             if sync:
                 os.fsync(fd)
         except OSError:
@@ -417,13 +418,15 @@ class _LocalWriter(AtomicWriter):
         # still closes its descriptor (with a ResourceWarning pointing at the bug).
         self._file: io.FileIO | None = io.FileIO(fd, "wb", closefd=True)
         self._sync = sync
+        # A file fsynced at its commit is written back as it goes and leaves the page cache.
+        self._put = writing_back(fd) if sync else functools.partial(write_all, fd)
         self._done = False
 
     def write(self, data: bytes | memoryview) -> int:
         if self._file is None:
             raise InvalidArgument(f"{self._env.describe(self._path)}: writer already closed")
         try:
-            return _write_all(self._file.fileno(), data)
+            return self._put(data)
         except OSError as exc:
             raise self._env._error(exc, self._path) from None
 
@@ -453,21 +456,6 @@ class _LocalWriter(AtomicWriter):
             self._file.close()
             self._file = None
         _unlink_quietly(self._tmp)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> int:
-    """Write every byte, looping over short writes with zero-copy memoryview slices."""
-    view = memoryview(data)
-    if view.ndim != 1 or view.itemsize != 1:
-        view = view.cast("B")
-    total = view.nbytes
-    done = 0
-    while done < total:
-        n = os.write(fd, view[done:])
-        if not n:
-            raise OSError(errno.EIO, "short write made no progress")
-        done += n
-    return total
 
 
 def _unlink_quietly(ospath: str) -> None:
