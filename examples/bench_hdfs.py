@@ -6,7 +6,9 @@ Starts the test MiniDFSCluster of tests/hdfs_fixtures.py (built with Maven and a
 from the hdfs-sys crate on first use; needs a JDK 17, mvn, cargo and a C compiler), writes a real
 RocksDB of about --size-mb MiB of incompressible values in 16 SSTs, then per repetition, interleaved:
 
-* rbackup: a full backup into a fresh HDFS directory, then a restore of it to local disk;
+* rbackup: a full backup into a fresh HDFS directory, then a restore of it to local disk, and a
+  restore of it without fsync (`sync=False`, "restore nosync"): copy_files does not fsync, so that
+  row is the like-for-like one;
 * copy_files: `pyarrow.fs.copy_files` of the same DB directory to HDFS and back (no checksums, no
   temp names, no commit: the floor for moving these bytes through libhdfs), once with Hadoop's client
   defaults ("copy_files") and once with the client settings rbackup tunes ("copy_files tuned",
@@ -91,7 +93,8 @@ def main() -> None:
         with hdfs.open_output_stream("/bench/warm-up") as out:
             out.write(b"warm-up")
         results: dict[str, list[float]] = {k: [] for k in (
-            "rbackup backup", "copy_files up", "c_f tuned up", "rbackup restore", "copy_files down", "c_f tuned down")}
+            "rbackup backup", "copy_files up", "c_f tuned up", "rbackup restore", "restore nosync",
+            "copy_files down", "c_f tuned down")}
 
         def rbackup_round() -> None:
             url = f"{cluster.url}/bench/{uuid.uuid4().hex}"
@@ -105,6 +108,9 @@ def main() -> None:
             shutil.rmtree(target, ignore_errors=True)
             results["rbackup restore"].append(timed(lambda: engine.restore_db_from_latest_backup(target, target)))
             engine.close()
+            shutil.rmtree(target, ignore_errors=True)
+            with BackupEngine.open(BackupableDBOptions(url, sync=False)) as unsynced:
+                results["restore nosync"].append(timed(lambda: unsynced.restore_db_from_latest_backup(target, target)))
 
         def copy_round(fs: pyarrow.fs.FileSystem, name: str) -> Callable[[], None]:
             def run() -> None:
