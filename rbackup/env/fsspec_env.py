@@ -175,13 +175,15 @@ class _StreamReader(io.RawIOBase):
     """A store's read stream that raises only rbackup errors naming the file.
 
     `read` and `readinto` go straight to the store's file object (no extra
-    buffering, no per-byte work); only exceptions are translated.
+    buffering, no per-byte work); only exceptions are translated, by the env's
+    own `_error`, as for every other call (a backend's translation applies).
     """
 
-    def __init__(self, raw: Any, what: str) -> None:
+    def __init__(self, raw: Any, env: FsspecEnv, path: str) -> None:
         super().__init__()
         self._raw = raw
-        self._what = what
+        self._env = env
+        self._path = path
 
     def readable(self) -> bool:
         return True
@@ -190,14 +192,14 @@ class _StreamReader(io.RawIOBase):
         try:
             return self._raw.readinto(buffer)
         except Exception as exc:
-            raise translate_store_error(exc, self._what) from exc
+            raise self._env._error(exc, self._path, "read") from exc
 
     def read(self, size: int | None = -1) -> bytes:
         try:
             # None, not -1, for "all": pyarrow's streams reject a negative size.
             return self._raw.read(None if size is None or size < 0 else size)
         except Exception as exc:
-            raise translate_store_error(exc, self._what) from exc
+            raise self._env._error(exc, self._path, "read") from exc
 
     def readall(self) -> bytes:
         return self.read(-1)
@@ -521,7 +523,7 @@ class FsspecEnv(BackupEnv):
             if type(error) is StorageError and client_error_info(exc) is None and self._is_dir(full):
                 error = NotFound(f"read {self.describe(path)}: a directory, not a file")
             raise error from exc
-        return _StreamReader(raw, f"read {self.describe(path)}")
+        return _StreamReader(raw, self, path)
 
     def open_write(self, path: str, *, sync: bool = True) -> AtomicWriter:
         path = check_path(path)

@@ -7,13 +7,19 @@ ParentNotDirectoryException ENOTDIR, SafeModeException EROFS,
 QuotaExceededException EDQUOT, LeaseExpiredException ESTALE,
 UnsupportedOperationException ENOTSUP, anything else EINTERNAL = 255 with the
 Java stack trace printed on stderr), and the OSError subclass follows from
-it.  The failures before any connection exists carry only a message:
+it.  What the Java exception said is kept by libhdfs (Hadoop 3) per thread, and
+`java_root_cause` reads it so that the error names it ("ConnectException:
+Connection refused") instead of pointing at stderr.  The failures before any
+connection exists carry only a message:
 "Unable to load libjvm", "Unable to load libhdfs", then "Prior attempt to load
 libhdfs failed" for the rest of the process, and "HDFS connection failed".
 """
 from __future__ import annotations
 
+import ctypes
 import errno
+import threading
+from collections.abc import Callable
 
 from rbackup.env.fsspec_env import translate_store_error
 from rbackup.errors import BackupError, NotSupported, StorageError
@@ -40,6 +46,50 @@ _ERRNO_CAUSES = {
 }
 
 
+_ROOT_CAUSE_LIMIT = 500
+"""Characters of a Java root cause kept in an error message (Hadoop's can run to a paragraph)."""
+
+_libhdfs_lock = threading.Lock()
+_libhdfs_root_cause: Callable[[], bytes | None] | None = None
+
+
+def _root_cause_function() -> Callable[[], bytes | None] | None:
+    """libhdfs's `hdfsGetLastExceptionRootCause`, from the libhdfs.so pyarrow loaded into this
+    process (found in /proc/self/maps); None before it is loaded or where it lacks the function."""
+    global _libhdfs_root_cause
+    with _libhdfs_lock:
+        if _libhdfs_root_cause is None:
+            try:
+                with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+                    paths = {line.split(None, 5)[-1].strip() for line in maps if "/libhdfs.so" in line}
+                for path in sorted(paths):
+                    function = getattr(ctypes.CDLL(path), "hdfsGetLastExceptionRootCause", None)
+                    if function is not None:
+                        function.restype = ctypes.c_char_p
+                        function.argtypes = ()
+                        _libhdfs_root_cause = function
+                        break
+            except OSError:
+                return None
+        return _libhdfs_root_cause
+
+
+def java_root_cause() -> str | None:
+    """The root cause of the last Java exception libhdfs met in this thread ("ConnectException:
+    ... Connection refused ..."), shortened; None if there is none to read.
+
+    libhdfs keeps it per thread and sets it for each Java exception it turns into an error, so
+    right after a failed call in this thread it is that call's."""
+    function = _root_cause_function()
+    if function is None:
+        return None
+    raw = function()
+    if not raw:
+        return None
+    cause = " ".join(raw.decode("utf-8", errors="replace").split())
+    return cause if len(cause) <= _ROOT_CAUSE_LIMIT else cause[:_ROOT_CAUSE_LIMIT] + "..."
+
+
 def missing_library(message: str) -> str | None:
     """What is missing, when `message` says pyarrow could not load the Java VM or libhdfs."""
     for prefix, explanation in _LOAD_FAILURES:
@@ -57,8 +107,11 @@ def translate_hdfs_error(exc: BaseException, what: str) -> BackupError:
     if missing is not None:
         return NotSupported(f"{what}: HDFS is not available here: {missing}")
     if message.startswith("HDFS connection failed"):
+        cause = java_root_cause()
+        said = (f"libhdfs could not connect: {cause}" if cause
+                else "libhdfs could not connect (its Java exception is on stderr)")
         return StorageError(
-            f"{what}: libhdfs could not connect (its Java exception is on stderr); check that CLASSPATH "
+            f"{what}: {said}; check that CLASSPATH "
             "holds Hadoop's client jars and slf4j-api (`hadoop classpath --glob`, or hadoop-client-api, "
             "hadoop-client-runtime, slf4j-api, commons-lang3), the configuration directory (HADOOP_CONF_DIR "
             "counts only on the CLASSPATH), the NameNode address and the Kerberos ticket")
@@ -68,5 +121,8 @@ def translate_hdfs_error(exc: BaseException, what: str) -> BackupError:
     if code in (errno.ENOTSUP, errno.EOPNOTSUPP):
         return NotSupported(f"{what}: not supported by this file system (UnsupportedOperationException): {message}")
     if code == EINTERNAL:
+        cause = java_root_cause()
+        if cause:
+            return StorageError(f"{what}: HDFS failed: {cause} (libhdfs printed the Java stack trace on stderr)")
         return StorageError(f"{what}: HDFS failed with a Java exception (libhdfs printed it on stderr): {message}")
     return translate_store_error(exc, what)

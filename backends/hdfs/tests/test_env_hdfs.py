@@ -32,6 +32,7 @@ from typing import Any
 
 import pyarrow.fs
 import pytest
+import rbackup_hdfs.errors
 from rbackup_hdfs import (
     HdfsEnv,
     HdfsSettings,
@@ -414,12 +415,69 @@ def test_bad_options(options: dict[str, Any], fragment: str) -> None:
         (OSError("something else"), StorageError, ["something else"]),
     ],
 )
-def test_translate_hdfs_error(exc: OSError, kind: type, fragments: list[str]) -> None:
+def test_translate_hdfs_error(exc: OSError, kind: type, fragments: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # What libhdfs last kept for this thread belongs to earlier tests, not to these made-up errors.
+    monkeypatch.setattr(rbackup_hdfs.errors, "java_root_cause", lambda: None)
     error = translate_hdfs_error(exc, "write hdfs://nn:8020/b/meta/9")
     assert type(error) is kind
     assert str(error).startswith("write hdfs://nn:8020/b/meta/9: ")
     for fragment in fragments:
         assert fragment in str(error)
+
+
+@pytest.mark.parametrize("exc", [OSError(255, "HDFS list directory failed"), OSError("HDFS connection failed")])
+def test_a_java_exception_is_named_by_its_root_cause(exc: OSError, monkeypatch: pytest.MonkeyPatch) -> None:
+    cause = "ConnectException: Call From h/127.0.0.1 to 127.0.0.1:1 failed on connection exception"
+    monkeypatch.setattr(rbackup_hdfs.errors, "java_root_cause", lambda: cause)
+    error = translate_hdfs_error(exc, "list hdfs://nn:8020/b/meta")
+    assert type(error) is StorageError
+    assert str(error).startswith("list hdfs://nn:8020/b/meta: ") and cause in str(error)
+    assert "exception is on stderr" not in str(error) and "printed it on stderr" not in str(error)
+
+
+class _ReadsFail:
+    """A pyarrow stream whose reads fail as libhdfs's do when a block cannot be read (errno 255)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def read(self, *args: Any) -> bytes:
+        raise OSError(255, "HDFS read failed")
+
+    def readinto(self, *args: Any) -> int:
+        raise OSError(255, "HDFS read failed")
+
+
+class _LocalWithFailingReads:
+    def __init__(self, inner: pyarrow.fs.FileSystem) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def open_input_file(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        return _ReadsFail(self._inner.open_input_file(path, *args, **kwargs))
+
+    def open_input_stream(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        return _ReadsFail(self._inner.open_input_stream(path, *args, **kwargs))
+
+
+def test_a_read_that_fails_mid_stream_is_translated_as_hdfs_errors_are(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read streams went through the generic translation, not HDFS's: the Java exception's
+    root cause was lost, and the error said only "[Errno 255]"."""
+    local_hdfs_env(tmp_path).write_bytes("shared_checksum/1.sst", b"x" * 1000)
+    cause = "BlockMissingException: Could not obtain block: BP-1:blk_1073741825_1001 file=/b/1.sst"
+    monkeypatch.setattr(rbackup_hdfs.errors, "java_root_cause", lambda: cause)
+    env = HdfsEnv(f"hdfs://{tmp_path}", connect=lambda **kw: _LocalWithFailingReads(pyarrow.fs.LocalFileSystem()),
+                  rename_exclusive=local_exclusive_rename)
+    with env.open_read("shared_checksum/1.sst") as stream, pytest.raises(StorageError) as caught:
+        stream.read(100)
+    assert str(caught.value) == (f"read {env.describe('shared_checksum/1.sst')}: HDFS failed: {cause} "
+                                 "(libhdfs printed the Java stack trace on stderr)")
 
 
 def test_connect_failure_is_clean() -> None:

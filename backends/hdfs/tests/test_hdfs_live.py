@@ -520,3 +520,17 @@ def test_a_stop_signal_unwinds_a_create_even_when_libhdfs_opts_lacks_xrs(tmp_pat
 
     assert backup_files(final_files(hdfs_dir)) == backup_files(before)
     assert ok("create", "--db", str(db), "--backup-dir", hdfs_dir, env=env).stdout == "2\n"  # no lease left
+
+
+def test_an_unreachable_namenode_is_named_with_the_java_exception_not_a_pointer_to_stderr(hdfs_dir: str) -> None:
+    """libhdfs reports most Java exceptions as errno 255 and prints the trace on stderr; the error
+    itself says what the exception was (libhdfs keeps its root cause per thread)."""
+    port = hdfs_dir.split("/")[2].split(":")[1]
+    closed = hdfs_dir.replace(f":{port}/", ":1/", 1)
+    with pytest.raises(BackupError, match=r"hdfs://127\.0\.0\.1:1/.*ConnectException.*Connection refused"):
+        HdfsEnv(closed).list()
+    done = subprocess.run([RBACKUP, "list", "--backup-dir", closed], capture_output=True, text=True, env=cli_env(),
+                          stdin=subprocess.DEVNULL, timeout=300, check=False)
+    line = done.stderr.splitlines()[-1]  # libhdfs's own trace comes first, on the same stderr
+    assert done.returncode == 1 and line.startswith(f"rbackup: error: list {closed}/"), done.stderr[-2000:]
+    assert "ConnectException: Connection refused" in line, line
