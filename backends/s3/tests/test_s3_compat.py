@@ -26,7 +26,7 @@ from rbackup.errors import AlreadyExists, StorageError
 from rbackup.testing import BackendConformance
 from rbackup.testing.dbs import read_all
 from rbackup.testing.env_contract import _pattern
-from tests.s3_fixtures import CHECKSUM_HEADERS, S3_CLIENTS, FaultyS3
+from tests.s3_fixtures import CHECKSUM_HEADERS, S3_CLIENTS, Fault, FaultyS3
 from tests.s3_servers import S3Store, make_store
 
 MiB = 2**20
@@ -89,16 +89,24 @@ def _round_trip(s3: FaultyS3, db: str, tmp_path: Path, options: dict[str, Any] |
     assert read_all(str(tmp_path / "restored-clean")) == read_all(db)
 
 
+def _emulated_round_trip(s3: FaultyS3, store: str, db: str, tmp_path: Path, options: dict[str, Any] | None = None
+                         ) -> tuple[list[Fault], list[tuple[str, str, str, dict[str, str]]]]:
+    """`_round_trip` on `store`'s emulation: its rules (each counting how often it fired) and every
+    request the clients sent (method, path, query, headers)."""
+    rules = s3.injector.emulate(store)
+    seen = s3.injector.record()
+    _round_trip(s3, db, tmp_path, options)
+    return rules, seen
+
+
 @pytest.mark.parametrize("store", ["b2", "ovh", "r2"])
 def test_a_store_refusing_checksum_headers_gets_content_md5(s3_faulty: FaultyS3, multipart_db: str, tmp_path: Path,
                                                             store: str, caplog: pytest.LogCaptureFixture) -> None:
     """B2 and R2 (the header named) and OVH (a bare InvalidArgument): refused once by the writing env,
     learned, said once; then no request of it carries a checksum header and every body carries its
     Content-MD5.  The fresh env of the last verify is refused its CRC-32C probe once, and reads back."""
-    rules = s3_faulty.injector.emulate(store)
-    seen = s3_faulty.injector.record()
     with caplog.at_level(logging.INFO, logger="rbackup_s3"):
-        _round_trip(s3_faulty, multipart_db, tmp_path)
+        rules, seen = _emulated_round_trip(s3_faulty, store, multipart_db, tmp_path)
     assert sum(r.fired for r in rules) == 2
     said = [r.getMessage() for r in caplog.records if "request_checksum_calculation" in r.getMessage()]
     assert len(said) == 1 and r"when_required" in said[0] and s3_faulty.storage_options["endpoint_url"] in said[0]
@@ -117,10 +125,8 @@ def test_a_store_without_full_object_checksums_gets_composite_uploads(
         s3_faulty: FaultyS3, multipart_db: str, tmp_path: Path, store: str, caplog: pytest.LogCaptureFixture) -> None:
     """FULL_OBJECT refused at creation or at completion: multipart uploads go without it (the env
     learns once), PUTs and parts keep their CRC-32C, and verify reads those files back."""
-    rules = s3_faulty.injector.emulate(store)
-    seen = s3_faulty.injector.record()
     with caplog.at_level(logging.INFO, logger="rbackup_s3"):
-        _round_trip(s3_faulty, multipart_db, tmp_path)
+        rules, seen = _emulated_round_trip(s3_faulty, store, multipart_db, tmp_path)
     assert sum(r.fired for r in rules) == 1
     said = [r.getMessage() for r in caplog.records if "FULL_OBJECT" in r.getMessage()]
     assert len(said) == 1 and s3_faulty.storage_options["endpoint_url"] in said[0]
@@ -153,9 +159,7 @@ def test_when_required_sends_no_checksum_header_at_all(s3_faulty: FaultyS3, mult
         config = tmp_path / "aws-config"
         config.write_text("[default]\nrequest_checksum_calculation = when_required\n")
         monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
-    rules = s3_faulty.injector.emulate("b2")
-    seen = s3_faulty.injector.record()
-    _round_trip(s3_faulty, multipart_db, tmp_path, options)
+    rules, seen = _emulated_round_trip(s3_faulty, "b2", multipart_db, tmp_path, options)
     assert sum(r.fired for r in rules) == 0
     assert not [(m, p, _checksum_headers(h)) for m, p, _, h in seen if _checksum_headers(h)]
 
